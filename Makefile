@@ -1,0 +1,36 @@
+# Stockade: `make run` sets up this host and starts the server; `make test` runs the suite.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: setup run test lint typecheck unit integration bench sync clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/stockade serve $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: setup
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -p no:cacheprovider -q
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: setup
+	$(PY) -m bench.run $(ARGS)
+
+# Regenerate the sync SDK from the async source.
+sync:
+	$(PY) scripts/gen_sync.py

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Prepare this Debian host for Stockade: apt packages, a recent runsc, the virtualenv and
+# the base images. Safe to re-run: every step skips what is already in place.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE_DIR="${STOCKADE_CACHE_DIR:-/var/cache/stockade}"
+VENV="$ROOT/.venv"
+PACKAGES=(debootstrap e2fsprogs mount util-linux iproute2 ca-certificates python3 python3-venv)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "error: Stockade's server runs sandboxes with runsc and must be set up as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing apt packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# runsc: $STOCKADE_RUNSC, a runsc on PATH from 2024 or later, or Debian trixie's package
+# unpacked into the cache (bookworm's is too old: no systrap). No system apt change.
+runsc_ok() { local v; v=$("$1" --version 2>/dev/null | grep -oE '20[0-9]{6}' | head -1); [ -n "$v" ] && [ "$v" -ge 20240101 ]; }
+RUNSC=""
+for c in "${STOCKADE_RUNSC:-}" "$CACHE_DIR/bin/runsc" "$(command -v runsc || true)"; do
+  if [ -n "$c" ] && [ -x "$c" ] && runsc_ok "$c"; then RUNSC="$c"; break; fi
+done
+if [ -z "$RUNSC" ]; then
+  say "fetching runsc from Debian trixie into $CACHE_DIR/bin"
+  mirror=$(grep -hoE '^URIs:\s*\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -1 || true)
+  [ -n "$mirror" ] || mirror=$(grep -hoE '^deb\s+\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -1 || true)
+  [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
+  echo "deb $mirror trixie main" > "$tmp/sources.list"
+  opts=(-o "Dir::Etc::sourcelist=$tmp/sources.list" -o Dir::Etc::sourceparts=- \
+        -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::archives=$tmp/archives" \
+        -o APT::Sandbox::User=root)
+  apt-get "${opts[@]}" update -q
+  (cd "$tmp" && apt-get "${opts[@]}" download runsc)
+  dpkg-deb -x "$tmp"/runsc_*.deb "$tmp/x"
+  mkdir -p "$CACHE_DIR/bin"
+  install -m 0755 "$tmp/x/usr/bin/runsc" "$CACHE_DIR/bin/runsc.new"
+  mv "$CACHE_DIR/bin/runsc.new" "$CACHE_DIR/bin/runsc"
+  RUNSC="$CACHE_DIR/bin/runsc"
+  runsc_ok "$RUNSC" || { echo "error: the fetched runsc is too old: $("$RUNSC" --version)" >&2; exit 1; }
+fi
+say "runsc: $RUNSC ($("$RUNSC" --version | head -1))"
+
+# The virtualenv, reinstalled only when pyproject.toml changes.
+stamp="$VENV/.stockade-installed"
+want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "installing Stockade into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e "$ROOT[server,dev]"
+  echo "$want" > "$stamp"
+fi
+
+# Base images (built once per cache directory; later runs find them ready).
+say "base images"
+STOCKADE_CACHE_DIR="$CACHE_DIR" "$VENV/bin/python" -m stockade.server.images.prebuild debian python

@@ -1,0 +1,167 @@
+"""Stockade's exceptions, shared by the SDK, the CLI and the server.
+
+Every error Stockade raises derives from one root::
+
+    StockadeError
+    ├── AuthenticationError        401 unauthorized
+    ├── NotFoundError              404 not_found
+    ├── InvalidArgumentError       400 bad_request, 413 payload_too_large, 422 invalid_argument
+    ├── ConflictError              409 conflict
+    │   └── SandboxTerminatedError 409 sandbox_terminated
+    ├── StockadeTimeoutError       504 timeout, and an exec that ran past its `timeout`
+    ├── ServerError                500 internal (and any other 5xx)
+    └── StockadeConnectionError    the server could not be reached
+
+The server answers every error with ``{"error": {"code": ..., "message": ...}}``; the SDK
+turns that body back into the class below through :func:`error_from_body`, the one place
+where codes map to classes.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthenticationError",
+    "ConflictError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "SandboxTerminatedError",
+    "ServerError",
+    "StockadeConnectionError",
+    "StockadeError",
+    "StockadeTimeoutError",
+    "error_from_body",
+]
+
+
+class StockadeError(Exception):
+    """Root of every Stockade error: ``code`` is the API's error code, ``status`` the HTTP one."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override of the class default
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+        self.request_id = request_id
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON error body the server sends for this error."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.request_id:
+            body["request_id"] = self.request_id
+        return {"error": body}
+
+
+class AuthenticationError(StockadeError):
+    """The token was missing or wrong."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class NotFoundError(StockadeError):
+    """The sandbox, image, file or route does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class InvalidArgumentError(StockadeError):
+    """A request value was malformed or out of range; the message names the allowed range."""
+
+    code = "invalid_argument"
+    status = 422
+
+
+class ConflictError(StockadeError):
+    """The operation does not fit the current state of its target."""
+
+    code = "conflict"
+    status = 409
+
+
+class SandboxTerminatedError(ConflictError):
+    """The sandbox is no longer running; the message says how it ended."""
+
+    code = "sandbox_terminated"
+    status = 409
+
+
+class StockadeTimeoutError(StockadeError, builtins.TimeoutError):
+    """An operation or a command ran past its deadline."""
+
+    code = "timeout"
+    status = 504
+
+
+class ServerError(StockadeError):
+    """The server failed unexpectedly; the message carries the request ID it logged."""
+
+    code = "internal"
+    status = 500
+
+
+class StockadeConnectionError(StockadeError, builtins.ConnectionError):
+    """The server could not be reached."""
+
+    code = "connection_error"
+    status = 0
+
+
+_BY_CODE: dict[str, type[StockadeError]] = {
+    "unauthorized": AuthenticationError,
+    "not_found": NotFoundError,
+    "bad_request": InvalidArgumentError,
+    "payload_too_large": InvalidArgumentError,
+    "invalid_argument": InvalidArgumentError,
+    "conflict": ConflictError,
+    "sandbox_terminated": SandboxTerminatedError,
+    "timeout": StockadeTimeoutError,
+    "internal": ServerError,
+}
+
+_BY_STATUS: dict[int, type[StockadeError]] = {
+    400: InvalidArgumentError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: InvalidArgumentError,
+    422: InvalidArgumentError,
+    504: StockadeTimeoutError,
+}
+
+
+def error_from_body(status: int, body: object) -> StockadeError:
+    """Build the typed exception for an API error response.
+
+    ``body`` is the decoded JSON (or anything else when the response was not JSON, e.g.
+    from a proxy in between); the status then decides the class.
+    """
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        message = err.get("message") if isinstance(err.get("message"), str) else None
+        request_id = err.get("request_id") if isinstance(err.get("request_id"), str) else None
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else StockadeError
+    if message is None:
+        message = f"the server answered HTTP {status} without an error body"
+    return cls(message, code=code or cls.code, status=status, request_id=request_id)

@@ -1,0 +1,182 @@
+"""Exec routes: NDJSON over plain HTTP, and a WebSocket for interactive use.
+
+Both move the events of one :class:`~..service.execs.ExecSession`; see docs/api.md for the
+wire format. When the client goes away the command is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from ...errors import InvalidArgumentError, StockadeError
+from ..service.execs import ExecSession, ExitInfo, OutputChunk
+from ..service.files import check_path
+from .deps import Services, check_token, services
+from .limits import check_range
+from .schemas import ExecRequest, WsExecRequest
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/exec", tags=["exec"])
+ws_router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/exec", tags=["exec"])
+Svc = Annotated[Services, Depends(services)]
+
+_MAX_EXEC_TIMEOUT = 86400.0
+
+
+def _validate(argv: list[str], workdir: str | None, timeout: float | None) -> str | None:
+    if not argv or not argv[0]:
+        raise InvalidArgumentError('argv must name a command, e.g. ["echo", "hi"]')
+    if any("\x00" in a for a in argv):
+        raise InvalidArgumentError("argv must not contain NUL bytes")
+    if timeout is not None:
+        check_range("timeout", timeout, 0.001, _MAX_EXEC_TIMEOUT, " seconds")
+    return check_path(workdir) if workdir is not None else None
+
+
+def exit_event(info: ExitInfo) -> dict[str, Any]:
+    return {
+        "type": "exit",
+        "exit_code": info.exit_code,
+        "timed_out": info.timed_out,
+        "oom": info.oom,
+    }
+
+
+@router.post(
+    "",
+    summary="Run a command, streaming its output as NDJSON events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def exec_ndjson(sandbox_id: str, body: ExecRequest, svc: Svc) -> StreamingResponse:
+    workdir = _validate(body.argv, body.workdir, body.timeout)
+    if body.stdin is not None and body.stdin_b64 is not None:
+        raise InvalidArgumentError("give either stdin or stdin_b64, not both")
+    stdin = body.stdin.encode() if body.stdin is not None else b""
+    if body.stdin_b64 is not None:
+        try:
+            stdin = base64.b64decode(body.stdin_b64, validate=True)
+        except binascii.Error as exc:
+            raise InvalidArgumentError(f"stdin_b64 is not valid base64: {exc}") from None
+    session = await svc.execs.start(
+        sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout
+    )
+
+    async def feed() -> None:
+        if stdin:
+            await session.write_stdin(stdin)
+        await session.close_stdin()
+
+    async def events() -> AsyncIterator[bytes]:
+        feeder = asyncio.create_task(feed())
+        try:
+            yield _line({"type": "started"})
+            async for event in session.events():
+                if isinstance(event, OutputChunk):
+                    name = "stdout" if event.stream == 1 else "stderr"
+                    yield _line({"type": name, "data": base64.b64encode(event.data).decode()})
+                else:
+                    yield _line(exit_event(event))
+        finally:
+            feeder.cancel()
+            await session.aclose()
+
+    return StreamingResponse(events(), media_type="application/x-ndjson")
+
+
+def _line(obj: object) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+async def _send_error(ws: WebSocket, err: StockadeError) -> None:
+    body = err.to_body()
+    body["type"] = "error"
+    with contextlib.suppress(Exception):
+        await ws.send_text(json.dumps(body))
+        await ws.close(code=1000)
+
+
+@ws_router.websocket("/ws")
+async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
+    """Interactive exec; see docs/api.md for the frames."""
+    await ws.accept()
+    svc: Services = ws.app.state.services
+    try:
+        check_token(ws)
+        first = await ws.receive_text()
+        try:
+            req = WsExecRequest.model_validate_json(first)
+        except ValidationError as exc:
+            raise InvalidArgumentError(f"bad exec request: {exc.errors()[0].get('msg')}") from None
+        workdir = _validate(req.argv, req.workdir, req.timeout)
+        session = await svc.execs.start(
+            sandbox_id, req.argv, env=req.env, workdir=workdir, timeout=req.timeout,
+            pty_size=(req.cols, req.rows) if req.pty else None,
+        )  # fmt: skip
+    except StockadeError as err:
+        await _send_error(ws, err)
+        return
+    except WebSocketDisconnect:
+        return
+    await ws.send_text('{"type":"started"}')
+    reader = asyncio.create_task(_client_to_session(ws, session))
+    try:
+        async for event in session.events():
+            if isinstance(event, OutputChunk):
+                await ws.send_bytes(bytes([event.stream]) + event.data)
+            else:
+                await ws.send_text(json.dumps(exit_event(event)))
+        with contextlib.suppress(Exception):
+            await ws.close(code=1000)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left: the command is killed below
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        await session.aclose()
+
+
+async def _client_to_session(ws: WebSocket, session: ExecSession) -> None:
+    """Apply the client's frames (stdin, EOF, resize, signal) until it disconnects."""
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                await session.kill()
+                return
+            data = message.get("bytes")
+            if data is not None:
+                if data[:1] == b"\x00":
+                    await session.write_stdin(data[1:])
+                continue
+            text = message.get("text")
+            if not text:
+                continue
+            try:
+                ctl = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            kind = ctl.get("type") if isinstance(ctl, dict) else None
+            if kind == "stdin_eof":
+                await session.close_stdin()
+            elif kind == "resize":
+                with contextlib.suppress(TypeError, ValueError, OSError):
+                    session.resize(int(ctl["cols"]), int(ctl["rows"]))
+            elif kind == "signal":
+                with contextlib.suppress(StockadeError):
+                    await session.signal(str(ctl.get("signal", "SIGTERM")))
+    except WebSocketDisconnect:
+        await session.kill()

@@ -1,0 +1,69 @@
+"""File routes. Bodies stream both ways; the server never holds a whole file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from .deps import Services, services
+from .schemas import FileInfoOut, FileList, MkdirRequest
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
+Svc = Annotated[Services, Depends(services)]
+PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
+
+
+@router.put(
+    "",
+    response_model=FileInfoOut,
+    summary="Write a file (raw body, streamed; parents are created)",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        }
+    },
+)
+async def write_file(sandbox_id: str, path: PathQ, request: Request, svc: Svc) -> FileInfoOut:
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+
+    return FileInfoOut.of(await svc.files.write(sandbox_id, path, body()))
+
+
+@router.get(
+    "",
+    summary="Read a file (raw bytes, streamed)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def read_file(sandbox_id: str, path: PathQ, svc: Svc) -> StreamingResponse:
+    chunks = await svc.files.read(sandbox_id, path)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.get("/list", response_model=FileList, summary="List a directory")
+async def list_dir(sandbox_id: str, path: PathQ, svc: Svc) -> FileList:
+    return FileList(entries=[FileInfoOut.of(f) for f in await svc.files.list(sandbox_id, path)])
+
+
+@router.get("/stat", response_model=FileInfoOut, summary="Stat a path")
+async def stat_path(sandbox_id: str, path: PathQ, svc: Svc) -> FileInfoOut:
+    return FileInfoOut.of(await svc.files.stat(sandbox_id, path))
+
+
+@router.post("/mkdir", response_model=FileInfoOut, summary="Make a directory")
+async def make_dir(sandbox_id: str, body: MkdirRequest, svc: Svc) -> FileInfoOut:
+    return FileInfoOut.of(await svc.files.mkdir(sandbox_id, body.path, parents=body.parents))
+
+
+@router.delete("", status_code=204, summary="Remove a file or directory")
+async def remove_path(sandbox_id: str, path: PathQ, svc: Svc, recursive: bool = False) -> Response:
+    await svc.files.remove(sandbox_id, path, recursive=recursive)
+    return Response(status_code=204)

@@ -1,0 +1,88 @@
+"""The FastAPI application: routes, auth, error handling and the services' lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+from .._version import __version__
+from .api import execs, files, images, sandboxes
+from .api.deps import Services, require_token
+from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
+from .api.schemas import ErrorBody
+from .config import ServerConfig
+from .images.catalog import ImageCatalog
+from .runtime.reaper import Reaper
+from .service.execs import ExecService
+from .service.files import FileService
+from .service.sandboxes import SandboxService
+from .state.store import SQLiteStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("stockade.server")
+
+JSON_BODY_LIMIT = 1024 * 1024
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody, "description": desc}
+    for status, desc in {
+        400: "Malformed request", 401: "Missing or wrong token", 404: "Not found",
+        409: "Conflict, e.g. the sandbox has ended", 422: "Invalid argument",
+        500: "Internal error (carries a request ID)",
+    }.items()
+}  # fmt: skip
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = Reaper()
+        reaper.start()
+        store = SQLiteStore(config.db_path)
+        catalog = ImageCatalog(config.cache_dir)
+        sandbox_service = SandboxService(config, store, catalog)
+        exec_service = ExecService(sandbox_service)
+        app.state.services = Services(
+            config=config,
+            images=catalog,
+            sandboxes=sandbox_service,
+            execs=exec_service,
+            files=FileService(exec_service),
+        )
+        await sandbox_service.start()
+        try:
+            yield
+        finally:
+            # Sandboxes keep running: a restarted server picks them up again.
+            await sandbox_service.stop()
+            await store.close()
+            await reaper.stop()
+
+    app = FastAPI(
+        title="Stockade",
+        version=__version__,
+        description="Self-hosted gVisor sandboxes. See docs/api.md for the streaming formats.",
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    install_error_handlers(app)
+    auth = [Depends(require_token)]
+    app.include_router(sandboxes.router, dependencies=auth)
+    app.include_router(execs.router, dependencies=auth)
+    app.include_router(files.router, dependencies=auth)
+    app.include_router(images.router, dependencies=auth)
+    # WebSocket routes check the token themselves, to answer with an error frame.
+    app.include_router(execs.ws_router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness check (no token needed)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(JsonByDefault)
+    app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT)
+    app.add_middleware(RequestIds)
+    return app

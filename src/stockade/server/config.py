@@ -1,0 +1,111 @@
+"""Server settings: where things live and which runsc to use.
+
+Precedence: command-line flags, then environment variables, then the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime.runsc import MIN_RUNSC_VERSION, runsc_version
+
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "ServerConfig", "find_runsc"]
+
+DEFAULT_DATA_DIR = Path("/var/lib/stockade")
+DEFAULT_CACHE_DIR = Path("/var/cache/stockade")
+DEFAULT_PORT = 7423
+
+
+class ConfigError(Exception):
+    """The server cannot start with this configuration; the message says what to do."""
+
+
+def find_runsc(cache_dir: Path) -> str:
+    """``$STOCKADE_RUNSC``, else the cache's runsc, else a new enough runsc on PATH."""
+    explicit = os.environ.get("STOCKADE_RUNSC")
+    candidates = [explicit] if explicit else []
+    candidates += [str(cache_dir / "bin" / "runsc"), shutil.which("runsc") or ""]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            version = runsc_version(c)
+            if version is not None and version >= MIN_RUNSC_VERSION:
+                return c
+            if explicit and c == explicit:
+                raise ConfigError(
+                    f"STOCKADE_RUNSC={c} is version {version}; Stockade needs a runsc from "
+                    f"{MIN_RUNSC_VERSION // 10000} or newer (run `make run` to fetch one)"
+                )
+    raise ConfigError(
+        f"no runsc from {MIN_RUNSC_VERSION // 10000} or newer found (looked at $STOCKADE_RUNSC, "
+        f"{cache_dir / 'bin' / 'runsc'} and PATH); `make run` installs one"
+    )
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    cache_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    runsc: str = ""
+    token: str = ""
+    token_source: str = ""
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        data_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+    ) -> ServerConfig:
+        data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
+        cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
+        data, cache = data.resolve(), cache.resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o711)
+        cache.mkdir(parents=True, exist_ok=True)
+        cfg = cls(data_dir=data, cache_dir=cache, host=host, port=port)
+        cfg.runsc = find_runsc(cache)
+        cfg.token, cfg.token_source = _admin_token(data)
+        return cfg
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"
+
+    @property
+    def runsc_root(self) -> Path:
+        return self.data_dir / "runsc"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _admin_token(data_dir: Path) -> tuple[str, str]:
+    """The admin token: ``$STOCKADE_TOKEN``, else the one stored in ``<data-dir>/token``."""
+    env = os.environ.get("STOCKADE_TOKEN")
+    if env:
+        return env, "the STOCKADE_TOKEN environment variable"
+    path = data_dir / "token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+    token = "sk_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, str(path)

@@ -1,0 +1,249 @@
+"""The images a sandbox can start from, and the builds that make them.
+
+An image is a stack of read-only layer directories in the cache directory, mounted as the
+lower layers of each sandbox's overlay root. The base images come from debootstrap:
+
+- ``debian``: Debian bookworm minbase;
+- ``python``: the same plus python3, pip and venv, with the "externally managed" marker
+  removed so that ``pip install`` works as it does in Modal's ``debian_slim``.
+
+Builds happen once per cache directory, on first need. Several servers may share one cache
+(the test suite does), so a build holds an exclusive file lock, writes into a temporary
+directory and renames it into place only when complete: no half-made image is ever seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import NotFoundError, ServerError
+from ..runtime import proc
+from .mirror import debian_mirror
+
+__all__ = ["BaseImage", "BuildJob", "ImageCatalog", "ImageInfo"]
+
+log = logging.getLogger(__name__)
+
+_SUITE = "bookworm"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    name: str
+    description: str
+    include: tuple[str, ...]
+
+    def finish(self, rootfs: Path) -> None:
+        """Adjust a fresh rootfs after debootstrap (runs on the host, on files only)."""
+        # Let pip install into the system Python, as users of hosted sandboxes expect.
+        for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        if self.include:
+            (rootfs / "etc" / "pip.conf").write_text(
+                "[global]\nbreak-system-packages = true\nroot-user-action = ignore\n"
+                "disable-pip-version-check = true\n"
+            )
+        # Keep the image small and the apt lists out of it (they are stale at once anyway).
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            d = rootfs / junk
+            if d.is_dir():
+                for child in d.iterdir():
+                    if child.is_file():
+                        child.unlink()
+
+
+BASE_IMAGES: dict[str, BaseImage] = {
+    "debian": BaseImage("debian", "Debian bookworm (minbase)", ()),
+    "python": BaseImage(
+        "python",
+        "Debian bookworm with python3, pip and venv",
+        ("python3", "python3-pip", "python3-venv", "python-is-python3", "ca-certificates"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    description: str
+    ready: bool
+    layers: tuple[Path, ...]
+    size_mib: int | None
+
+
+class BuildJob:
+    """One running build; any number of listeners can follow its log from the start."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.error: str | None = None
+        self.done = False
+        self._changed = asyncio.Condition()
+
+    async def add_line(self, line: str) -> None:
+        async with self._changed:
+            self.lines.append(line)
+            self._changed.notify_all()
+
+    async def finish(self, error: str | None) -> None:
+        async with self._changed:
+            self.error = error
+            self.done = True
+            self._changed.notify_all()
+
+    def _has_more(self, sent: int) -> bool:
+        return self.done or len(self.lines) > sent
+
+    async def follow(self) -> AsyncIterator[str]:
+        """Yield every log line, past and future, until the build ends."""
+        sent = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(functools.partial(self._has_more, sent))
+                new = self.lines[sent:]
+                done = self.done
+            for line in new:
+                yield line
+            sent += len(new)
+            if done and sent >= len(self.lines):
+                return
+
+
+class ImageCatalog:
+    """Knows the images, builds missing ones once, and hands out their layer paths."""
+
+    def __init__(self, cache_dir: Path, *, mirror: str | None = None) -> None:
+        self.root = cache_dir / "images"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._debs = cache_dir / "debs"
+        self._mirror = mirror
+        self._jobs: dict[str, BuildJob] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def names(self) -> list[str]:
+        return sorted(BASE_IMAGES)
+
+    def _rootfs(self, name: str) -> Path:
+        return self.root / name / "rootfs"
+
+    def info(self, name: str) -> ImageInfo:
+        base = self._base(name)
+        rootfs = self._rootfs(name)
+        ready = (self.root / name / "complete").exists()
+        size = None
+        if ready:
+            with contextlib.suppress(OSError, ValueError):
+                size = int((self.root / name / "complete").read_text().strip() or 0)
+        return ImageInfo(name, base.description, ready, (rootfs,) if ready else (), size)
+
+    def _base(self, name: str) -> BaseImage:
+        base = BASE_IMAGES.get(name)
+        if base is None:
+            known = ", ".join(self.names())
+            raise NotFoundError(f"image {name!r} does not exist; the images are: {known}")
+        return base
+
+    def job(self, name: str) -> BuildJob | None:
+        return self._jobs.get(name)
+
+    def start_build(self, name: str) -> BuildJob:
+        """Start building ``name`` unless a build is already running; return the build."""
+        self._base(name)
+        job = self._jobs.get(name)
+        if job is not None and not job.done:
+            return job
+        job = BuildJob(name)
+        self._jobs[name] = job
+        self._tasks[name] = asyncio.create_task(self._build(name, job), name=f"build-{name}")
+        return job
+
+    async def ensure(self, name: str) -> ImageInfo:
+        """The image's info once it is built, building it first when needed."""
+        info = self.info(name)
+        if info.ready:
+            return info
+        job = self.start_build(name)
+        async for _ in job.follow():
+            pass
+        if job.error:
+            raise ServerError(f"building image {name!r} failed: {job.error}")
+        return self.info(name)
+
+    async def _build(self, name: str, job: BuildJob) -> None:
+        error: str | None = None
+        try:
+            await self._build_locked(name, job)
+        except Exception as exc:  # reported to every listener, and logged
+            log.exception("building image %s failed", name)
+            error = str(exc)
+        finally:
+            await job.finish(error)
+
+    async def _build_locked(self, name: str, job: BuildJob) -> None:
+        lock_path = self.root / f"{name}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await job.add_line(f"waiting for the build lock of image {name}")
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            if self.info(name).ready:  # another server built it meanwhile
+                await job.add_line(f"image {name} is ready")
+                return
+            await self._debootstrap(self._base(name), job)
+        finally:
+            os.close(fd)
+
+    async def _debootstrap(self, base: BaseImage, job: BuildJob) -> None:
+        mirror = self._mirror or debian_mirror()
+        final = self.root / base.name
+        tmp = self.root / f".{base.name}.tmp-{os.getpid()}-{int(time.time())}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        rootfs = tmp / "rootfs"
+        rootfs.mkdir(parents=True)
+        self._debs.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "debootstrap", "--variant=minbase", f"--cache-dir={self._debs}",
+            *([f"--include={','.join(base.include)}"] if base.include else []),
+            _SUITE, str(rootfs), mirror,
+        ]  # fmt: skip
+        await job.add_line(f"building image {base.name}: debootstrap {_SUITE} from {mirror}")
+        started = time.monotonic()
+        p = await proc.spawn(argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert p.stdout is not None
+        tail: list[str] = []
+        async for raw in p.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                tail = [*tail[-19:], line]
+                await job.add_line(line)
+        rc = await proc.wait(p)
+        if rc != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"debootstrap exited {rc}: " + " | ".join(tail[-5:]))
+        await asyncio.to_thread(base.finish, rootfs)
+        size = await asyncio.to_thread(_du_mib, rootfs)
+        shutil.rmtree(final, ignore_errors=True)
+        (tmp / "complete").write_text(str(size))
+        os.rename(tmp, final)
+        await job.add_line(
+            f"image {base.name} built in {time.monotonic() - started:.0f}s ({size} MiB)"
+        )
+
+
+def _du_mib(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total // (1024 * 1024)

@@ -1,0 +1,46 @@
+"""``stockade serve``: configure logging, load the config and run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from .app import create_app
+from .config import ConfigError, ServerConfig
+
+__all__ = ["run_server"]
+
+
+def run_server(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7423,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = ServerConfig.load(data_dir=data_dir, cache_dir=cache_dir, host=host, port=port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"Stockade listening on {config.url}", flush=True)
+    print(f"  data: {config.data_dir}   cache: {config.cache_dir}   runsc: {config.runsc}")
+    print(f"  token: {config.token_source}")
+    print(f"  connect: export STOCKADE_URL={config.url}"
+          + ("" if "STOCKADE_TOKEN" in config.token_source
+             else f" STOCKADE_TOKEN=$(cat {config.token_source})"), flush=True)  # fmt: skip
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="info",
+        ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,115 @@
+"""OCI runtime specs (config.json and exec process.json) for runsc.
+
+The limits live here so that the init process and every exec get the same ones:
+- memory: the cgroup limit; gVisor also reports it as MemTotal inside.
+- cpu: a CFS quota of ``cpu`` cores per 100 ms period.
+- RLIMIT_NPROC: the fork-bomb guard. The gVisor kernel enforces it per user inside the
+  sandbox. ``pids.max`` counts host threads of the sandbox, not guest processes, so it is
+  only a backstop (about 10× the guest limit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_ENV", "MAX_PROCESSES", "ProcessSpec", "container_spec", "write_json"]
+
+MAX_PROCESSES = 512
+_PIDS_BACKSTOP = MAX_PROCESSES * 10
+_CPU_PERIOD_US = 100_000
+
+DEFAULT_ENV: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+# The default init: idles, and (as dash's wait collects any child) reaps the orphans that
+# exec'd commands leave behind, so zombies do not pile up in long-lived sandboxes.
+IDLE_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait $!; done"]
+
+
+def _rlimits() -> list[dict[str, Any]]:
+    return [
+        {"type": "RLIMIT_NPROC", "hard": MAX_PROCESSES, "soft": MAX_PROCESSES},
+        {"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536},
+    ]
+
+
+class ProcessSpec:
+    """An OCI ``process`` object: what to run, with which env, where, and on which terminal."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str = "/",
+        terminal: bool = False,
+    ) -> None:
+        self.args = list(args)
+        self.env = dict(env)
+        self.cwd = cwd
+        self.terminal = terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "terminal": self.terminal,
+            "user": {"uid": 0, "gid": 0},
+            "args": self.args,
+            "env": [f"{k}={v}" for k, v in self.env.items()],
+            "cwd": self.cwd,
+            "rlimits": _rlimits(),
+            "noNewPrivileges": True,
+        }
+
+
+def container_spec(
+    *,
+    root: Path,
+    process: ProcessSpec,
+    hostname: str,
+    cpu: float,
+    memory_mib: int,
+    cgroups_path: str,
+) -> dict[str, Any]:
+    """The config.json of a sandbox's root container."""
+    return {
+        "ociVersion": "1.0.2",
+        "process": process.to_dict(),
+        "root": {"path": str(root), "readonly": False},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "memory": {"limit": memory_mib * 1024 * 1024},
+                "cpu": {"quota": int(cpu * _CPU_PERIOD_US), "period": _CPU_PERIOD_US},
+                "pids": {"limit": _PIDS_BACKSTOP},
+            },
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "network"},
+            ],
+        },
+    }  # fmt: skip
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data))

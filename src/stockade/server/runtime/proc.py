@@ -1,0 +1,126 @@
+"""Host subprocesses of the server: one place that spawns them and remembers their PIDs.
+
+The server is a child subreaper (see :mod:`.reaper`), so orphaned runsc processes are
+re-parented to it and it must reap them. asyncio reaps the processes it spawned itself;
+the reaper must leave those alone, so every spawn goes through :func:`spawn` and is
+recorded in :data:`OWNED_PIDS` until asyncio has reaped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+__all__ = ["OWNED_PIDS", "CommandError", "Completed", "run", "spawn"]
+
+# PIDs of children that asyncio waits for itself. Read by the reaper on the loop thread.
+OWNED_PIDS: set[int] = set()
+
+_File = int | IO[bytes] | None
+
+
+class CommandError(Exception):
+    """A host command failed; the message holds its argv head, exit code and stderr tail."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
+        tail = output.strip()[-2000:]
+        super().__init__(f"{' '.join(argv[:4])} … exited {returncode}: {tail}")
+        self.returncode = returncode
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    stdin: _File = asyncio.subprocess.DEVNULL,
+    stdout: _File = asyncio.subprocess.DEVNULL,
+    stderr: _File = asyncio.subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+    start_new_session: bool = False,
+    preexec_fn: object = None,
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` and record its PID so the reaper does not steal its exit status."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        start_new_session=start_new_session,
+        preexec_fn=preexec_fn,  # type: ignore[arg-type]
+        close_fds=True,
+    )
+    OWNED_PIDS.add(proc.pid)
+    return proc
+
+
+async def wait(proc: asyncio.subprocess.Process) -> int:
+    """Wait for a process from :func:`spawn` and forget its PID."""
+    try:
+        return await proc.wait()
+    finally:
+        OWNED_PIDS.discard(proc.pid)
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: bytes | None = None,
+    timeout: float | None = 120.0,
+) -> Completed:
+    """Run a short host command to completion, capturing its output.
+
+    Detached runsc processes inherit our descriptors, so callers that start one must
+    pass files instead of pipes (see ``Runsc.run_detached``); this helper is for commands
+    that end by themselves.
+    """
+    proc = await spawn(
+        argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError:
+        proc.kill()
+        await wait(proc)
+        raise CommandError(argv, -9, f"timed out after {timeout}s") from None
+    finally:
+        OWNED_PIDS.discard(proc.pid)
+    rc = proc.returncode if proc.returncode is not None else -1
+    if check and rc != 0:
+        raise CommandError(argv, rc, (err or out).decode(errors="replace"))
+    return Completed(rc, out, err)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_with_files(argv: Sequence[str], out: IO[bytes], timeout: float = 120.0) -> int:
+    """Run a command whose descriptors must be files (it may leave detached children)."""
+    p = await spawn(argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        return await asyncio.wait_for(wait(p), timeout)
+    except TimeoutError:
+        p.kill()
+        await wait(p)
+        return -9

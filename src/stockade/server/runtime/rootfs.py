@@ -1,0 +1,113 @@
+"""A sandbox's root filesystem: read-only image layers under a private, size-limited upper.
+
+Layout of one sandbox directory::
+
+    <sandbox dir>/disk.img     sparse file, ext4, the size of the sandbox's ``disk`` limit
+    <sandbox dir>/disk/        disk.img loop-mounted; holds upper/ and work/
+    <sandbox dir>/merged/      overlayfs(lower=image layers, upper=disk/upper) = the root
+
+Putting the upper directory on its own small filesystem enforces ``disk`` without quota
+support from the host: writes past it fail with ENOSPC inside the sandbox, and the host
+disk only keeps what was actually written (the file is sparse). Layers are never copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import proc
+
+__all__ = ["RootFS"]
+
+
+class RootFS:
+    """Mounts and unmounts the root filesystem of one sandbox directory."""
+
+    def __init__(self, sandbox_dir: Path) -> None:
+        self.dir = sandbox_dir
+        self.image = sandbox_dir / "disk.img"
+        self.disk = sandbox_dir / "disk"
+        self.upper = self.disk / "upper"
+        self.work = self.disk / "work"
+        self.merged = sandbox_dir / "merged"
+
+    async def create(self, layers: Sequence[Path], disk_mib: int) -> None:
+        """Make the disk, mount it and mount the overlay. Idempotent steps, undone on error."""
+        if not layers:
+            raise ValueError("an image needs at least one layer")
+        for layer in layers:
+            if ":" in str(layer) or "," in str(layer):
+                raise ValueError(f"layer path {layer} cannot be used in overlay options")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk.mkdir(exist_ok=True)
+        self.merged.mkdir(exist_ok=True)
+        await asyncio.to_thread(_make_sparse, self.image, disk_mib * 1024 * 1024)
+        try:
+            # No journal and lazy init: mkfs + mount take ~25 ms and nothing is written upfront.
+            await proc.run(
+                [
+                    "mkfs.ext4", "-q", "-F", "-m", "0",
+                    "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                    "-O", "^has_journal",
+                    str(self.image),
+                ]
+            )  # fmt: skip
+            await proc.run(["mount", "-o", "loop,noatime", str(self.image), str(self.disk)])
+            self.upper.mkdir(exist_ok=True)
+            self.work.mkdir(exist_ok=True)
+            lower = ":".join(str(p) for p in layers)
+            await proc.run(
+                [
+                    "mount", "-t", "overlay", "overlay",
+                    "-o", f"lowerdir={lower},upperdir={self.upper},workdir={self.work}",
+                    str(self.merged),
+                ]
+            )  # fmt: skip
+        except BaseException:
+            await self.destroy()
+            raise
+
+    def is_mounted(self) -> bool:
+        return os.path.ismount(self.merged) and os.path.ismount(self.disk)
+
+    async def destroy(self) -> None:
+        """Unmount everything and remove the sandbox directory. Safe to call repeatedly."""
+        await self.destroy_keeping(())
+
+    async def destroy_keeping(self, keep: Sequence[str]) -> None:
+        """Unmount everything and remove the sandbox directory except the files in ``keep``."""
+        for mnt in (self.merged, self.disk):
+            if await asyncio.to_thread(os.path.ismount, mnt):
+                result = await proc.run(["umount", str(mnt)], check=False)
+                if result.returncode != 0:
+                    # A dying runsc may still hold it; detach now, the kernel frees it later.
+                    await proc.run(["umount", "-l", str(mnt)], check=False)
+        await asyncio.to_thread(_remove_except, self.dir, frozenset(keep))
+
+
+def _make_sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def _remove_except(directory: Path, keep: frozenset[str]) -> None:
+    try:
+        children = list(directory.iterdir())
+    except FileNotFoundError:
+        return
+    for child in children:
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                child.unlink()
+    if not keep or not any(directory.iterdir()):
+        with contextlib.suppress(OSError):
+            directory.rmdir()

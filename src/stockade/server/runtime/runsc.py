@@ -1,0 +1,156 @@
+"""Every runsc command line Stockade runs is built here, and only here.
+
+Global flags are the same for every verb so that a sandbox started by one server process
+is found and driven by the next one: a private ``--root`` per data directory, the systrap
+platform (the only fast one on these hosts; see DESIGN.md), our own kernel overlay as the
+root (``--overlay2=none``, so that writes land in the sandbox's upper directory) and no
+network (``--network=none``).
+
+A detached sandbox inherits the descriptors of the ``runsc`` that started it, so
+``run --detach`` is always given files, never pipes: a pipe would never reach EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import proc
+
+__all__ = ["MIN_RUNSC_VERSION", "Runsc", "RunscError", "SandboxState", "runsc_version"]
+
+# The first release with a usable systrap platform and checkpoint --leave-running.
+MIN_RUNSC_VERSION = 20240101
+
+
+class RunscError(Exception):
+    """A runsc verb failed; the message carries the verb and runsc's own words."""
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    id: str
+    status: str  # "created" | "running" | "stopped" | "paused"
+    pid: int
+
+
+def runsc_version(binary: str) -> int | None:
+    """The release date of a runsc binary as YYYYMMDD, or None if it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return None
+    m = re.search(r"version\s+(?:\S*?[~-])?(\d{8})", out) or re.search(r"(20\d{6})", out)
+    return int(m.group(1)) if m else None
+
+
+class Runsc:
+    """Drives runsc for one data directory. Safe to share: it holds no mutable state."""
+
+    def __init__(self, binary: str, root: Path) -> None:
+        self.binary = binary
+        self.root = root
+
+    def _argv(self, *verb: str) -> list[str]:
+        return [
+            self.binary,
+            f"--root={self.root}",
+            "--platform=systrap",
+            "--overlay2=none",
+            "--network=none",
+            *verb,
+        ]
+
+    async def run_detached(self, sandbox_id: str, bundle: Path, output: Path) -> None:
+        """Create and start a sandbox from ``bundle``; its init's output goes to ``output``."""
+        with open(output, "ab") as out:  # noqa: ASYNC230  (a local file, opened once)
+            result = await proc.run_with_files(
+                self._argv("run", "--detach", f"--bundle={bundle}", sandbox_id), out
+            )
+        if result != 0:
+            raise RunscError(f"runsc run {sandbox_id} exited {result}: {_tail(output)}")
+
+    def exec_argv(
+        self,
+        sandbox_id: str,
+        *,
+        process_json: Path,
+        internal_pid_file: Path | None = None,
+    ) -> list[str]:
+        """The argv of ``runsc exec`` for a process described by an OCI process.json.
+
+        The process file carries argv, env, cwd, user, rlimits and the terminal flag; it is
+        the one way to ask for a terminal in this runsc (there is no ``-t`` flag).
+        """
+        extra = [f"--internal-pid-file={internal_pid_file}"] if internal_pid_file else []
+        return self._argv("exec", *extra, f"--process={process_json}", sandbox_id)
+
+    def wait_argv(self, sandbox_id: str) -> list[str]:
+        """``runsc wait``: blocks until the sandbox's init exits and prints its status."""
+        return self._argv("wait", sandbox_id)
+
+    async def state(self, sandbox_id: str) -> SandboxState | None:
+        """The sandbox's state, or None when runsc does not know it."""
+        result = await proc.run(self._argv("state", sandbox_id), check=False, timeout=30)
+        if result.returncode != 0:
+            return None
+        try:
+            data: dict[str, Any] = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            return None
+        return SandboxState(str(data.get("id")), str(data.get("status")), int(data.get("pid", -1)))
+
+    async def list(self) -> list[SandboxState]:
+        result = await proc.run(self._argv("list", "--format=json"), check=False, timeout=30)
+        if result.returncode != 0:
+            raise RunscError(f"runsc list failed: {result.stderr.decode(errors='replace')}")
+        items = json.loads(result.stdout or b"[]") or []
+        return [SandboxState(str(i["id"]), str(i["status"]), int(i.get("pid", -1))) for i in items]
+
+    async def kill(
+        self, sandbox_id: str, signal: str = "KILL", *, pid: int | None = None, all: bool = False
+    ) -> bool:
+        """Signal a process in the sandbox (``pid`` is the sandbox-internal PID) or its init."""
+        args: list[str] = []
+        if pid is not None:
+            args.append(f"--pid={pid}")
+        if all:
+            args.append("--all")
+        result = await proc.run(
+            self._argv("kill", *args, sandbox_id, signal), check=False, timeout=30
+        )
+        return result.returncode == 0
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Force-delete the sandbox, retrying: under parallel deletes one may survive."""
+        last = ""
+        for attempt in range(5):
+            result = await proc.run(
+                self._argv("delete", "--force", sandbox_id), check=False, timeout=60
+            )
+            if await self.state(sandbox_id) is None:
+                return
+            last = result.stderr.decode(errors="replace").strip()
+            await asyncio.sleep(0.1 * (attempt + 1))
+        raise RunscError(f"runsc delete {sandbox_id} did not remove it: {last}")
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        data = path.read_bytes()[-limit:]
+    except OSError:
+        return ""
+    return data.decode(errors="replace").strip()
+
+
+def join_argv(argv: Sequence[str]) -> str:
+    return " ".join(argv)

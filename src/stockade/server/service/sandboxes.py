@@ -1,0 +1,389 @@
+"""Sandbox lifecycle: create, watch, time out, terminate, and reconcile after a restart.
+
+Every state transition is persisted before it is announced, so a server killed at any
+point comes back knowing what exists. runsc sandboxes outlive the server (they run
+detached); on start, :meth:`SandboxService.start` matches the records against what runsc
+reports and marks the ones that vanished as ``failed``.
+
+Concurrency: one asyncio.Lock per sandbox serialises its transitions (create, terminate,
+exit handling); reads need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import InvalidArgumentError, NotFoundError, SandboxTerminatedError, ServerError
+from ..config import ServerConfig
+from ..images.catalog import ImageCatalog
+from ..runtime import bundle, cgroups, proc
+from ..runtime.rootfs import RootFS
+from ..runtime.runsc import Runsc
+from ..state.records import SandboxRecord
+from ..state.store import Store
+
+__all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    image: str
+    cpu: float
+    memory: int
+    disk: int
+    timeout: float
+    env: Mapping[str, str]
+    workdir: str | None
+    tags: Mapping[str, str]
+    entrypoint: Sequence[str] | None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+class SandboxService:
+    def __init__(self, config: ServerConfig, store: Store, images: ImageCatalog) -> None:
+        self.config = config
+        self.store = store
+        self.images = images
+        self.runsc = Runsc(config.runsc, config.runsc_root)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._exit_codes: dict[str, asyncio.Future[int | None]] = {}
+        self._deadline_changed = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        # Strong references to fire-and-forget tasks, so they are not garbage-collected.
+        self._background: set[asyncio.Task[None]] = set()
+        config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        config.runsc_root.mkdir(parents=True, exist_ok=True)
+
+    # ----------------------------------------------------------------- paths & lookups
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.config.sandboxes_dir / sandbox_id
+
+    def log_path(self, sandbox_id: str) -> Path:
+        return self.sandbox_dir(sandbox_id) / "output.log"
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def get(self, sandbox_id: str) -> SandboxRecord:
+        record = await self.store.get_sandbox(sandbox_id)
+        if record is None:
+            raise NotFoundError(
+                f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
+            )
+        return record
+
+    async def get_running(self, sandbox_id: str) -> SandboxRecord:
+        """The record of a running sandbox, or SandboxTerminatedError saying how it ended."""
+        record = await self.get(sandbox_id)
+        if record.status != "running":
+            if record.status == "starting":
+                raise SandboxTerminatedError(f"sandbox {sandbox_id} is still starting")
+            raise SandboxTerminatedError(describe_end(record))
+        return record
+
+    async def list(
+        self, *, status: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> list[SandboxRecord]:
+        records = await self.store.list_sandboxes(status)
+        if tags:
+            records = [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
+        return records
+
+    # ----------------------------------------------------------------------- create
+
+    async def create(self, req: CreateRequest) -> SandboxRecord:
+        image = await self.images.ensure(req.image)
+        now = time.time()
+        record = SandboxRecord(
+            id=new_id("sb"),
+            image=req.image,
+            cpu=req.cpu,
+            memory=req.memory,
+            disk=req.disk,
+            timeout=req.timeout,
+            env=dict(req.env),
+            workdir=req.workdir,
+            tags=dict(req.tags),
+            entrypoint=list(req.entrypoint) if req.entrypoint else None,
+            created_at=now,
+        )
+        async with self._lock(record.id):
+            await self.store.put_sandbox(record)
+            rootfs = RootFS(self.sandbox_dir(record.id))
+            try:
+                await rootfs.create(image.layers, req.disk)
+                spec = bundle.container_spec(
+                    root=rootfs.merged,
+                    process=bundle.ProcessSpec(
+                        record.entrypoint or bundle.IDLE_INIT,
+                        env=self.process_env(record),
+                        cwd=record.workdir or "/",
+                    ),
+                    hostname=record.id,
+                    cpu=record.cpu,
+                    memory_mib=record.memory,
+                    cgroups_path=cgroups.cgroup_path(record.id),
+                )
+                if record.workdir:
+                    # The working directory must exist before the init starts in it.
+                    (rootfs.merged / record.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                bundle.write_json(rootfs.dir / "config.json", spec)
+                await self.runsc.run_detached(record.id, rootfs.dir, self.log_path(record.id))
+                state = await self.runsc.state(record.id)
+                if state is None or state.status != "running":
+                    raise ServerError(
+                        f"sandbox {record.id} stopped right after starting: "
+                        f"{_tail(self.log_path(record.id))}"
+                    )
+            except Exception as exc:
+                await self._cleanup(record.id)
+                record.status, record.reason = "failed", "error"
+                record.message = f"starting the sandbox failed: {exc}"
+                record.ended_at = time.time()
+                await self.store.put_sandbox(record)
+                if isinstance(exc, InvalidArgumentError):
+                    raise
+                raise ServerError(f"starting sandbox {record.id} failed: {exc}") from exc
+            record.pid = state.pid
+            record.status = "running"
+            record.started_at = time.time()
+            record.expires_at = record.started_at + record.timeout
+            await self.store.put_sandbox(record)
+        self._watch(record)
+        self._deadline_changed.set()
+        return record
+
+    def process_env(
+        self, record: SandboxRecord, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        env = dict(bundle.DEFAULT_ENV)
+        env.update(record.env)
+        if extra:
+            env.update(extra)
+        return env
+
+    # -------------------------------------------------------------------- terminate
+
+    async def terminate(
+        self, sandbox_id: str, *, reason: str = "terminated", message: str | None = None
+    ) -> SandboxRecord:
+        """End a sandbox (idempotent: an ended one is returned as it is)."""
+        async with self._lock(sandbox_id):
+            record = await self.get(sandbox_id)
+            if not record.alive:
+                return record
+            self._unwatch(sandbox_id)
+            await self._cleanup(sandbox_id)
+            record.status = "terminated"
+            record.reason = reason
+            record.message = message
+            record.ended_at = time.time()
+            await self.store.put_sandbox(record)
+            log.info("sandbox %s ended: %s", sandbox_id, reason)
+        self._deadline_changed.set()
+        return record
+
+    async def _cleanup(self, sandbox_id: str) -> None:
+        """Remove the runsc sandbox and the root filesystem; tolerate either being gone."""
+        try:
+            await self.runsc.delete(sandbox_id)
+        except Exception:
+            log.exception("deleting runsc sandbox %s", sandbox_id)
+        await RootFS(self.sandbox_dir(sandbox_id)).destroy_keeping(("output.log",))
+
+    # ------------------------------------------------------- watching for the end
+
+    def _watch(self, record: SandboxRecord) -> None:
+        if record.entrypoint:
+            fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self._exit_codes[record.id] = fut
+            self._spawn_task(self._collect_exit_code(record.id, fut))
+        self._watchers[record.id] = asyncio.create_task(
+            self._watch_pid(record.id, record.pid or -1), name=f"watch-{record.id}"
+        )
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _unwatch(self, sandbox_id: str) -> None:
+        task = self._watchers.pop(sandbox_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        fut = self._exit_codes.pop(sandbox_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    async def _collect_exit_code(self, sandbox_id: str, fut: asyncio.Future[int | None]) -> None:
+        """``runsc wait`` reports the init's exit status only while the sandbox lives."""
+        import json
+
+        p = await proc.spawn(self.runsc.wait_argv(sandbox_id), stdout=asyncio.subprocess.PIPE)
+        try:
+            out = await p.stdout.read() if p.stdout else b""
+            await proc.wait(p)
+            code: int | None = None
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                code = int(json.loads(out)["exitStatus"])
+            if not fut.done():
+                fut.set_result(code)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await proc.wait(p)
+            raise
+
+    async def _watch_pid(self, sandbox_id: str, pid: int) -> None:
+        """Wait for the runsc sandbox process to exit, without polling (pidfd)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            loop = asyncio.get_running_loop()
+            gone = asyncio.Event()
+            loop.add_reader(fd, gone.set)
+            try:
+                await gone.wait()
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        await self._on_exit(sandbox_id)
+
+    async def _on_exit(self, sandbox_id: str) -> None:
+        code: int | None = None
+        fut = self._exit_codes.get(sandbox_id)
+        if fut is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                code = await asyncio.wait_for(asyncio.shield(fut), 2.0)
+        async with self._lock(sandbox_id):
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or not record.alive:
+                return
+            self._watchers.pop(sandbox_id, None)
+            self._exit_codes.pop(sandbox_id, None)
+            ooms = cgroups.oom_kills(sandbox_id)
+            if ooms > 0:
+                record.status, record.reason = "failed", "oom"
+                record.message = (
+                    f"the sandbox ran out of memory (memory={record.memory} MiB) and was "
+                    "killed; create it with a larger `memory=`"
+                )
+            elif record.entrypoint:
+                record.status, record.reason, record.exit_code = "terminated", "exited", code
+                record.message = f"the entrypoint exited with code {code}"
+            else:
+                record.status, record.reason = "failed", "error"
+                record.message = "the sandbox's runsc process exited unexpectedly"
+            await self._cleanup(sandbox_id)
+            record.ended_at = time.time()
+            await self.store.put_sandbox(record)
+            log.info("sandbox %s ended: %s", sandbox_id, record.reason)
+        self._deadline_changed.set()
+
+    # --------------------------------------------------------------- timeouts
+
+    async def _expire_loop(self) -> None:
+        while True:
+            self._deadline_changed.clear()
+            running = await self.store.list_sandboxes("running")
+            now = time.time()
+            next_deadline: float | None = None
+            for r in running:
+                if r.expires_at is None:
+                    continue
+                if r.expires_at <= now:
+                    self._spawn_task(self._expire(r.id, r.timeout))
+                elif next_deadline is None or r.expires_at < next_deadline:
+                    next_deadline = r.expires_at
+            wait = 60.0 if next_deadline is None else max(0.0, next_deadline - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deadline_changed.wait(), wait)
+
+    async def _expire(self, sandbox_id: str, timeout: float) -> None:
+        try:
+            await self.terminate(
+                sandbox_id,
+                reason="timeout",
+                message=f"the sandbox reached its timeout of {timeout:g}s; "
+                "create it with a larger `timeout=`",
+            )
+        except Exception:
+            log.exception("expiring sandbox %s", sandbox_id)
+
+    # ------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        """Reconcile records with runsc, then start the timeout loop."""
+        known = {s.id: s for s in await self.runsc.list()}
+        for record in await self.store.list_sandboxes():
+            if not record.alive:
+                continue
+            state = known.get(record.id)
+            rootfs = RootFS(self.sandbox_dir(record.id))
+            if state is not None and state.status == "running" and rootfs.is_mounted():
+                record.pid = state.pid
+                await self.store.put_sandbox(record)
+                self._watch(record)
+                continue
+            await self._cleanup(record.id)
+            record.status, record.reason = "failed", "error"
+            record.message = (
+                "the sandbox's runsc sandbox vanished while the server was down"
+                if state is None
+                else f"the sandbox was {state.status} when the server restarted"
+            )
+            record.ended_at = time.time()
+            await self.store.put_sandbox(record)
+            log.warning("sandbox %s: %s", record.id, record.message)
+        # runsc sandboxes that have no live record (e.g. the server died mid-create).
+        alive_ids = {r.id for r in await self.store.list_sandboxes("running")}
+        for sid in known:
+            if sid not in alive_ids:
+                await self._cleanup(sid)
+        self._timer = asyncio.create_task(self._expire_loop(), name="expire-loop")
+
+    async def stop(self) -> None:
+        """Stop watching; the sandboxes themselves keep running for the next server."""
+        tasks = [t for t in (self._timer, *self._watchers.values()) if t is not None]
+        for fut in self._exit_codes.values():
+            fut.cancel()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def describe_end(record: SandboxRecord) -> str:
+    """Why a sandbox is not running, in words that suggest what to do next."""
+    base = f"sandbox {record.id} was {record.status}"
+    if record.reason:
+        base += f" ({record.reason})"
+    if record.message:
+        base += f": {record.message}"
+    return base + "; create a new sandbox to continue"
+
+
+def _tail(path: Path, limit: int = 1500) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode(errors="replace").strip()
+    except OSError:
+        return ""
