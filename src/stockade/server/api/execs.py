@@ -23,6 +23,7 @@ from ...errors import InvalidArgumentError, StockadeError
 from ..service.execs import ExecSession, ExitInfo, OutputChunk
 from ..service.files import check_path
 from .deps import Services, check_token, services
+from .errors import error_response
 from .limits import check_range
 from .schemas import ExecRequest, WsExecRequest
 
@@ -111,10 +112,21 @@ async def _send_error(ws: WebSocket, err: StockadeError) -> None:
 @ws_router.websocket("/ws")
 async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
     """Interactive exec; see docs/api.md for the frames."""
-    await ws.accept()
     svc: Services = ws.app.state.services
     try:
+        # Refuse the handshake itself with a plain HTTP error when we can, so that a bad
+        # token or an ended sandbox looks the same as on every other route.
         check_token(ws)
+        await svc.sandboxes.get_running(sandbox_id)
+    except StockadeError as err:
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(error_response(err.status, err.code, err.message))
+        else:
+            await ws.accept()
+            await _send_error(ws, err)
+        return
+    await ws.accept()
+    try:
         first = await ws.receive_text()
         try:
             req = WsExecRequest.model_validate_json(first)
@@ -128,7 +140,7 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
     except StockadeError as err:
         await _send_error(ws, err)
         return
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, KeyError, RuntimeError):
         return
     await ws.send_text('{"type":"started"}')
     reader = asyncio.create_task(_client_to_session(ws, session))

@@ -4,8 +4,10 @@ The limits live here so that the init process and every exec get the same ones:
 - memory: the cgroup limit; gVisor also reports it as MemTotal inside.
 - cpu: a CFS quota of ``cpu`` cores per 100 ms period.
 - RLIMIT_NPROC: the fork-bomb guard. The gVisor kernel enforces it per user inside the
-  sandbox. ``pids.max`` counts host threads of the sandbox, not guest processes, so it is
-  only a backstop (about 10× the guest limit).
+  sandbox, so a bomb gets EAGAIN while the sandbox lives on. It scales with ``memory``
+  (one process per 2 MiB, within 64–4096): a limit that lets the bomb exhaust memory first
+  would turn a contained bomb into an OOM kill of the whole sandbox. ``pids.max`` counts
+  host threads of the sandbox, not guest processes, so it is only a backstop.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_ENV", "MAX_PROCESSES", "ProcessSpec", "container_spec", "write_json"]
+__all__ = ["DEFAULT_ENV", "ProcessSpec", "container_spec", "max_processes", "write_json"]
 
-MAX_PROCESSES = 512
-_PIDS_BACKSTOP = MAX_PROCESSES * 10
+_PIDS_BACKSTOP = 40960
 _CPU_PERIOD_US = 100_000
 
 DEFAULT_ENV: dict[str, str] = {
@@ -32,9 +33,13 @@ DEFAULT_ENV: dict[str, str] = {
 IDLE_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait $!; done"]
 
 
-def _rlimits() -> list[dict[str, Any]]:
+def max_processes(memory_mib: int) -> int:
+    return max(64, min(4096, memory_mib // 2))
+
+
+def _rlimits(nproc: int) -> list[dict[str, Any]]:
     return [
-        {"type": "RLIMIT_NPROC", "hard": MAX_PROCESSES, "soft": MAX_PROCESSES},
+        {"type": "RLIMIT_NPROC", "hard": nproc, "soft": nproc},
         {"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536},
     ]
 
@@ -49,7 +54,9 @@ class ProcessSpec:
         env: Mapping[str, str],
         cwd: str = "/",
         terminal: bool = False,
+        max_processes: int,
     ) -> None:
+        self.max_processes = max_processes
         self.args = list(args)
         self.env = dict(env)
         self.cwd = cwd
@@ -62,7 +69,7 @@ class ProcessSpec:
             "args": self.args,
             "env": [f"{k}={v}" for k, v in self.env.items()],
             "cwd": self.cwd,
-            "rlimits": _rlimits(),
+            "rlimits": _rlimits(self.max_processes),
             "noNewPrivileges": True,
         }
 

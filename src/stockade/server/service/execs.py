@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InvalidArgumentError
-from ..runtime import bundle, cgroups, proc
-from ..runtime.runsc import Runsc
+from ..runtime import bundle, proc
 from ..state.records import SandboxRecord
 from .sandboxes import SandboxService, new_id
 
@@ -80,15 +79,21 @@ class ExecSession:
     """One command running in a sandbox. Not thread-safe; use it from the event loop."""
 
     def __init__(
-        self, raw: RawExec, runsc: Runsc, *, master_fd: int | None, timeout: float | None
+        self,
+        raw: RawExec,
+        sandboxes: SandboxService,
+        *,
+        master_fd: int | None,
+        timeout: float | None,
     ) -> None:
         self.raw = raw
-        self._runsc = runsc
+        self._sandboxes = sandboxes
+        self._runsc = sandboxes.runsc
         self._master = master_fd
         self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=256)
         self._timed_out = False
         self._killed = False
-        self._oom_before = cgroups.oom_kills(raw.sandbox_id)
+        self._oom_before = sandboxes.oom_kills(raw.sandbox_id)
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._timeout = timeout
@@ -152,10 +157,13 @@ class ExecSession:
             rc = p.returncode if p.returncode is not None else -1
             if rc < 0:
                 rc = 128 - rc  # killed by a host signal: report it the shell's way
-            oom = cgroups.oom_kills(self.raw.sandbox_id) > self._oom_before
+            if rc != 0:
+                # The sandbox may be dying of OOM right now; give its watcher a moment.
+                await asyncio.sleep(0.05)
+            oom = self._sandboxes.oom_kills(self.raw.sandbox_id) > self._oom_before
             if self._timed_out:
                 info = ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True, oom=oom)
-            elif oom and rc != 0:
+            elif oom:
                 info = ExitInfo(OOM_EXIT_CODE, oom=True)
             else:
                 info = ExitInfo(rc)
@@ -271,6 +279,7 @@ class ExecService:
             env=self.sandboxes.process_env(record, env),
             cwd=workdir or record.workdir or "/",
             terminal=terminal_fd is not None,
+            max_processes=bundle.max_processes(record.memory),
         )
         bundle.write_json(process_json, spec.to_dict())
         argv_host = self.sandboxes.runsc.exec_argv(
@@ -307,7 +316,7 @@ class ExecService:
         record = await self.sandboxes.get_running(sandbox_id)
         if pty_size is None:
             raw = await self.spawn_raw(record, argv, env=env, workdir=workdir)
-            session = ExecSession(raw, self.sandboxes.runsc, master_fd=None, timeout=timeout)
+            session = ExecSession(raw, self.sandboxes, master_fd=None, timeout=timeout)
         else:
             master, slave = pty.openpty()
             _set_winsize(master, *pty_size)
@@ -325,7 +334,7 @@ class ExecService:
                 raise
             finally:
                 os.close(slave)
-            session = ExecSession(raw, self.sandboxes.runsc, master_fd=master, timeout=timeout)
+            session = ExecSession(raw, self.sandboxes, master_fd=master, timeout=timeout)
         session.start()
         return session
 

@@ -62,6 +62,7 @@ class SandboxService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._exit_codes: dict[str, asyncio.Future[int | None]] = {}
+        self._final_ooms: dict[str, int] = {}
         self._deadline_changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         # Strong references to fire-and-forget tasks, so they are not garbage-collected.
@@ -134,6 +135,7 @@ class SandboxService:
                         record.entrypoint or bundle.IDLE_INIT,
                         env=self.process_env(record),
                         cwd=record.workdir or "/",
+                        max_processes=bundle.max_processes(record.memory),
                     ),
                     hostname=record.id,
                     cpu=record.cpu,
@@ -168,6 +170,10 @@ class SandboxService:
         self._watch(record)
         self._deadline_changed.set()
         return record
+
+    def oom_kills(self, sandbox_id: str) -> int:
+        """OOM kills in the sandbox so far, also readable shortly after it died."""
+        return cgroups.oom_kills(sandbox_id) or self._final_ooms.get(sandbox_id, 0)
 
     def process_env(
         self, record: SandboxRecord, extra: Mapping[str, str] | None = None
@@ -280,6 +286,8 @@ class SandboxService:
             self._watchers.pop(sandbox_id, None)
             self._exit_codes.pop(sandbox_id, None)
             ooms = cgroups.oom_kills(sandbox_id)
+            # runsc delete removes the cgroup; execs that end after it still ask.
+            self._final_ooms[sandbox_id] = ooms
             if ooms > 0:
                 record.status, record.reason = "failed", "oom"
                 record.message = (
