@@ -12,13 +12,13 @@ run: setup
 	$(VENV)/bin/stockade serve $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
 
 typecheck: setup
 	$(VENV)/bin/mypy
 
 test: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -p no:cacheprovider -q
 

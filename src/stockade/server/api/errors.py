@@ -166,14 +166,22 @@ class BodyLimit:
             await error_response(413, too_big.code, too_big.message)(scope, receive, send)
             return
         seen = 0
+        answered = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise too_big
+                if seen > self.limit and not answered:
+                    # Answer 413 ourselves and tell the app the client went away.
+                    answered = True
+                    await error_response(413, too_big.code, too_big.message)(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, counted, guarded_send)

@@ -1,0 +1,87 @@
+"""Raw runsc baselines, measured the way a user of plain runsc would do the same work.
+
+Each raw sandbox gets an OCI bundle whose root is the same read-only image layer that
+Stockade uses, with runsc's own in-memory overlay for writes (``--overlay2=root:memory``),
+so no mount work of ours is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+
+class RawRunsc:
+    def __init__(self, runsc: str, image_root: Path, work: Path) -> None:
+        self.runsc = runsc
+        self.image_root = image_root
+        self.work = work
+        self.root = work / "runsc-root"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self, *verb: str) -> list[str]:
+        return [
+            self.runsc, f"--root={self.root}", "--platform=systrap",
+            "--network=none", "--overlay2=root:memory", *verb,
+        ]  # fmt: skip
+
+    def _bundle(self, sid: str) -> Path:
+        bundle = self.work / sid
+        bundle.mkdir()
+        spec = {
+            "ociVersion": "1.0.2",
+            "process": {
+                "user": {"uid": 0, "gid": 0},
+                "args": ["sleep", "infinity"],
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/",
+            },
+            "root": {"path": str(self.image_root), "readonly": True},
+            "hostname": sid,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            ],
+            "linux": {
+                "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]
+            },
+        }
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
+
+    def start(self) -> str:
+        """``runsc run --detach``; returns the sandbox ID."""
+        sid = "raw-" + uuid.uuid4().hex[:10]
+        bundle = self._bundle(sid)
+        # Files, not pipes: the detached sandbox inherits these descriptors.
+        with open(bundle / "out.log", "wb") as out:
+            subprocess.run(
+                self._argv("run", "--detach", f"--bundle={bundle}", sid),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True,
+            )  # fmt: skip
+        return sid
+
+    def exec(self, sid: str, *argv: str, stdin: bytes | None = None) -> bytes:
+        result = subprocess.run(
+            self._argv("exec", sid, *argv), input=stdin, capture_output=True, check=True
+        )
+        return result.stdout
+
+    def first_output(self, sid: str, *argv: str) -> float:
+        """Seconds until the first byte of an exec's output arrives."""
+        t0 = time.perf_counter()
+        p = subprocess.Popen(self._argv("exec", sid, *argv), stdout=subprocess.PIPE)
+        assert p.stdout is not None
+        p.stdout.read(1)
+        elapsed = time.perf_counter() - t0
+        p.stdout.read()
+        p.wait()
+        return elapsed
+
+    def delete(self, sid: str) -> None:
+        subprocess.run(self._argv("delete", "--force", sid), capture_output=True, check=False)
+        shutil.rmtree(self.work / sid, ignore_errors=True)

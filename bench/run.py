@@ -1,0 +1,170 @@
+"""``make bench``: Stockade's core figures next to raw runsc, measured in one run.
+
+Starts its own server (temporary data directory, the machine's image cache), then for each
+figure prints the median and p95 over ``--runs`` repetitions and the ratio Stockade/raw.
+
+    python -m bench.run [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from stockade import Sandbox
+
+from .baseline import RawRunsc
+
+MiB = 1024 * 1024
+
+
+def _p95(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
+
+
+def _time(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+class Server:
+    def __init__(self, work: Path) -> None:
+        self.token = "sk_bench_" + secrets.token_hex(8)
+        self.port = 7900 + os.getpid() % 90
+        self.data = work / "data"
+        self.log = open(work / "server.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "STOCKADE_TOKEN": self.token}
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "stockade"), "serve",
+             "--port", str(self.port), "--data-dir", str(self.data)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        os.environ["STOCKADE_URL"] = self.url
+        os.environ["STOCKADE_TOKEN"] = self.token
+
+    def runsc(self) -> str:
+        line = next(
+            x for x in (self.data.parent / "server.log").read_text().splitlines() if "runsc:" in x
+        )
+        return line.split("runsc:")[1].strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--image", default="debian")
+    args = ap.parse_args()
+    runs: int = args.runs
+    work = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
+    server = Server(work)
+    cache = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade")
+    raw = RawRunsc(server.runsc(), cache / "images" / args.image / "rootfs", work / "raw")
+    rows: list[tuple[str, list[float], list[float]]] = []
+    payload = os.urandom(MiB)
+    try:
+        # 1. create → first output of `echo`, end to end through the SDK.
+        def stockade_create() -> None:
+            sb = Sandbox.create(image=args.image, timeout=120)
+            p = sb.exec("echo", "hi")
+            assert p.stdout.readline() == "hi\n"
+            p.wait()
+            created.append(sb)
+
+        created: list[Sandbox] = []
+        create_times = _time(stockade_create, runs)
+        for sb in created:
+            sb.terminate()
+
+        raw_ids: list[str] = []
+
+        def raw_create() -> None:
+            sid = raw.start()
+            raw.first_output(sid, "echo", "hi")
+            raw_ids.append(sid)
+
+        raw_create_times = _time(raw_create, runs)
+        for sid in raw_ids:
+            raw.delete(sid)
+        rows.append(("create → first output (echo)", create_times, raw_create_times))
+
+        # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
+        sb = Sandbox.create(image=args.image, timeout=600)
+        sid = raw.start()
+        try:
+            rows.append(
+                (
+                    "exec round trip: true (WebSocket)",
+                    _time(lambda: sb.exec("true").wait(), runs),
+                    _time(lambda: raw.exec(sid, "true"), runs),
+                )
+            )
+            rows.append(
+                (
+                    "exec round trip: true (HTTP NDJSON)",
+                    _time(lambda: sb.run(["true"]), runs),
+                    _time(lambda: raw.exec(sid, "true"), runs),
+                )
+            )
+
+            def sdk_file() -> None:
+                sb.files.write("/tmp/bench.bin", payload)
+                assert len(sb.files.read_bytes("/tmp/bench.bin")) == MiB
+
+            def raw_file() -> None:
+                raw.exec(sid, "sh", "-c", "cat > /tmp/bench.bin", stdin=payload)
+                assert len(raw.exec(sid, "cat", "/tmp/bench.bin")) == MiB
+
+            rows.append(("1 MiB file write + read", _time(sdk_file, runs), _time(raw_file, runs)))
+        finally:
+            sb.terminate()
+            raw.delete(sid)
+    finally:
+        server.stop()
+        subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nStockade vs raw runsc — {runs} runs each, image {args.image!r} (times in ms)\n")
+    head = f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'raw p50':>9} {'p95':>8} {'ratio':>7}"
+    print(head)
+    print("-" * len(head))
+    for name, ours, theirs in rows:
+        m, r = statistics.median(ours), statistics.median(theirs)
+        print(
+            f"{name:<38} {m * 1e3:>12.1f} {_p95(ours) * 1e3:>8.1f} "
+            f"{r * 1e3:>9.1f} {_p95(theirs) * 1e3:>8.1f} {m / r:>6.2f}x"
+        )
+    print("\nraw create = `runsc run --detach` + `runsc exec echo hi` to first byte;")
+    print("raw exec = `runsc exec true`; raw file = `runsc exec` of cat with stdin / stdout.")
+
+
+if __name__ == "__main__":
+    main()

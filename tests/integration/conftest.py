@@ -1,0 +1,145 @@
+"""A real Stockade server on loopback, driving real runsc, for the integration tests.
+
+The server runs as a separate process (as users run it) with its own temporary data
+directory, and shares the machine's image cache so base images are built once. Tests
+talk to it through the SDK, the CLI or plain HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    """A `stockade serve` subprocess; restartable without losing its data directory."""
+
+    data_dir: Path
+    token: str
+    port: int = field(default_factory=_free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start(self) -> None:
+        env = {**os.environ, "STOCKADE_TOKEN": self.token}
+        log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the child's lifetime)
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "stockade"), "serve",
+                "--port", str(self.port), "--data-dir", str(self.data_dir),
+            ],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within 60 s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def terminate_all(self) -> None:
+        """End every sandbox this server knows (cleanup between test modules)."""
+        try:
+            with httpx.Client(base_url=self.url, headers=self.headers, timeout=60) as c:
+                for sb in c.get("/v1/sandboxes", params={"status": "running"}).json()["sandboxes"]:
+                    c.delete(f"/v1/sandboxes/{sb['id']}")
+        except httpx.HTTPError:
+            pass
+
+
+def _require_runsc_host() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests drive runsc and must run as root (use `make test`)")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[LiveServer]:
+    _require_runsc_host()
+    tmp = Path(tempfile.mkdtemp(prefix="stockade-test-"))
+    live = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
+    live.start()
+    # The SDK and CLI under test find the server through the environment, as users do.
+    saved = {k: os.environ.get(k) for k in ("STOCKADE_URL", "STOCKADE_TOKEN")}
+    os.environ["STOCKADE_URL"] = live.url
+    os.environ["STOCKADE_TOKEN"] = live.token
+    try:
+        yield live
+    finally:
+        live.terminate_all()
+        live.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run(["umount", "-R", "-l", str(tmp)], capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    """A plain HTTP client with the admin token: what a curl user would send."""
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as client:
+        yield client

@@ -1,0 +1,110 @@
+"""IO-free pieces of the server: specs, paths, parsing, mirrors, versions, the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade.errors import InvalidArgumentError
+from stockade.server.api.limits import check_create_ranges
+from stockade.server.images.mirror import debian_mirror
+from stockade.server.runtime import bundle
+from stockade.server.runtime.cgroups import cgroup_path
+from stockade.server.service.files import _parse_infos, check_path
+from stockade.server.state.records import SandboxRecord
+from stockade.server.state.store import SQLiteStore
+
+
+def test_container_spec_carries_limits() -> None:
+    proc = bundle.ProcessSpec(["sleep", "1"], env={"A": "1"}, cwd="/w", max_processes=128)
+    spec = bundle.container_spec(
+        root=Path("/r"), process=proc, hostname="sb-1", cpu=0.5, memory_mib=256,
+        cgroups_path=cgroup_path("sb-1"),
+    )  # fmt: skip
+    res = spec["linux"]["resources"]
+    assert res["memory"]["limit"] == 256 * 1024 * 1024
+    assert res["cpu"]["quota"] * 2 == res["cpu"]["period"]
+    assert spec["linux"]["cgroupsPath"] == "/stockade/sb-1"
+    nproc = [r for r in spec["process"]["rlimits"] if r["type"] == "RLIMIT_NPROC"]
+    assert nproc == [{"type": "RLIMIT_NPROC", "hard": 128, "soft": 128}]
+    assert spec["process"]["env"] == ["A=1"]
+    assert {"type": "network"} in spec["linux"]["namespaces"]
+
+
+def test_process_limit_scales_with_memory() -> None:
+    assert bundle.max_processes(64) == 64
+    assert bundle.max_processes(512) == 256
+    assert bundle.max_processes(65536) == 4096
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm"), [("/a/b/../c", "/a/c"), ("/", "/"), ("//x//y/", "/x/y"), ("/a/./b", "/a/b")]
+)
+def test_check_path_normalises(raw: str, norm: str) -> None:
+    assert check_path(raw) == norm
+
+
+@pytest.mark.parametrize("bad", ["", "rel/path", "/a\x00b", "/" + "a" * 5000])
+def test_check_path_rejects(bad: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        check_path(bad)
+
+
+def test_parse_infos_handles_odd_names() -> None:
+    raw = (
+        b"f\t5\t644\t1700000000.5\t\t/app/x.txt\0"
+        b"d\t4096\t755\t1700000000.0\t\t/app/with\ttab\0"
+        b"l\t7\t777\t1.0\t/target\t/app/link\0"
+    )
+    infos = _parse_infos(raw)
+    assert [(i.name, i.type) for i in infos] == [
+        ("x.txt", "file"), ("with\ttab", "dir"), ("link", "symlink"),
+    ]  # fmt: skip
+    assert infos[0].mode == 0o644 and infos[0].size == 5 and infos[0].mtime == 1700000000.5
+    assert infos[2].target == "/target"
+
+
+def test_ranges_name_the_allowed_values() -> None:
+    check_create_ranges(1, 512, 1024, 300)
+    with pytest.raises(InvalidArgumentError, match=r"memory=10 is out of range; allowed: 64–65536"):
+        check_create_ranges(1, 10, 1024, 300)
+
+
+def test_mirror_from_deb822_and_one_line_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STOCKADE_DEBIAN_MIRROR", raising=False)
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (d / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64] http://other.example/debian bookworm main\n"
+    )
+    assert debian_mirror(tmp_path) == "http://other.example/debian"
+    monkeypatch.setenv("STOCKADE_DEBIAN_MIRROR", "http://override/debian/")
+    assert debian_mirror(tmp_path) == "http://override/debian"
+
+
+async def test_sqlite_store_round_trip(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    rec = SandboxRecord(id="sb-1", image="python", cpu=1, memory=512, disk=1024, timeout=300,
+                        tags={"k": "v"}, created_at=1.0)  # fmt: skip
+    await store.put_sandbox(rec)
+    rec.status, rec.reason = "terminated", "timeout"
+    await store.put_sandbox(rec)
+    await store.put_sandbox(SandboxRecord(id="sb-2", image="debian", cpu=1, memory=512,
+                                          disk=1024, timeout=300, created_at=2.0))  # fmt: skip
+    await store.close()
+    reopened = SQLiteStore(tmp_path / "state.db")
+    got = await reopened.get_sandbox("sb-1")
+    assert got is not None and got.reason == "timeout" and got.tags == {"k": "v"}
+    assert [r.id for r in await reopened.list_sandboxes()] == ["sb-2", "sb-1"]
+    assert [r.id for r in await reopened.list_sandboxes("terminated")] == ["sb-1"]
+    assert await reopened.get_sandbox("sb-3") is None
+    await reopened.close()
