@@ -9,6 +9,8 @@ Every error Stockade raises derives from one root::
     ├── ConflictError              409 conflict
     │   └── SandboxTerminatedError 409 sandbox_terminated
     ├── StockadeTimeoutError       504 timeout, and an exec that ran past its `timeout`
+    │   └── CommandTimeoutError    (stockade.commands) `run()` past its timeout; has the output
+    ├── CommandError               (stockade.commands) `run(check=True)` exited non-zero
     ├── ServerError                500 internal (and any other 5xx)
     └── StockadeConnectionError    the server could not be reached
 

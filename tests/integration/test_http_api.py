@@ -188,7 +188,11 @@ def test_list_filters_by_tag_and_status(http: httpx.Client) -> None:
     a = http.post("/v1/sandboxes", json={"image": "debian", "tags": {"t": "a", "team": "x"}}).json()
     b = http.post("/v1/sandboxes", json={"image": "debian", "tags": {"t": "b", "team": "x"}}).json()
     try:
-        ids = lambda **p: {s["id"] for s in http.get("/v1/sandboxes", params=p).json()["sandboxes"]}  # noqa: E731
+
+        def ids(**params: str | list[str]) -> set[str]:
+            listing = http.get("/v1/sandboxes", params=params).json()["sandboxes"]
+            return {sb["id"] for sb in listing}
+
         assert ids(tag="t=a") == {a["id"]}
         assert ids(tag=["team=x"]) >= {a["id"], b["id"]}
         assert ids(tag=["team=x", "t=b"]) == {b["id"]}

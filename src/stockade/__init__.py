@@ -1,0 +1,74 @@
+"""Stockade: self-hosted gVisor sandboxes for running untrusted code.
+
+Example::
+
+    from stockade import Sandbox
+
+    with Sandbox.create(image="python") as sb:
+        print(sb.run("python3 -c 'print(6*7)'").stdout)
+
+The same API exists for asyncio as ``AsyncSandbox`` (``await AsyncSandbox.create()``).
+"""
+
+from importlib import metadata as _metadata
+
+from stockade._async import (
+    AsyncClient,
+    AsyncFiles,
+    AsyncProcess,
+    AsyncSandbox,
+    AsyncStreamReader,
+    AsyncStreamWriter,
+)
+from stockade._sync import Client, Files, Process, Sandbox, StreamReader, StreamWriter
+from stockade.commands import CommandError, CommandResult, CommandTimeoutError
+from stockade.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    SandboxTerminatedError,
+    ServerError,
+    StockadeConnectionError,
+    StockadeError,
+    StockadeTimeoutError,
+    error_from_body,
+)
+from stockade.models import FileInfo, ImageInfo, SandboxInfo
+
+try:
+    __version__ = _metadata.version("stockade")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncFiles",
+    "AsyncProcess",
+    "AsyncSandbox",
+    "AsyncStreamReader",
+    "AsyncStreamWriter",
+    "AuthenticationError",
+    "Client",
+    "CommandError",
+    "CommandResult",
+    "CommandTimeoutError",
+    "ConflictError",
+    "FileInfo",
+    "Files",
+    "ImageInfo",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "Process",
+    "Sandbox",
+    "SandboxInfo",
+    "SandboxTerminatedError",
+    "ServerError",
+    "StockadeConnectionError",
+    "StockadeError",
+    "StockadeTimeoutError",
+    "StreamReader",
+    "StreamWriter",
+    "__version__",
+    "error_from_body",
+]

@@ -1,0 +1,242 @@
+"""The connection to a Stockade server: HTTP requests, streams and exec WebSockets.
+
+Every HTTP call of the SDK goes through :class:`AsyncClient`, which is therefore the one
+boundary where httpx errors become Stockade errors (WebSocket errors are translated in
+``stockade._transport``, the other boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from stockade import _base, _config, _protocol
+from stockade._transport import AsyncWebSocket
+from stockade.errors import ServerError
+from stockade.models import ImageInfo
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """A connection to one Stockade server, shared by any number of sandboxes.
+
+    ``url`` and ``token`` default to ``$STOCKADE_URL``/``$STOCKADE_TOKEN`` (and the local
+    server's token file); see :mod:`stockade._config`. A client keeps connections open for
+    reuse, so close it when done (``async with`` does). The sandbox methods create a
+    client of their own when none is passed; that one keeps no idle connections, so it
+    needs no closing.
+
+    A client may be used by many tasks or threads at once.
+
+    Example::
+
+        from stockade import AsyncClient, AsyncSandbox
+
+        async with AsyncClient() as client:
+            print([image.name for image in await client.images()])
+            sb = await AsyncSandbox.create(client=client)
+            await sb.terminate()
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        keepalive: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = _config.resolve_url(url)
+        self._headers = _base.auth_headers(_config.resolve_token(token, self.url))
+        limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            timeout=httpx.Timeout(timeout, connect=_base.CONNECT_TIMEOUT),
+            limits=limits,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient url={self.url!r}>"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections; the client is unusable afterwards."""
+        await self._http.aclose()
+
+    # -- public server-level calls -------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the server's status and version.
+
+        Example::
+
+            print((await client.health())["version"])
+        """
+        data = await self.request("GET", "/healthz")
+        if not isinstance(data, dict):
+            raise ServerError(f"the server sent a malformed health answer: {data!r}")
+        return data
+
+    async def images(self) -> list[ImageInfo]:
+        """The base images the server knows, built or not.
+
+        Example::
+
+            ready = [image.name for image in await client.images() if image.ready]
+        """
+        data = await self.request("GET", "/v1/images")
+        return [
+            _base.parse(ImageInfo.from_json, item, "image")
+            for item in _base.field_list(data, "images", "image list")
+        ]
+
+    async def build_image(
+        self, name: str, *, on_log: Callable[[str], object] | None = None
+    ) -> ImageInfo:
+        """Build image ``name`` unless it is built already; ``on_log`` gets each log line.
+
+        Example::
+
+            image = await client.build_image("python", on_log=print)
+            assert image.ready
+        """
+        async with self.ndjson("POST", _base.image_path(name, "/build")) as events:
+            async for event in events:
+                kind = event["type"]
+                if kind == "log" and on_log is not None:
+                    on_log(str(event.get("line", "")))
+                elif kind == "done":
+                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
+                elif kind == "error":
+                    raise _protocol.error_from_event(event.get("error"))
+        raise ServerError(f"the build of image {name!r} ended without a result; see the server log")
+
+    # -- the transport, used by sandboxes, files and processes ---------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | Mapping[str, str] | None = None,
+        json: object = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
+        """Send one request and return its decoded JSON (``None`` for an empty answer).
+
+        An error status raises the matching :class:`~stockade.errors.StockadeError`.
+        """
+        action = f"{method} {path}"
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            response = await self._http.request(
+                method, path, params=params, json=json, content=content, **extra
+            )
+        except httpx.HTTPError as exc:
+            raise _base.transport_error(exc, url=self.url, action=action) from exc
+        if response.status_code >= 400:
+            raise _base.error_for_response(response.status_code, response.content)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerError(
+                f"{action}: the server answered with non-JSON: {response.text[:200]!r}"
+            ) from None
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | Mapping[str, str] | None = None,
+        json: object = None,
+        timeout: httpx.Timeout | None = _base.LONG_TIMEOUT,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Send a request and yield its body as chunks of bytes, as they arrive.
+
+        Example::
+
+            async with client.stream("GET", "/v1/sandboxes/sb-1/logs") as chunks:
+                async for chunk in chunks:
+                    ...
+        """
+        action = f"{method} {path}"
+        request = self._http.build_request(method, path, params=params, json=json, timeout=timeout)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _base.transport_error(exc, url=self.url, action=action) from exc
+        try:
+            if response.status_code >= 400:
+                try:
+                    body = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise _base.transport_error(exc, url=self.url, action=action) from exc
+                raise _base.error_for_response(response.status_code, body)
+            yield self._chunks(response, action)
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response, action: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes(_base.CHUNK_SIZE):
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise _base.transport_error(exc, url=self.url, action=action) from exc
+
+    @asynccontextmanager
+    async def ndjson(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+    ) -> AsyncIterator[AsyncIterator[Mapping[str, Any]]]:
+        """Send a request and yield its NDJSON answer as decoded events."""
+        async with self.stream(method, path, json=json) as chunks:
+            yield self._events(chunks)
+
+    async def _events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[Mapping[str, Any]]:
+        buffer = bytearray()
+        async for chunk in chunks:
+            # Only the new bytes can hold a newline: rescanning a long partial line (a big
+            # base64 output event) on every chunk would be quadratic.
+            scan = len(buffer)
+            buffer += chunk
+            start = 0
+            while (end := buffer.find(b"\n", scan)) >= 0:
+                line = bytes(buffer[start:end])
+                start = scan = end + 1
+                if line.strip():
+                    yield _protocol.decode_json_event(line)
+            del buffer[:start]
+        if buffer.strip():
+            yield _protocol.decode_json_event(bytes(buffer))
+
+    async def connect_ws(self, path: str) -> AsyncWebSocket:
+        """Open a WebSocket to ``path`` with this client's credentials."""
+        return await AsyncWebSocket.connect(
+            _base.ws_url(self.url, path), headers=self._headers, action=f"GET {path}"
+        )

@@ -1,0 +1,245 @@
+"""IO-free client logic shared by the sync and async SDKs.
+
+Request bodies, query parameters, response parsing and the translation of transport
+errors live here once; ``_async/`` does the IO and ``_sync/`` is generated from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import httpx
+import websockets.exceptions
+
+from stockade.errors import (
+    InvalidArgumentError,
+    ServerError,
+    StockadeConnectionError,
+    StockadeError,
+    StockadeTimeoutError,
+    error_from_body,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    from stockade.models import SandboxInfo
+
+_T = TypeVar("_T")
+
+# Network reads move in pieces of this size: big enough to keep syscalls rare, small
+# enough that streaming a 200 MB file never holds more than a few of them.
+CHUNK_SIZE = 1024 * 1024
+
+# Operations that may legitimately take long: create (may build the base image first),
+# image builds, exec streams (bounded by the command's own timeout) and followed logs.
+# Their read timeout is off; connecting still times out.
+CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 60.0
+LONG_TIMEOUT = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
+
+
+class Readable(Protocol):
+    """A binary file object, or anything else with ``read(n) -> bytes``."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class Writable(Protocol):
+    """A binary file object, or anything else with ``write(bytes)``."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+FileContent = bytes | bytearray | memoryview | str | Readable | Iterable[bytes]
+"""What ``files.write`` accepts: data, a binary file object, or an iterator of chunks."""
+
+
+def user_agent() -> str:
+    """The ``User-Agent`` the SDK sends."""
+    from stockade import __version__
+
+    return f"stockade-python/{__version__}"
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    """Headers every API request carries."""
+    return {"Authorization": f"Bearer {token}", "User-Agent": user_agent()}
+
+
+def ws_url(base_url: str, path: str) -> str:
+    """The WebSocket URL for ``path`` on the server at ``base_url``."""
+    if base_url.startswith("https://"):
+        return "wss://" + base_url[len("https://") :] + path
+    return "ws://" + base_url[len("http://") :] + path
+
+
+def sandbox_path(sandbox_id: str, suffix: str = "") -> str:
+    """``/v1/sandboxes/{id}{suffix}`` with the ID escaped."""
+    if not sandbox_id or not isinstance(sandbox_id, str):
+        raise InvalidArgumentError(f"a sandbox ID is a string like 'sb-…', got {sandbox_id!r}")
+    return f"/v1/sandboxes/{quote(sandbox_id, safe='')}{suffix}"
+
+
+def image_path(name: str, suffix: str = "") -> str:
+    """``/v1/images/{name}{suffix}`` with the name escaped."""
+    return f"/v1/images/{quote(name, safe='')}{suffix}"
+
+
+def create_body(
+    *,
+    image: str,
+    cpu: float | None,
+    memory: int | None,
+    disk: int | None,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    workdir: str | None,
+    tags: Mapping[str, str] | None,
+    entrypoint: str | Sequence[str] | None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/sandboxes``; unset values are left to the server's defaults."""
+    body: dict[str, Any] = {"image": image}
+    optional: dict[str, Any] = {
+        "cpu": cpu,
+        "memory": memory,
+        "disk": disk,
+        "timeout": timeout,
+        "workdir": workdir,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if env:
+        body["env"] = dict(env)
+    if tags:
+        body["tags"] = dict(tags)
+    if entrypoint is not None:
+        # A string would otherwise be sent as a list of characters; treat it as a shell line,
+        # as run() does.
+        from stockade._protocol import command_argv
+
+        body["entrypoint"] = command_argv(entrypoint)
+    return body
+
+
+def list_params(*, tags: Mapping[str, str] | None, status: str | None) -> httpx.QueryParams:
+    """Query parameters of ``GET /v1/sandboxes`` (``tag`` repeats, one per pair)."""
+    params: list[tuple[str, str | int | float | bool | None]] = []
+    if status:
+        params.append(("status", status))
+    for key, value in (tags or {}).items():
+        params.append(("tag", f"{key}={value}"))
+    return httpx.QueryParams(params)
+
+
+def parse(build: Callable[[Any], _T], data: Any, what: str) -> _T:
+    """Build a model from response JSON; a malformed body becomes a :class:`ServerError`."""
+    try:
+        return build(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ServerError(f"the server sent a malformed {what}: {exc}") from exc
+
+
+def field_list(data: Any, key: str, what: str) -> list[Any]:
+    """``data[key]`` when it is a list, else a :class:`ServerError`."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        raise ServerError(f"the server sent a malformed {what}: no {key!r} list")
+    return value
+
+
+_END_HINTS = {
+    "timeout": "pass a larger `timeout=` to Sandbox.create() (CLI: --timeout) to keep it longer",
+    "oom": "pass a larger `memory=` to Sandbox.create() (CLI: --memory)",
+}
+
+
+def ended_message(info: SandboxInfo) -> str:
+    """Why a sandbox is no longer running, with the fix when there is an obvious one."""
+    text = f"sandbox {info.id} is {info.status}"
+    if info.reason:
+        text += f" (reason: {info.reason})"
+    if info.message:
+        text += f": {info.message}"
+    hint = _END_HINTS.get(info.reason or "")
+    return f"{text}; {hint}" if hint else text
+
+
+def error_for_response(status: int, content: bytes) -> StockadeError:
+    """The typed exception for an error response with body ``content``."""
+    try:
+        body: object = json.loads(content) if content else None
+    except ValueError:
+        body = content.decode("utf-8", "replace")[:500]
+    error = error_from_body(status, body)
+    if isinstance(body, str) and body.strip() and "without an error body" in error.message:
+        # A proxy's HTML/text error page: keep its start, it usually says what went wrong.
+        error = type(error)(
+            f"the server answered HTTP {status}: {body.strip()[:200]}",
+            code=error.code,
+            status=status,
+        )
+    return error
+
+
+def transport_error(exc: Exception, *, url: str, action: str) -> StockadeError:
+    """Translate an httpx/websockets/socket failure into the Stockade exception for it.
+
+    ``action`` names the step (``"POST /v1/sandboxes"``) so the message says what failed.
+    """
+    if isinstance(exc, StockadeError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
+        return StockadeTimeoutError(
+            f"{action}: timed out {kind} from the Stockade server at {url}; "
+            "check that it is running and reachable"
+        )
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        response = exc.response
+        return error_for_response(response.status_code, bytes(response.body or b""))
+    bad_url = websockets.exceptions.InvalidURI | httpx.InvalidURL | httpx.UnsupportedProtocol
+    if isinstance(exc, bad_url):
+        return InvalidArgumentError(f"{action}: {url} is not a usable server URL: {exc}")
+    detail = str(exc) or type(exc).__name__
+    return StockadeConnectionError(
+        f"{action}: could not reach the Stockade server at {url} ({detail}); start it with "
+        "`stockade serve` (or `make run` in a checkout), or point STOCKADE_URL at it"
+    )
+
+
+def sync_chunks(data: FileContent) -> Iterator[bytes]:
+    """Upload data as chunks, reading file objects a piece at a time."""
+    if isinstance(data, str):
+        yield data.encode("utf-8")
+    elif isinstance(data, bytes | bytearray | memoryview):
+        yield bytes(data)
+    elif hasattr(data, "read"):
+        while True:
+            chunk = data.read(CHUNK_SIZE)
+            if not chunk:
+                return
+            yield chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+    else:
+        for chunk in data:
+            yield chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+
+
+def is_sync_content(data: object) -> TypeIs[FileContent]:
+    """Whether ``data`` can be read without awaiting (everything but async iterables)."""
+    return (
+        isinstance(data, str | bytes | bytearray | memoryview)
+        or hasattr(data, "read")
+        or not hasattr(data, "__aiter__")
+    )
+
+
+def whole_content(data: object) -> bytes | None:
+    """``data`` as one body when it is already in memory, so the request gets a length."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    return None

@@ -1,0 +1,322 @@
+# This file is generated from src/stockade/_async/sandbox.py by scripts/gen_sync.py.
+# Do not edit it: edit the async original and run `python scripts/gen_sync.py`.
+"""The handle to one sandbox: create, find, exec, run, files, logs, terminate."""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+
+from stockade import _base, _protocol
+from stockade._sync.client import Client
+from stockade._sync.files import Files
+from stockade._sync.process import Process, cut_short
+from stockade.commands import CommandResult, CommandTimeoutError
+from stockade.errors import InvalidArgumentError
+from stockade.models import SandboxInfo
+
+__all__ = ["Sandbox"]
+
+
+def _client_for(client: Client | None, url: str | None, token: str | None) -> Client:
+    if client is None:
+        # An implicit client keeps no idle connections, so a sandbox that is simply dropped
+        # leaves no socket behind; pass client= to reuse connections across calls.
+        return Client(url, token, keepalive=False)
+    if url is not None or token is not None:
+        raise InvalidArgumentError("pass either client= or url=/token=, not both")
+    return client
+
+
+class Sandbox:
+    """A gVisor sandbox on a Stockade server.
+
+    Get one with :meth:`create`, :meth:`from_id` or :meth:`list`. ``last_info`` is the
+    record as the server last described it to this handle (at create, list, from_id,
+    :meth:`info` or :meth:`terminate`); call :meth:`info` for a fresh one.
+
+    ``with`` terminates the sandbox at the end of the block.
+
+    Example::
+
+        from stockade import Sandbox
+
+        with Sandbox.create(image="python") as sb:
+            r = sb.run("python3 -c 'print(6*7)'")
+            print(r.stdout)
+    """
+
+    def __init__(self, info: SandboxInfo, client: Client) -> None:
+        self.id = info.id
+        self.last_info = info
+        self.client = client
+        self.files = Files(client, info.id)
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} {self.last_info.status}>"
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.terminate()
+
+    # -- finding sandboxes -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        image: str = "python",
+        cpu: float | None = None,
+        memory: int | None = None,
+        disk: int | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        entrypoint: str | Sequence[str] | None = None,
+        client: Client | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> Sandbox:
+        """Start a new sandbox and return once it runs.
+
+        Unset values take the server's defaults: 1 CPU, 512 MiB of memory, 1024 MiB of
+        disk, a 300 s lifetime (``timeout``, up to 86400). With an ``entrypoint`` (an argv
+        list, or a string run by ``sh -c``) the sandbox runs that command as its main
+        process and ends when it exits; its output is :meth:`logs`. The image is built
+        first if it is not built yet, which can take a minute.
+
+        Example::
+
+            sb = Sandbox.create(image="python", memory=1024, tags={"user": "x"})
+        """
+        body = _base.create_body(
+            image=image,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            timeout=timeout,
+            env=env,
+            workdir=workdir,
+            tags=tags,
+            entrypoint=entrypoint,
+        )
+        client = _client_for(client, url, token)
+        data = client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
+        return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
+
+    @classmethod
+    def from_id(
+        cls,
+        sandbox_id: str,
+        *,
+        client: Client | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> Sandbox:
+        """The sandbox with ID ``sandbox_id``; raises :class:`~stockade.NotFoundError`.
+
+        Example::
+
+            sb = Sandbox.from_id("sb-7f3a…")
+        """
+        client = _client_for(client, url, token)
+        data = client.request("GET", _base.sandbox_path(sandbox_id))
+        return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
+
+    @classmethod
+    def list(
+        cls,
+        *,
+        tags: Mapping[str, str] | None = None,
+        status: str | None = None,
+        client: Client | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> builtins.list[Sandbox]:
+        """Sandboxes with all of ``tags`` (and ``status``, if given), newest first.
+
+        Each one's ``last_info`` holds the record from the listing.
+
+        Example::
+
+            for sb in Sandbox.list(tags={"user": "x"}, status="running"):
+                print(sb.id, sb.last_info.created_at)
+        """
+        client = _client_for(client, url, token)
+        data = client.request(
+            "GET", "/v1/sandboxes", params=_base.list_params(tags=tags, status=status)
+        )
+        return [
+            cls(_base.parse(SandboxInfo.from_json, item, "sandbox"), client)
+            for item in _base.field_list(data, "sandboxes", "sandbox list")
+        ]
+
+    # -- state -------------------------------------------------------------------------
+
+    def info(self) -> SandboxInfo:
+        """The sandbox's current record, fresh from the server.
+
+        Example::
+
+            info = sb.info()
+            print(info.status, info.reason, info.expires_at)
+        """
+        data = self.client.request("GET", _base.sandbox_path(self.id))
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    def terminate(self) -> SandboxInfo:
+        """Stop the sandbox and discard it; terminating an ended sandbox is fine.
+
+        Example::
+
+            sb.terminate()
+        """
+        data = self.client.request("DELETE", _base.sandbox_path(self.id))
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    # -- commands ----------------------------------------------------------------------
+
+    def exec(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        pty: bool = False,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> Process:
+        """Start a command and return its :class:`Process` as soon as it runs.
+
+        ``args`` is the argv (no shell: use ``"sh", "-c", line`` for one). ``timeout``
+        (seconds) kills the command when it runs longer; ``pty=True`` gives it a terminal
+        of ``cols`` x ``rows``, with stderr merged into stdout.
+
+        Example::
+
+            p = sb.exec("python3", "-c", "print(6*7)")
+            print(p.stdout.read(), p.wait())
+        """
+        argv = _protocol.checked_argv(args)
+        return Process._start(
+            self.client,
+            self.id,
+            argv,
+            env=dict(env) if env else None,
+            workdir=workdir,
+            timeout=timeout,
+            pty=pty,
+            cols=cols,
+            rows=rows,
+        )
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+    ) -> CommandResult:
+        """Run a command to completion and return its output and exit code.
+
+        ``command`` is a shell line (run by ``sh -c``) or an argv list. A non-zero exit is
+        returned, not raised, unless ``check=True`` (then :class:`~stockade.CommandError`).
+        Running past ``timeout`` raises :class:`~stockade.CommandTimeoutError`, which
+        carries the output so far. ``on_stdout``/``on_stderr`` receive text as it arrives.
+
+        Example::
+
+            r = sb.run("echo hi && exit 3")
+            assert (r.stdout, r.exit_code) == ("hi\\n", 3)
+        """
+        argv = _protocol.command_argv(command)
+        body = _protocol.ndjson_exec_body(
+            argv, env=env, workdir=workdir, timeout=timeout, stdin=stdin
+        )
+        output = {_protocol.STDOUT: bytearray(), _protocol.STDERR: bytearray()}
+        callbacks = {_protocol.STDOUT: on_stdout, _protocol.STDERR: on_stderr}
+        decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in output}
+        exited: _protocol.Exited | None = None
+        path = _base.sandbox_path(self.id, "/exec")
+        with self.client.ndjson("POST", path, json=body) as events:
+            for raw in events:
+                event = _protocol.decode_ndjson_exec(raw)
+                if isinstance(event, _protocol.Output):
+                    output[event.fd] += event.data
+                    callback = callbacks[event.fd]
+                    if callback is not None:
+                        callback(decoders[event.fd].decode(event.data))
+                elif isinstance(event, _protocol.Exited):
+                    exited = event
+                    break  # the last event: do not wait for the server to end the stream
+                elif isinstance(event, _protocol.Failed):
+                    raise event.error
+        for fd, callback in callbacks.items():
+            tail = decoders[fd].decode(b"", final=True)
+            if callback is not None and tail:
+                callback(tail)
+        if exited is None:
+            raise cut_short(self.client, self.id, argv, "the server closed the stream")
+        result = CommandResult(
+            argv=argv,
+            exit_code=exited.exit_code,
+            stdout_bytes=bytes(output[_protocol.STDOUT]),
+            stderr_bytes=bytes(output[_protocol.STDERR]),
+            oom=exited.oom,
+            sandbox_id=self.id,
+        )
+        if exited.timed_out:
+            raise CommandTimeoutError(argv, sandbox_id=self.id, timeout=timeout, result=result)
+        return result.check() if check else result
+
+    # -- logs --------------------------------------------------------------------------
+
+    def logs(self) -> str:
+        """Everything the entrypoint printed so far (stdout and stderr interleaved).
+
+        Example::
+
+            print(sb.logs())
+        """
+        parts = [chunk for chunk in self.stream_logs(follow=False)]
+        return "".join(parts)
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        """Yield the entrypoint's output as text chunks; with ``follow`` until it ends.
+
+        Leaving the loop early keeps the connection open until the iterator is collected;
+        wrap it in ``contextlib.closing`` (``aclosing`` for async) to close it at once.
+
+        Example::
+
+            for chunk in sb.stream_logs():
+                print(chunk, end="")
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        params = {"follow": "true" if follow else "false"}
+        path = _base.sandbox_path(self.id, "/logs")
+        with self.client.stream("GET", path, params=params) as chunks:
+            for chunk in chunks:
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail

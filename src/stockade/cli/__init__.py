@@ -1,0 +1,1 @@
+"""The ``stockade`` command line: one module per group of verbs, wired in ``main``."""

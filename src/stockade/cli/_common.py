@@ -1,0 +1,145 @@
+"""What every CLI verb shares: the connection, option parsing and error output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from stockade import Client, Sandbox
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ClientFactory = Callable[[str | None, str | None], Client]
+
+
+@dataclass
+class CliState:
+    """The global options and the one :class:`Client` a command uses.
+
+    ``client_factory`` is the test seam: tests pass a factory that builds a client on an
+    ``httpx.MockTransport``.
+    """
+
+    url: str | None = None
+    token: str | None = None
+    client_factory: ClientFactory = Client
+    _client: Client | None = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        """The connection to the server, made on first use."""
+        if self._client is None:
+            self._client = self.client_factory(self.url, self.token)
+        return self._client
+
+    def sandbox(self, sandbox_id: str) -> Sandbox:
+        """The sandbox ``sandbox_id``; raises NotFoundError when it does not exist."""
+        return Sandbox.from_id(sandbox_id, client=self.client())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def stderr_console() -> Console:
+    # Made per use: click's test runner swaps sys.stderr, and a console made at import
+    # time would keep writing to the old one.
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` in red on stderr."""
+    stderr_console().print(Text(f"error: {message}", style="red"))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` as an error and exit with ``code``."""
+    print_error(message)
+    raise click.exceptions.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def parse_pairs(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> dict[str, str]:
+    """Click callback turning repeated ``KEY=VALUE`` options into a dict."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        pairs[key] = value
+    return pairs
+
+
+def command_args(args: Sequence[str]) -> list[str]:
+    """The command after the options; a leading ``--`` separator is dropped."""
+    argv = list(args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise click.UsageError("missing the command to run (put it after `--`)")
+    return argv
+
+
+def env_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--env",
+        "-e",
+        "env",
+        multiple=True,
+        callback=parse_pairs,
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
+
+
+def sandbox_options(timeout_help: str) -> Callable[[F], F]:
+    """The options that shape a new sandbox, shared by ``create`` and ``run``."""
+    options = [
+        click.option(
+            "--image", default="python", show_default=True, help="Base image (see `images`)."
+        ),
+        click.option("--cpu", type=float, help="CPU cores, fractional allowed [server: 1]."),
+        click.option("--memory", type=int, help="Memory limit in MiB [server: 512]."),
+        click.option("--disk", type=int, help="Disk limit in MiB [server: 1024]."),
+        click.option("--timeout", type=float, help=timeout_help),
+        env_option("Environment variable for the sandbox (repeatable)."),
+        click.option("--workdir", help="Working directory (absolute path) [default: /]."),
+    ]
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    """``when`` as a short age: ``42s``, ``5m``, ``3h``, ``2d``."""
+    if when is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

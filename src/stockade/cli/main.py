@@ -1,0 +1,72 @@
+"""The ``stockade`` command: global options, error handling, and the verbs wired together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from stockade import StockadeError, __version__
+from stockade.cli._common import CliState, print_error
+from stockade.cli.files import cp
+from stockade.cli.images import images
+from stockade.cli.run import exec_, run
+from stockade.cli.sandboxes import create, info, logs, ls, rm
+from stockade.cli.serve import serve
+from stockade.cli.shell import shell
+
+_EXIT_INTERRUPTED = 130
+
+
+class _Group(click.Group):
+    """Turns Stockade errors into ``error: …`` and exit 1, and Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StockadeError as exc:
+            print_error(str(exc))
+            raise click.exceptions.Exit(1) from None
+        except KeyboardInterrupt:
+            click.echo("", err=True)  # end the line that ^C was typed on
+            raise click.exceptions.Exit(_EXIT_INTERRUPTED) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url", metavar="URL",
+    help="Server URL [env: STOCKADE_URL; default: http://127.0.0.1:7423].",
+)  # fmt: skip
+@click.option(
+    "--token", metavar="TOKEN",
+    help="API token [env: STOCKADE_TOKEN; default: the local server's token file].",
+)  # fmt: skip
+@click.version_option(__version__, prog_name="stockade")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """Run untrusted code in gVisor sandboxes on a self-hosted Stockade server.
+
+    \b
+    Quick start:
+      stockade serve                     # on the host, as root
+      stockade run -- python3 -c 'print(6*7)'
+      ID=$(stockade create) && stockade shell $ID
+    """
+    # Tests hand in a prepared state (with a fake client) through CliRunner(obj=...).
+    state = ctx.ensure_object(CliState)
+    state.url = url or state.url
+    state.token = token or state.token
+    ctx.call_on_close(state.close)
+
+
+for _command in (serve, images, create, ls, info, rm, logs, run, exec_, shell, cp):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Entry point of the ``stockade`` script."""
+    cli.main(prog_name="stockade")
+
+
+if __name__ == "__main__":
+    main()

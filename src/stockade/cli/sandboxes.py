@@ -1,0 +1,157 @@
+"""Sandbox lifecycle verbs: ``create``, ``ls``, ``info``, ``rm`` and ``logs``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from stockade import Sandbox, SandboxInfo, StockadeError
+from stockade.cli._common import (
+    CliState,
+    age,
+    fail,
+    parse_pairs,
+    pass_state,
+    print_error,
+    print_json,
+    sandbox_options,
+    stdout_console,
+)
+from stockade.cli.images import ensure_image
+
+_STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
+
+
+@click.command()
+@sandbox_options("Seconds before the sandbox is stopped [server: 300, max 86400].")
+@click.option(
+    "--tag", "tags", multiple=True, callback=parse_pairs, metavar="KEY=VALUE",
+    help="Tag to find it by later (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--entrypoint",
+    metavar="CMD",
+    help="Main process, as a shell-quoted line (e.g. \"python3 -m http.server\"); "
+    "the sandbox ends when it exits.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the sandbox record as JSON.")
+@pass_state
+def create(
+    state: CliState,
+    image: str,
+    cpu: float | None,
+    memory: int | None,
+    disk: int | None,
+    timeout: float | None,
+    env: dict[str, str],
+    workdir: str | None,
+    tags: dict[str, str],
+    entrypoint: str | None,
+    as_json: bool,
+) -> None:
+    """Start a sandbox and print its ID."""
+    argv = shlex.split(entrypoint) if entrypoint else None
+    if entrypoint is not None and not argv:
+        fail("--entrypoint is empty; give the command to run")
+    client = state.client()
+    ensure_image(client, image)
+    sb = Sandbox.create(
+        image=image, cpu=cpu, memory=memory, disk=disk, timeout=timeout, env=env,
+        workdir=workdir, tags=tags, entrypoint=argv, client=client,
+    )  # fmt: skip
+    if as_json:
+        print_json(sb.last_info.to_json())
+    else:
+        click.echo(sb.id)
+
+
+@click.command("ls")
+@click.option("--status", help="Only sandboxes in this status (starting, running, ...).")
+@click.option(
+    "--tag", "tags", multiple=True, callback=parse_pairs, metavar="KEY=VALUE",
+    help="Only sandboxes with this tag (repeatable; all must match).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def ls(state: CliState, status: str | None, tags: dict[str, str], as_json: bool) -> None:
+    """List sandboxes, newest first."""
+    found = [sb.last_info for sb in Sandbox.list(tags=tags, status=status, client=state.client())]
+    if as_json:
+        print_json([info.to_json() for info in found])
+        return
+    stdout_console().print(_table(found))
+
+
+def _table(infos: list[SandboxInfo]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATUS", "REASON", "IMAGE", "CPU", "MEM", "AGE", "TAGS"):
+        table.add_column(column, no_wrap=column != "TAGS")
+    for info in infos:
+        table.add_row(
+            info.id,
+            Text(info.status, style=_STATUS_STYLE.get(info.status, "")),
+            info.reason or "",
+            info.image,
+            f"{info.cpu:g}",
+            f"{info.memory} MiB",
+            age(info.created_at),
+            ",".join(f"{k}={v}" for k, v in info.tags.items()),
+        )
+    return table
+
+
+@click.command()
+@click.argument("sandbox_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@pass_state
+def info(state: CliState, sandbox_id: str, as_json: bool) -> None:
+    """Show one sandbox's record."""
+    record = state.sandbox(sandbox_id).last_info
+    if as_json:
+        print_json(record.to_json())
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in record.to_json().items():
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = shlex.join(value)
+        table.add_row(key, "-" if value is None else str(value))
+    stdout_console().print(table)
+
+
+@click.command()
+@click.argument("sandbox_ids", metavar="ID...", nargs=-1, required=True)
+@pass_state
+def rm(state: CliState, sandbox_ids: tuple[str, ...]) -> None:
+    """Terminate sandboxes (ending one that already ended is fine)."""
+    failed = False
+    for sandbox_id in sandbox_ids:
+        try:
+            Sandbox.from_id(sandbox_id, client=state.client()).terminate()
+        except StockadeError as exc:
+            # Keep going: one bad ID should not keep the others running.
+            print_error(str(exc))
+            failed = True
+        else:
+            click.echo(sandbox_id)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.argument("sandbox_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the sandbox ends.")
+@pass_state
+def logs(state: CliState, sandbox_id: str, follow: bool) -> None:
+    """Print the output of a sandbox's entrypoint."""
+    out = sys.stdout
+    for chunk in state.sandbox(sandbox_id).stream_logs(follow=follow):
+        out.write(chunk)
+        out.flush()

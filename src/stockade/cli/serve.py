@@ -1,0 +1,44 @@
+"""``stockade serve``: run the server in the foreground (needs the ``server`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stockade.cli._common import fail
+
+# Top-level modules the `server` extra installs; a missing one means the extra is missing.
+_SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn"}
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=7423, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State, sandboxes and the token [env: STOCKADE_DATA_DIR; default: /var/lib/stockade].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Shared cache of built base images "
+    "[env: STOCKADE_CACHE_DIR; default: /var/cache/stockade].",
+)
+def serve(host: str, port: int, data_dir: Path | None, cache_dir: Path | None) -> None:
+    """Run the Stockade server in the foreground (as root).
+
+    Stops on Ctrl-C; running sandboxes outlive it.
+    """
+    try:
+        # Imported here: the SDK and the other verbs must work without the server's packages.
+        from stockade.server.main import run_server
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_DEPENDENCIES:
+            raise
+        fail(
+            f"the server needs packages that are not installed ({exc.name} is missing); "
+            "install them with: pip install 'stockade[server]'"
+        )
+    run_server(host=host, port=port, data_dir=data_dir, cache_dir=cache_dir)

@@ -1,0 +1,246 @@
+"""The records the API returns, as immutable dataclasses parsed from its JSON.
+
+Parsing is lenient about additions (unknown fields are ignored, so a newer server works
+with an older SDK) and strict about types: a field of the wrong type raises
+:class:`~stockade.errors.ServerError` through :func:`stockade._base.parse`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["FileInfo", "ImageInfo", "SandboxInfo"]
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = _opt_str(data, key)
+    if value is None:
+        if default is None:
+            raise KeyError(key)
+        return default
+    return value
+
+
+def _num(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _time(data: Mapping[str, Any], key: str) -> datetime | None:
+    value = _opt_str(data, key)
+    # fromisoformat reads the API's "...Z" suffix since Python 3.11 and gives an aware UTC time.
+    return datetime.fromisoformat(value) if value else None
+
+
+def _str_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(f"{key} must be an object of strings, got {value!r}")
+    return dict(value)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox's record as the server last described it.
+
+    ``status`` is ``starting``, ``running``, ``terminated`` or ``failed``; once it has
+    ended, ``reason`` says why (``terminated``, ``timeout``, ``oom``, ``error`` or
+    ``exited``) and ``message`` gives the detail.
+
+    Example::
+
+        from stockade import Sandbox
+
+        with Sandbox.create() as sb:
+            info = sb.info()
+            print(info.status, info.memory, info.expires_at)
+    """
+
+    id: str
+    status: str
+    image: str
+    cpu: float
+    memory: int
+    disk: int
+    timeout: float
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    workdir: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    entrypoint: list[str] | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the sandbox accepts exec and file operations."""
+        return self.status == "running"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the sandbox is gone for good (``terminated`` or ``failed``)."""
+        return self.status in ("terminated", "failed")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SandboxInfo:
+        """Parse the API's ``SandboxInfo`` object."""
+        entrypoint = data.get("entrypoint")
+        if entrypoint is not None and not (
+            isinstance(entrypoint, list) and all(isinstance(a, str) for a in entrypoint)
+        ):
+            raise TypeError(f"entrypoint must be a list of strings, got {entrypoint!r}")
+        return cls(
+            id=_str(data, "id"),
+            status=_str(data, "status"),
+            image=_str(data, "image", ""),
+            cpu=_num(data, "cpu", 0.0),
+            memory=int(_num(data, "memory", 0)),
+            disk=int(_num(data, "disk", 0)),
+            timeout=_num(data, "timeout", 0.0),
+            reason=_opt_str(data, "reason"),
+            message=_opt_str(data, "message"),
+            exit_code=_opt_int(data, "exit_code"),
+            workdir=_opt_str(data, "workdir"),
+            tags=_str_map(data, "tags"),
+            entrypoint=list(entrypoint) if entrypoint is not None else None,
+            created_at=_time(data, "created_at"),
+            started_at=_time(data, "started_at"),
+            ended_at=_time(data, "ended_at"),
+            expires_at=_time(data, "expires_at"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record in the API's JSON shape (times as ISO 8601 strings)."""
+        result: dict[str, Any] = _to_json(dataclasses.asdict(self))
+        return result
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry of a sandbox's filesystem.
+
+    ``type`` is ``file``, ``dir``, ``symlink`` or ``other``; ``mode`` holds the permission
+    bits (``0o644`` = 420); ``mtime`` is seconds since the epoch; ``target`` is a symlink's
+    target.
+
+    Example::
+
+        for entry in sb.files.list("/etc"):
+            print(entry.name, entry.type, entry.size, oct(entry.mode))
+    """
+
+    path: str
+    name: str
+    type: str
+    size: int = 0
+    mode: int = 0
+    mtime: float = 0.0
+    target: str | None = None
+
+    @property
+    def is_file(self) -> bool:
+        """Whether this is a regular file."""
+        return self.type == "file"
+
+    @property
+    def is_dir(self) -> bool:
+        """Whether this is a directory."""
+        return self.type == "dir"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileInfo:
+        """Parse the API's ``FileInfo`` object."""
+        path = _str(data, "path")
+        return cls(
+            path=path,
+            name=_str(data, "name", path.rstrip("/").rsplit("/", 1)[-1] or "/"),
+            type=_str(data, "type", "other"),
+            size=int(_num(data, "size", 0)),
+            mode=int(_num(data, "mode", 0)),
+            mtime=_num(data, "mtime", 0.0),
+            target=_opt_str(data, "target"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record in the API's JSON shape."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A base image sandboxes can start from; ``ready`` says whether it is built yet.
+
+    Example::
+
+        from stockade import Client
+
+        with Client() as client:
+            for image in client.images():
+                print(image.name, image.ready, image.description)
+    """
+
+    name: str
+    ready: bool
+    description: str = ""
+    size_mib: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
+        """Parse the API's ``ImageInfo`` object."""
+        ready = data.get("ready", False)
+        if not isinstance(ready, bool):
+            raise TypeError(f"ready must be a boolean, got {ready!r}")
+        size = data.get("size_mib")
+        return cls(
+            name=_str(data, "name"),
+            ready=ready,
+            description=_str(data, "description", ""),
+            size_mib=None if size is None else int(_num(data, "size_mib", 0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record in the API's JSON shape."""
+        return dataclasses.asdict(self)

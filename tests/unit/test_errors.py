@@ -1,0 +1,95 @@
+"""Every API error code reaches the caller as its class, with the server's message."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from stockade import (
+    AuthenticationError,
+    Client,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    Sandbox,
+    SandboxTerminatedError,
+    ServerError,
+    StockadeError,
+    StockadeTimeoutError,
+)
+from tests.unit.fakes import FakeApi, error_body
+
+CODES = [
+    (400, "bad_request", InvalidArgumentError),
+    (401, "unauthorized", AuthenticationError),
+    (404, "not_found", NotFoundError),
+    (409, "sandbox_terminated", SandboxTerminatedError),
+    (409, "conflict", ConflictError),
+    (413, "payload_too_large", InvalidArgumentError),
+    (422, "invalid_argument", InvalidArgumentError),
+    (500, "internal", ServerError),
+    (504, "timeout", StockadeTimeoutError),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "cls"), CODES)
+def test_code_maps_to_class(
+    client: Client, api: FakeApi, status: int, code: str, cls: type[StockadeError]
+) -> None:
+    api.errors[("GET", "/v1/sandboxes/sb-1")] = (status, error_body(code, f"message for {code}"))
+    with pytest.raises(cls) as info:
+        Sandbox.from_id("sb-1", client=client)
+    assert type(info.value) is cls
+    assert info.value.message == f"message for {code}"
+    assert (info.value.code, info.value.status, info.value.request_id) == (
+        code, status, "req-test",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("status", "code", "cls"), CODES)
+async def test_code_maps_to_class_async(
+    api: FakeApi, status: int, code: str, cls: type[StockadeError]
+) -> None:
+    from stockade import AsyncClient, AsyncSandbox
+
+    api.errors[("POST", "/v1/sandboxes")] = (status, error_body(code, "nope"))
+    async with AsyncClient("http://127.0.0.1:1", "test-token", transport=api.transport) as c:
+        with pytest.raises(cls, match="nope"):
+            await AsyncSandbox.create(client=c)
+
+
+def test_non_json_error_keeps_the_body(client: Client, api: FakeApi) -> None:
+    api.errors[("GET", "/v1/sandboxes/sb-1")] = (502, b"<html>Bad Gateway</html>")
+    with pytest.raises(ServerError, match="HTTP 502: <html>Bad Gateway"):
+        Sandbox.from_id("sb-1", client=client)
+
+
+def test_error_inside_a_stream(client: Client, api: FakeApi) -> None:
+    api.errors[("POST", "/v1/images/python/build")] = (404, error_body("not_found", "no img"))
+    with pytest.raises(NotFoundError, match="no img"):
+        client.build_image("python")
+
+
+def test_wrong_token(api: FakeApi) -> None:
+    with Client("http://127.0.0.1:1", "wrong", transport=api.transport) as c:
+        with pytest.raises(AuthenticationError, match="wrong token"):
+            c.images()
+        assert c.health()["status"] == "ok"  # the one call that needs no token
+
+
+def test_read_timeout_is_a_stockade_timeout(api: FakeApi) -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    transport = httpx.MockTransport(slow)
+    with (
+        Client("http://127.0.0.1:1", "t", transport=transport) as c,
+        pytest.raises(StockadeTimeoutError, match="GET /v1/images: timed out"),
+    ):
+        c.images()
+
+
+def test_malformed_answer_is_a_server_error(client: Client, api: FakeApi) -> None:
+    api.errors[("GET", "/v1/sandboxes/sb-1")] = (200, {"id": "sb-1", "status": 3})
+    with pytest.raises(ServerError, match="malformed sandbox"):
+        Sandbox.from_id("sb-1", client=client)
