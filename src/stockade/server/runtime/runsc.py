@@ -116,6 +116,16 @@ class Runsc:
         items = json.loads(result.stdout or b"[]") or []
         return [SandboxState(str(i["id"]), str(i["status"]), int(i.get("pid", -1))) for i in items]
 
+    async def processes(self, sandbox_id: str) -> dict[int, int]:
+        """PID → parent PID of every process in the sandbox (sandbox-internal PIDs)."""
+        result = await proc.run(self._argv("ps", sandbox_id), check=False, timeout=30)
+        table: dict[int, int] = {}
+        for line in result.stdout.decode(errors="replace").splitlines()[1:]:
+            cols = line.split()
+            if len(cols) >= 3 and cols[1].isdigit() and cols[2].isdigit():
+                table[int(cols[1])] = int(cols[2])
+        return table
+
     async def kill(
         self, sandbox_id: str, signal: str = "KILL", *, pid: int | None = None, all: bool = False
     ) -> bool:

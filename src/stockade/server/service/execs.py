@@ -34,6 +34,7 @@ __all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk", "RawExec"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+_DRAIN_GRACE = 0.3  # seconds to collect output after the command itself exited
 TIMEOUT_EXIT_CODE = 124
 OOM_EXIT_CODE = 137
 
@@ -99,8 +100,19 @@ class ExecSession:
         self._timeout = timeout
         self.exit: ExitInfo | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Begin pumping output; returns once the command runs inside the sandbox."""
         self._tasks.append(asyncio.create_task(self._run(), name="exec-run"))
+        # runsc exec writes the in-sandbox PID once the process exists. Waiting for it
+        # makes "started" true, and lets a kill right after start find its target.
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while self.raw.internal_pid() is None and not self._done.is_set():
+            if (
+                asyncio.get_running_loop().time() > deadline
+                or self.raw.process.returncode is not None
+            ):
+                break
+            await asyncio.sleep(0.001)
         if self._timeout is not None:
             self._tasks.append(asyncio.create_task(self._deadline(self._timeout)))
 
@@ -146,14 +158,24 @@ class ExecSession:
 
     async def _run(self) -> None:
         p = self.raw.process
+        if self._master is not None:
+            pumps = [asyncio.create_task(self._pump_pty())]
+        else:
+            pumps = [
+                asyncio.create_task(self._pump_pipe(p.stdout, 1)),
+                asyncio.create_task(self._pump_pipe(p.stderr, 2)),
+            ]
         try:
-            if self._master is not None:
-                await asyncio.gather(self._pump_pty(), proc.wait(p))
-            else:
-                await asyncio.gather(
-                    self._pump_pipe(p.stdout, 1), self._pump_pipe(p.stderr, 2), proc.wait(p)
-                )
+            await proc.wait(p)
+            # Background children of the command may hold its output open for ever; take
+            # what they wrote so far and report the exit without waiting for them.
+            _done, pending = await asyncio.wait(pumps, timeout=_DRAIN_GRACE)
+            for t in pending:
+                t.cancel()
         finally:
+            for t in pumps:
+                if not t.done():
+                    t.cancel()
             rc = p.returncode if p.returncode is not None else -1
             if rc < 0:
                 rc = 128 - rc  # killed by a host signal: report it the shell's way
@@ -217,13 +239,18 @@ class ExecSession:
             await self._runsc.kill(self.raw.sandbox_id, sig, pid=pid)
 
     async def kill(self) -> None:
-        """Stop the command for good: SIGKILL inside the sandbox, then the runsc exec."""
+        """Stop the command and everything it started: SIGKILL inside the sandbox."""
         if self._done.is_set() or self._killed:
             return
         self._killed = True
         pid = self.raw.internal_pid()
         if pid is not None:
-            await self._runsc.kill(self.raw.sandbox_id, "KILL", pid=pid)
+            # Collect the whole tree first: once the command dies its children are
+            # re-parented to the sandbox's init and can no longer be told apart.
+            tree = _descendants(await self._runsc.processes(self.raw.sandbox_id), pid)
+            await asyncio.gather(
+                *(self._runsc.kill(self.raw.sandbox_id, "KILL", pid=p) for p in [pid, *tree])
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), 2.0)
             return
@@ -335,8 +362,21 @@ class ExecService:
             finally:
                 os.close(slave)
             session = ExecSession(raw, self.sandboxes, master_fd=master, timeout=timeout)
-        session.start()
+        await session.start()
         return session
+
+
+def _descendants(parents: dict[int, int], root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    stack = list(children.get(root, []))
+    while stack and len(out) < 10_000:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
 
 
 def _make_controlling_tty() -> None:
