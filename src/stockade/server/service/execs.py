@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import InvalidArgumentError
+from ...errors import InvalidArgumentError, SandboxTerminatedError
 from ..runtime import bundle, proc
 from ..state.records import SandboxRecord
-from .sandboxes import SandboxService, new_id
+from .sandboxes import SandboxService, describe_end, new_id
 
 __all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk", "RawExec"]
 
@@ -363,6 +363,13 @@ class ExecService:
                 os.close(slave)
             session = ExecSession(raw, self.sandboxes, master_fd=master, timeout=timeout)
         await session.start()
+        if session.raw.internal_pid() is None:
+            # The command never started. If the sandbox ended meanwhile (an OOM kill, a
+            # timeout), say so instead of passing on runsc's complaint about its files.
+            current = await self.sandboxes.settle(sandbox_id)
+            if current.status != "running":
+                await session.aclose()
+                raise SandboxTerminatedError(describe_end(current))
         return session
 
 

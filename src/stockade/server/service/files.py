@@ -17,9 +17,16 @@ import posixpath
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ...errors import ConflictError, InvalidArgumentError, NotFoundError, StockadeError
+from ...errors import (
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    SandboxTerminatedError,
+    StockadeError,
+)
 from ..runtime import proc
 from .execs import ExecService, RawExec
+from .sandboxes import describe_end
 
 __all__ = ["FileInfo", "FileService", "check_path"]
 
@@ -153,6 +160,18 @@ class FileService:
     def __init__(self, execs: ExecService) -> None:
         self.execs = execs
 
+    async def _failure(
+        self, rc: int, stderr: bytes, sandbox_id: str, path: str, disk: int
+    ) -> StockadeError:
+        err = _error(rc, stderr, sandbox_id, path, disk)
+        if err.status >= 500:
+            # Not one of the script's own codes: runsc could not run it. If the sandbox
+            # is ending, that is the real answer.
+            record = await self.execs.sandboxes.settle(sandbox_id)
+            if record.status != "running":
+                return SandboxTerminatedError(describe_end(record))
+        return err
+
     async def _spawn(self, sandbox_id: str, *args: str) -> tuple[RawExec, int]:
         record = await self.execs.sandboxes.get_running(sandbox_id)
         raw = await self.execs.spawn_raw(record, ["/bin/sh", "-c", _SCRIPT, "sh", *args])
@@ -166,7 +185,7 @@ class FileService:
         finally:
             raw.cleanup()
         if rc != 0:
-            raise _error(rc, err, sandbox_id, args[1], disk)
+            raise await self._failure(rc, err, sandbox_id, args[1], disk)
         return out
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
@@ -216,7 +235,7 @@ class FileService:
         finally:
             raw.cleanup()
         if rc != 0:
-            raise _error(rc, err, sandbox_id, path, disk)
+            raise await self._failure(rc, err, sandbox_id, path, disk)
         return _parse_infos(out)[0]
 
     async def read(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
@@ -231,7 +250,7 @@ class FileService:
             rc = await proc.wait(p)
             raw.cleanup()
             if rc != 0:
-                raise _error(rc, err, sandbox_id, path, disk)
+                raise await self._failure(rc, err, sandbox_id, path, disk)
             return _empty()
         return _stream_rest(raw, first)
 

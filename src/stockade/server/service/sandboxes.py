@@ -98,6 +98,22 @@ class SandboxService:
             raise SandboxTerminatedError(describe_end(record))
         return record
 
+    async def settle(self, sandbox_id: str) -> SandboxRecord:
+        """The record once any transition in progress is done.
+
+        Used when an operation failed in a way that suggests the sandbox is dying: its
+        watcher may not have recorded the end yet.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.0
+        while True:
+            async with self._lock(sandbox_id):
+                record = await self.get(sandbox_id)
+            dying = record.alive and record.pid is not None and not proc.pid_alive(record.pid)
+            if not dying or loop.time() > deadline:
+                return record
+            await asyncio.sleep(0.05)
+
     async def list(
         self, *, status: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[SandboxRecord]:
@@ -346,6 +362,9 @@ class SandboxService:
                 continue
             state = known.get(record.id)
             rootfs = RootFS(self.sandbox_dir(record.id))
+            if state is not None and state.status == "running" and not proc.pid_alive(state.pid):
+                # runsc keeps saying "running" while a gofer lingers; the sandbox is gone.
+                state = None
             if state is not None and state.status == "running" and rootfs.is_mounted():
                 record.pid = state.pid
                 await self.store.put_sandbox(record)
