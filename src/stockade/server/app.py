@@ -44,7 +44,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         reaper.start()
         store = SQLiteStore(config.db_path)
         catalog = ImageCatalog(config.cache_dir)
-        sandbox_service = SandboxService(config, store, catalog)
+        sandbox_service = SandboxService(config, store, catalog, reaper)
         exec_service = ExecService(sandbox_service)
         app.state.services = Services(
             config=config,

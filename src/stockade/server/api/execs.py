@@ -84,12 +84,16 @@ async def exec_ndjson(sandbox_id: str, body: ExecRequest, svc: Svc) -> Streaming
         feeder = asyncio.create_task(feed())
         try:
             yield _line({"type": "started"})
-            async for event in session.events():
-                if isinstance(event, OutputChunk):
-                    name = "stdout" if event.stream == 1 else "stderr"
-                    yield _line({"type": name, "data": base64.b64encode(event.data).decode()})
-                else:
-                    yield _line(exit_event(event))
+            try:
+                async for event in session.events():
+                    if isinstance(event, OutputChunk):
+                        name = "stdout" if event.stream == 1 else "stderr"
+                        yield _line({"type": name, "data": base64.b64encode(event.data).decode()})
+                    else:
+                        yield _line(exit_event(event))
+            except StockadeError as err:
+                # Headers are gone already: the error travels as the stream's last event.
+                yield _line({"type": "error", **err.to_body()})
         finally:
             feeder.cancel()
             await session.aclose()
@@ -145,11 +149,15 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
     await ws.send_text('{"type":"started"}')
     reader = asyncio.create_task(_client_to_session(ws, session))
     try:
-        async for event in session.events():
-            if isinstance(event, OutputChunk):
-                await ws.send_bytes(bytes([event.stream]) + event.data)
-            else:
-                await ws.send_text(json.dumps(exit_event(event)))
+        try:
+            async for event in session.events():
+                if isinstance(event, OutputChunk):
+                    await ws.send_bytes(bytes([event.stream]) + event.data)
+                else:
+                    await ws.send_text(json.dumps(exit_event(event)))
+        except StockadeError as err:
+            await _send_error(ws, err)
+            return
         with contextlib.suppress(Exception):
             await ws.close(code=1000)
     except (WebSocketDisconnect, RuntimeError):

@@ -1,4 +1,6 @@
-"""Build base images ahead of time: ``python -m stockade.server.images.prebuild NAME…``.
+"""Build the agent and the base images ahead of time.
+
+``python -m stockade.server.images.prebuild NAME…``
 
 ``make run`` and ``make test`` use this so that the first sandbox does not wait for a
 debootstrap. Already-built images cost nothing.
@@ -12,11 +14,15 @@ import sys
 from pathlib import Path
 
 from ..config import DEFAULT_CACHE_DIR
+from ..runtime.agent_layer import ensure_agent_layer
 from .catalog import ImageCatalog
 
 
 async def _prebuild(names: list[str]) -> int:
-    catalog = ImageCatalog(Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR))
+    cache = Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
+    layer = await ensure_agent_layer(cache)
+    print(f"agent: {layer}")
+    catalog = ImageCatalog(cache)
     for name in names or catalog.names():
         info = catalog.info(name)
         if info.ready:

@@ -9,7 +9,6 @@ recorded in :data:`OWNED_PIDS` until asyncio has reaped it.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -106,21 +105,13 @@ async def run(
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether ``pid`` runs; an exited process waiting to be reaped (a zombie) does not."""
+    if pid <= 0:
         return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def run_with_files(argv: Sequence[str], out: IO[bytes], timeout: float = 120.0) -> int:
-    """Run a command whose descriptors must be files (it may leave detached children)."""
-    p = await spawn(argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
     try:
-        return await asyncio.wait_for(wait(p), timeout)
-    except TimeoutError:
-        p.kill()
-        await wait(p)
-        return -9
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return bool(fields) and fields[0] not in (b"Z", b"X")

@@ -46,6 +46,9 @@ class Reaper:
 
     def __init__(self, interval: float = 1.0) -> None:
         self._interval = interval
+        # Exit codes of reaped orphans, by PID: a runsc sandbox process exits with its
+        # init's status, which is how an entrypoint that ends at once still reports it.
+        self.exit_codes: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -72,9 +75,22 @@ class Reaper:
             if pid in OWNED_PIDS:
                 continue
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-                reaped += 1
+                got, status = os.waitpid(pid, os.WNOHANG)
+                if got == pid:
+                    reaped += 1
+                    if len(self.exit_codes) > 10_000:
+                        self.exit_codes.clear()
+                    self.exit_codes[pid] = os.waitstatus_to_exitcode(status)
         return reaped
+
+    async def exit_code(self, pid: int, wait: float = 1.0) -> int | None:
+        """The exit code of an orphan we reaped (waiting up to ``wait`` s for it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while pid not in self.exit_codes and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        return self.exit_codes.pop(pid, None)
 
     async def _loop(self) -> None:
         while True:

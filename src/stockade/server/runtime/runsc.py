@@ -70,29 +70,32 @@ class Runsc:
             *verb,
         ]
 
-    async def run_detached(self, sandbox_id: str, bundle: Path, output: Path) -> None:
-        """Create and start a sandbox from ``bundle``; its init's output goes to ``output``."""
-        with open(output, "ab") as out:  # noqa: ASYNC230  (a local file, opened once)
-            result = await proc.run_with_files(
-                self._argv("run", "--detach", f"--bundle={bundle}", sandbox_id), out
-            )
-        if result != 0:
-            raise RunscError(f"runsc run {sandbox_id} exited {result}: {_tail(output)}")
+    async def run_detached(
+        self, sandbox_id: str, bundle: Path, *, stdin: int, stdout: int, log: Path
+    ) -> None:
+        """Create and start a sandbox from ``bundle``.
 
-    def exec_argv(
-        self,
-        sandbox_id: str,
-        *,
-        process_json: Path,
-        internal_pid_file: Path | None = None,
-    ) -> list[str]:
-        """The argv of ``runsc exec`` for a process described by an OCI process.json.
-
-        The process file carries argv, env, cwd, user, rlimits and the terminal flag; it is
-        the one way to ask for a terminal in this runsc (there is no ``-t`` flag).
+        ``stdin``/``stdout`` become the init's (the agent's FIFOs); ``log`` receives its
+        stderr and runsc's own complaints.
         """
-        extra = [f"--internal-pid-file={internal_pid_file}"] if internal_pid_file else []
-        return self._argv("exec", *extra, f"--process={process_json}", sandbox_id)
+        with open(log, "ab") as err:  # noqa: ASYNC230  (a local file, opened once)
+            p = await proc.spawn(
+                self._argv(
+                    "run", "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}",
+                    sandbox_id,
+                ),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=err,
+            )
+            try:
+                result = await asyncio.wait_for(proc.wait(p), 120)
+            except TimeoutError:
+                p.kill()
+                await proc.wait(p)
+                result = -9
+        if result != 0:
+            raise RunscError(f"runsc run {sandbox_id} exited {result}: {_tail(log)}")
 
     def wait_argv(self, sandbox_id: str) -> list[str]:
         """``runsc wait``: blocks until the sandbox's init exits and prints its status."""

@@ -1,42 +1,39 @@
-"""Commands run inside a sandbox through ``runsc exec``, with streamed stdio.
+"""Commands run inside a sandbox through its agent, with streamed stdio.
 
-An :class:`ExecSession` is one running command. Its output is a bounded queue of events,
-so a slow reader pauses the command through ordinary pipe backpressure instead of making
-the server buffer without limit. The transports (NDJSON over HTTP, WebSocket) only move
-these events; nothing here knows about HTTP.
+An :class:`ExecSession` is one running command on one agent channel. Output flows as the
+consumer takes it: each chunk handed on returns its size to the agent's window, so a slow
+reader pauses the command (its pipe fills) instead of making the server buffer without
+limit. The transports (NDJSON over HTTP, WebSocket) only move the events; nothing here
+knows about HTTP.
 
 Lifetime: a session ends when the command exits. A caller that goes away must call
-:meth:`ExecSession.kill`, so that nothing keeps running by accident.
+:meth:`ExecSession.aclose`, which kills the command's whole process group, so that
+nothing keeps running by accident.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import errno
 import logging
-import os
-import pty
 import signal as signals
-import struct
-import termios
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from ...errors import InvalidArgumentError, SandboxTerminatedError
-from ..runtime import bundle, proc
-from ..state.records import SandboxRecord
-from .sandboxes import SandboxService, describe_end, new_id
+from ...errors import InvalidArgumentError, SandboxTerminatedError, ServerError, StockadeError
+from ..agent.protocol import MAX_PAYLOAD, Frame, FrameType
+from ..runtime.agent_link import AgentLost, Channel
+from .sandboxes import SandboxService, describe_end
 
-__all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk", "RawExec"]
+__all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
-_DRAIN_GRACE = 0.3  # seconds to collect output after the command itself exited
 TIMEOUT_EXIT_CODE = 124
 OOM_EXIT_CODE = 137
+_KILLED = 128 + signals.SIGKILL
 
 
 @dataclass(frozen=True)
@@ -55,25 +52,22 @@ class ExitInfo:
 Event = OutputChunk | ExitInfo
 
 
-@dataclass
-class RawExec:
-    """A ``runsc exec`` child plus the files that describe it; the caller owns its pipes."""
+async def open_channel(sandboxes: SandboxService, sandbox_id: str) -> Channel:
+    """A fresh agent channel of a running sandbox, or the error that says why not."""
+    await sandboxes.get_running(sandbox_id)
+    try:
+        link = await sandboxes.link(sandbox_id)
+        return link.open()
+    except AgentLost as exc:
+        raise await lost(sandboxes, sandbox_id, exc) from None
 
-    process: asyncio.subprocess.Process
-    process_json: Path
-    pid_file: Path
-    sandbox_id: str
 
-    def internal_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def cleanup(self) -> None:
-        for f in (self.process_json, self.pid_file):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
+async def lost(sandboxes: SandboxService, sandbox_id: str, exc: AgentLost) -> StockadeError:
+    """The error for a broken agent channel: the sandbox's end, if that is what it was."""
+    record = await sandboxes.settle(sandbox_id)
+    if record.status != "running":
+        return SandboxTerminatedError(describe_end(record))
+    return ServerError(f"lost the connection to the agent of sandbox {sandbox_id}: {exc}")
 
 
 class ExecSession:
@@ -81,201 +75,132 @@ class ExecSession:
 
     def __init__(
         self,
-        raw: RawExec,
+        channel: Channel,
         sandboxes: SandboxService,
+        sandbox_id: str,
         *,
-        master_fd: int | None,
+        pty: bool,
         timeout: float | None,
     ) -> None:
-        self.raw = raw
+        self._ch = channel
         self._sandboxes = sandboxes
-        self._runsc = sandboxes.runsc
-        self._master = master_fd
-        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=256)
-        self._timed_out = False
-        self._killed = False
-        self._oom_before = sandboxes.oom_kills(raw.sandbox_id)
-        self._done = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.sandbox_id = sandbox_id
+        self._pty = pty
         self._timeout = timeout
+        self._timed_out = False
+        self._oom_before = sandboxes.oom_kills(sandbox_id)
+        self._deadline_task: asyncio.Task[None] | None = None
+        self._start_error: bytes | None = None
+        self._start_errno = 0
+        self.pid: int | None = None
         self.exit: ExitInfo | None = None
 
-    async def start(self) -> None:
-        """Begin pumping output; returns once the command runs inside the sandbox."""
-        self._tasks.append(asyncio.create_task(self._run(), name="exec-run"))
-        # runsc exec writes the in-sandbox PID once the process exists. Waiting for it
-        # makes "started" true, and lets a kill right after start find its target.
-        deadline = asyncio.get_running_loop().time() + 10.0
-        while self.raw.internal_pid() is None and not self._done.is_set():
-            if (
-                asyncio.get_running_loop().time() > deadline
-                or self.raw.process.returncode is not None
-            ):
-                break
-            await asyncio.sleep(0.001)
+    async def start(self, request: dict[str, object]) -> None:
+        """Ask the agent to run the command; returns once it runs (or failed to start)."""
+        try:
+            await self._ch.send_json(FrameType.EXEC, request)
+            frame = await self._ch.recv()
+        except AgentLost as exc:
+            raise await lost(self._sandboxes, self.sandbox_id, exc) from None
+        if frame.type == FrameType.ERROR:
+            info = _json(frame)
+            self._start_errno = int(info.get("errno", 0) or 0)
+            self._start_error = f"stockade: {info.get('message', 'cannot start')}\n".encode()
+            return
+        if frame.type == FrameType.STARTED:
+            self.pid = _json(frame).get("pid")
         if self._timeout is not None:
-            self._tasks.append(asyncio.create_task(self._deadline(self._timeout)))
+            self._deadline_task = asyncio.create_task(self._deadline(self._timeout))
 
     # ----------------------------------------------------------- output side
 
     async def events(self) -> AsyncIterator[Event]:
         """Output chunks as they are produced, then exactly one ExitInfo."""
-        while True:
-            event = await self._events.get()
-            yield event
-            if isinstance(event, ExitInfo):
-                return
-
-    async def _pump_pipe(self, reader: asyncio.StreamReader | None, stream: int) -> None:
-        if reader is None:
+        if self._start_error is not None:
+            # Like a shell: 127 for a missing program, 126 for one that cannot run.
+            yield OutputChunk(2, self._start_error)
+            yield self._finish(127 if self._start_errno == errno.ENOENT else 126)
             return
         while True:
-            data = await reader.read(_CHUNK)
-            if not data:
+            try:
+                frame = await self._ch.recv()
+            except AgentLost as exc:
+                end = await self._sandboxes.settle(self.sandbox_id)
+                if end.reason == "oom":
+                    yield self._finish(OOM_EXIT_CODE, oom=True)
+                    return
+                if self._timed_out:
+                    yield self._finish(TIMEOUT_EXIT_CODE)
+                    return
+                raise await lost(self._sandboxes, self.sandbox_id, exc) from None
+            if frame.type in (FrameType.STDOUT, FrameType.STDERR):
+                yield OutputChunk(1 if frame.type == FrameType.STDOUT else 2, frame.payload)
+                self._ch.grant(len(frame.payload))
+            elif frame.type == FrameType.EXIT:
+                yield self._finish(int(_json(frame).get("exit_code", -1)))
                 return
-            await self._events.put(OutputChunk(stream, data))
+            elif frame.type == FrameType.ERROR:
+                yield OutputChunk(2, f"stockade: {_json(frame).get('message')}\n".encode())
+                yield self._finish(126)
+                return
 
-    async def _pump_pty(self) -> None:
-        assert self._master is not None
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        loop.add_reader(self._master, readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()
-                try:
-                    data = os.read(self._master, _CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError:  # EIO: every slave end is closed, the command ended
-                    return
-                if not data:
-                    return
-                await self._events.put(OutputChunk(1, data))
-        finally:
-            loop.remove_reader(self._master)
-
-    async def _run(self) -> None:
-        p = self.raw.process
-        if self._master is not None:
-            pumps = [asyncio.create_task(self._pump_pty())]
+    def _finish(self, code: int, *, oom: bool = False) -> ExitInfo:
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+        if not oom and code != 0:
+            oom = self._sandboxes.oom_kills(self.sandbox_id) > self._oom_before
+        if self._timed_out:
+            info = ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True, oom=oom)
+        elif oom:
+            info = ExitInfo(OOM_EXIT_CODE, oom=True)
         else:
-            pumps = [
-                asyncio.create_task(self._pump_pipe(p.stdout, 1)),
-                asyncio.create_task(self._pump_pipe(p.stderr, 2)),
-            ]
-        try:
-            await proc.wait(p)
-            # Background children of the command may hold its output open for ever; take
-            # what they wrote so far and report the exit without waiting for them.
-            _done, pending = await asyncio.wait(pumps, timeout=_DRAIN_GRACE)
-            for t in pending:
-                t.cancel()
-        finally:
-            for t in pumps:
-                if not t.done():
-                    t.cancel()
-            rc = p.returncode if p.returncode is not None else -1
-            if rc < 0:
-                rc = 128 - rc  # killed by a host signal: report it the shell's way
-            if rc != 0:
-                # The sandbox may be dying of OOM right now; give its watcher a moment.
-                await asyncio.sleep(0.05)
-            oom = self._sandboxes.oom_kills(self.raw.sandbox_id) > self._oom_before
-            if self._timed_out:
-                info = ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True, oom=oom)
-            elif oom:
-                info = ExitInfo(OOM_EXIT_CODE, oom=True)
-            else:
-                info = ExitInfo(rc)
-            self.exit = info
-            self._close_master()
-            self.raw.cleanup()
-            self._done.set()
-            await self._events.put(info)
-
-    def _close_master(self) -> None:
-        if self._master is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._master)
-            self._master = None
+            info = ExitInfo(code)
+        self.exit = info
+        return info
 
     # ------------------------------------------------------------ input side
 
     async def write_stdin(self, data: bytes) -> None:
-        if self._master is not None:
-            await asyncio.to_thread(_write_all, self._master, data)
-            return
-        w = self.raw.process.stdin
-        if w is None or w.is_closing():
-            return
-        try:
-            w.write(data)
-            await w.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the command stopped reading or exited: its exit event says the rest
+        with contextlib.suppress(AgentLost):
+            for i in range(0, len(data), MAX_PAYLOAD):
+                await self._ch.send(FrameType.STDIN, data[i : i + MAX_PAYLOAD])
 
     async def close_stdin(self) -> None:
-        if self._master is not None:
+        if self._pty:
             # A terminal has no EOF of its own; ^D at the start of a line is the convention.
             await self.write_stdin(b"\x04")
             return
-        w = self.raw.process.stdin
-        if w is not None and not w.is_closing():
-            w.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await w.wait_closed()
+        with contextlib.suppress(AgentLost):
+            await self._ch.send(FrameType.STDIN_EOF)
 
     def resize(self, cols: int, rows: int) -> None:
-        if self._master is None:
-            return
-        _set_winsize(self._master, cols, rows)
+        if self._pty and not self._ch.finished:
+            self._ch.link._send_nowait(
+                _frame_json(FrameType.RESIZE, self._ch.number, {"cols": cols, "rows": rows})
+            )
 
     async def signal(self, name: str) -> None:
-        sig = _signal_name(name)
-        pid = self.raw.internal_pid()
-        if pid is not None:
-            await self._runsc.kill(self.raw.sandbox_id, sig, pid=pid)
+        with contextlib.suppress(AgentLost):
+            await self._ch.send_json(FrameType.SIGNAL, {"signal": _signal_number(name)})
 
     async def kill(self) -> None:
-        """Stop the command and everything it started: SIGKILL inside the sandbox."""
-        if self._done.is_set() or self._killed:
+        """Kill the command's process group; the session then ends with code 137."""
+        if self._ch.finished:
             return
-        self._killed = True
-        pid = self.raw.internal_pid()
-        if pid is not None:
-            # Collect the whole tree first: once the command dies its children are
-            # re-parented to the sandbox's init and can no longer be told apart.
-            tree = _descendants(await self._runsc.processes(self.raw.sandbox_id), pid)
-            await asyncio.gather(
-                *(self._runsc.kill(self.raw.sandbox_id, "KILL", pid=p) for p in [pid, *tree])
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), 2.0)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.raw.process.kill()
+        self._ch.close()
+        # The agent sends nothing more on a closed channel: end the stream ourselves.
+        self._ch._deliver(Frame(FrameType.EXIT, self._ch.number, b'{"exit_code": %d}' % _KILLED))
 
     async def _deadline(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), timeout)
-            return
+        await asyncio.sleep(timeout)
         self._timed_out = True
         await self.kill()
 
     async def aclose(self) -> None:
-        """Kill the command if it still runs and wait for the session's tasks."""
+        """Kill the command if it still runs and release the channel."""
         await self.kill()
-        for t in self._tasks:
-            if not t.done():
-                t.cancel()
-        # Drain so that the run task can put its final event and finish.
-        while not self._events.empty():
-            self._events.get_nowait()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
 
 
 class ExecService:
@@ -283,51 +208,6 @@ class ExecService:
 
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
-
-    async def spawn_raw(
-        self,
-        record: SandboxRecord,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        terminal_fd: int | None = None,
-    ) -> RawExec:
-        """Start ``runsc exec``. With ``terminal_fd`` (a pty slave) it becomes the terminal."""
-        if not argv:
-            raise InvalidArgumentError("argv must name a command, e.g. ['echo', 'hi']")
-        exec_dir = self.sandboxes.sandbox_dir(record.id) / "exec"
-        exec_dir.mkdir(exist_ok=True)
-        eid = new_id("ex")
-        process_json = exec_dir / f"{eid}.json"
-        pid_file = exec_dir / f"{eid}.pid"
-        spec = bundle.ProcessSpec(
-            argv,
-            env=self.sandboxes.process_env(record, env),
-            cwd=workdir or record.workdir or "/",
-            terminal=terminal_fd is not None,
-            max_processes=bundle.max_processes(record.memory),
-        )
-        bundle.write_json(process_json, spec.to_dict())
-        argv_host = self.sandboxes.runsc.exec_argv(
-            record.id, process_json=process_json, internal_pid_file=pid_file
-        )
-        if terminal_fd is not None:
-            p = await proc.spawn(
-                argv_host,
-                stdin=terminal_fd,
-                stdout=terminal_fd,
-                stderr=terminal_fd,
-                preexec_fn=_make_controlling_tty,
-            )
-        else:
-            p = await proc.spawn(
-                argv_host,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        return RawExec(p, process_json, pid_file, record.id)
 
     async def start(
         self,
@@ -340,84 +220,50 @@ class ExecService:
         pty_size: tuple[int, int] | None = None,
     ) -> ExecSession:
         """Start a command; ``pty_size=(cols, rows)`` gives it a terminal."""
+        if not argv:
+            raise InvalidArgumentError("argv must name a command, e.g. ['echo', 'hi']")
         record = await self.sandboxes.get_running(sandbox_id)
-        if pty_size is None:
-            raw = await self.spawn_raw(record, argv, env=env, workdir=workdir)
-            session = ExecSession(raw, self.sandboxes, master_fd=None, timeout=timeout)
-        else:
-            master, slave = pty.openpty()
-            _set_winsize(master, *pty_size)
-            os.set_blocking(master, False)
-            try:
-                raw = await self.spawn_raw(
-                    record,
-                    argv,
-                    env={"TERM": "xterm-256color", **(env or {})},
-                    workdir=workdir,
-                    terminal_fd=slave,
-                )
-            except BaseException:
-                os.close(master)
-                raise
-            finally:
-                os.close(slave)
-            session = ExecSession(raw, self.sandboxes, master_fd=master, timeout=timeout)
-        await session.start()
-        if session.raw.internal_pid() is None:
-            # The command never started. If the sandbox ended meanwhile (an OOM kill, a
-            # timeout), say so instead of passing on runsc's complaint about its files.
-            current = await self.sandboxes.settle(sandbox_id)
-            if current.status != "running":
-                await session.aclose()
-                raise SandboxTerminatedError(describe_end(current))
+        extra = dict(env or {})
+        if pty_size is not None:
+            extra = {"TERM": "xterm-256color", **extra}
+        full_env = self.sandboxes.process_env(record, extra)
+        cols, rows = pty_size or (80, 24)
+        channel = await open_channel(self.sandboxes, sandbox_id)
+        session = ExecSession(
+            channel, self.sandboxes, sandbox_id, pty=pty_size is not None, timeout=timeout
+        )
+        await session.start(
+            {
+                "argv": list(argv),
+                "env": [f"{k}={v}" for k, v in full_env.items()],
+                "cwd": workdir or record.workdir or "/",
+                "pty": pty_size is not None,
+                "cols": cols,
+                "rows": rows,
+            }
+        )
         return session
 
 
-def _descendants(parents: dict[int, int], root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    out: list[int] = []
-    stack = list(children.get(root, []))
-    while stack and len(out) < 10_000:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return out
+def _json(frame: Frame) -> dict[str, Any]:
+    try:
+        value = frame.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
-def _make_controlling_tty() -> None:
-    # Runs in the child between fork and exec: the pty slave (fd 0) becomes the
-    # controlling terminal, so a resize on the master reaches runsc exec as SIGWINCH,
-    # which it forwards into the sandbox.
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _frame_json(ftype: int, channel: int, obj: object) -> bytes:
+    from ..agent.protocol import encode_json
+
+    return encode_json(ftype, channel, obj)
 
 
-def _set_winsize(fd: int, cols: int, rows: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    import select
-
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [], 1.0)
-            continue
-        except OSError:
-            return
-        view = view[n:]
-
-
-def _signal_name(name: str) -> str:
-    upper = name.upper()
-    bare = upper.removeprefix("SIG")
-    if not hasattr(signals, f"SIG{bare}"):
+def _signal_number(name: str) -> int:
+    bare = name.upper().removeprefix("SIG")
+    sig = getattr(signals, f"SIG{bare}", None)
+    if not isinstance(sig, signals.Signals):
         raise InvalidArgumentError(
             f"unknown signal {name!r}; use a name such as SIGTERM or SIGKILL"
         )
-    return bare
+    return int(sig)

@@ -1,94 +1,33 @@
-"""File operations inside a sandbox, performed by coreutils running in the sandbox itself.
+"""File operations inside a sandbox, performed by its agent.
 
-Doing the work inside (rather than on the host's view of the overlay) means every path is
-resolved by the gVisor kernel: a symlink planted by the sandboxed code can never point the
-server at a host file. It also sees what the sandbox sees, tmpfs mounts included.
-
-Each operation is one ``runsc exec`` of a small POSIX shell script. The script reports
-failures with fixed exit codes (errno values) so that they map to API errors without
-parsing localized messages.
+The agent does the work inside, so every path is resolved by the gVisor kernel: a symlink
+planted by sandboxed code can never point the server at a host file, and the server sees
+what the sandbox sees, tmpfs mounts included. Bytes stream both ways in frames; the
+server holds at most a window of a file at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import errno
 import posixpath
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import (
     ConflictError,
     InvalidArgumentError,
     NotFoundError,
-    SandboxTerminatedError,
     StockadeError,
 )
-from ..runtime import proc
-from .execs import ExecService, RawExec
-from .sandboxes import describe_end
+from ..agent.protocol import Frame, FrameType
+from ..runtime.agent_link import AgentLost, Channel
+from .execs import ExecService, lost, open_channel
 
 __all__ = ["FileInfo", "FileService", "check_path"]
 
-_ENOENT, _EACCES, _EEXIST, _ENOTDIR, _EISDIR, _ENOSPC, _ENOTEMPTY = 2, 13, 17, 20, 21, 28, 39
 _MAX_PATH = 4096
-
-# $1 is the operation, $2 the path. Every branch either succeeds or exits with an errno.
-_SCRIPT = r"""
-op=$1; p=$2
-fail() { echo "$2" >&2; exit "$1"; }
-check_parent() {
-  d=$(dirname -- "$p")
-  [ -e "$d" ] && [ ! -d "$d" ] && fail 20 "a parent of $p is not a directory"
-  return 0
-}
-info() { find "$1" -maxdepth 0 -printf '%y\t%s\t%m\t%T@\t%l\t%p\0'; }
-case "$op" in
-stat)
-  [ -e "$p" ] || [ -L "$p" ] || fail 2 "$p does not exist"
-  info "$p" ;;
-list)
-  [ -e "$p" ] || fail 2 "$p does not exist"
-  [ -d "$p" ] || fail 20 "$p is not a directory"
-  find "$p" -mindepth 1 -maxdepth 1 -printf '%y\t%s\t%m\t%T@\t%l\t%p\0' ;;
-read)
-  [ -e "$p" ] || fail 2 "$p does not exist"
-  [ -d "$p" ] && fail 21 "$p is a directory; use files.list to read a directory"
-  exec cat -- "$p" ;;
-write)
-  [ -d "$p" ] && fail 21 "$p is a directory"
-  check_parent
-  mkdir -p -- "$(dirname -- "$p")" 2>/dev/null ||
-    fail 20 "cannot create the parent directories of $p"
-  if ! err=$(cat 2>&1 >"$p"); then
-    case "$err" in *"No space left"*) fail 28 "no space left writing $p" ;; esac
-    fail 5 "writing $p failed: $err"
-  fi
-  info "$p" ;;
-mkdir)
-  if [ -e "$p" ]; then
-    [ -d "$p" ] || fail 17 "$p exists and is not a directory"
-    info "$p"; exit 0
-  fi
-  check_parent
-  if [ "$3" = parents ]; then mkdir -p -- "$p" || fail 20 "cannot create $p"
-  else [ -d "$(dirname -- "$p")" ] || fail 2 "the parent of $p does not exist; pass parents=True"
-       mkdir -- "$p" || fail 5 "cannot create $p"; fi
-  info "$p" ;;
-remove)
-  [ -e "$p" ] || [ -L "$p" ] || fail 2 "$p does not exist"
-  [ "$p" = / ] && fail 13 "refusing to remove /"
-  if [ -d "$p" ] && [ ! -L "$p" ]; then
-    if [ "$3" = recursive ]; then rm -rf -- "$p" || fail 5 "cannot remove $p"
-    else rmdir -- "$p" 2>/dev/null ||
-      fail 39 "$p is a directory that is not empty; pass recursive=True"
-    fi
-  else rm -f -- "$p" || fail 5 "cannot remove $p"; fi ;;
-*) fail 22 "unknown operation $op" ;;
-esac
-"""
-
-_TYPES = {"f": "file", "d": "dir", "l": "symlink"}
+_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +39,19 @@ class FileInfo:
     mode: int
     mtime: float
     target: str | None
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> FileInfo:
+        path = str(d.get("path", ""))
+        return cls(
+            path=path,
+            name=str(d.get("name") or posixpath.basename(path) or "/"),
+            type=str(d.get("type", "other")),
+            size=int(d.get("size", 0)),
+            mode=int(d.get("mode", 0)),
+            mtime=float(d.get("mtime", 0.0)),
+            target=d.get("target"),
+        )
 
 
 def check_path(path: str) -> str:
@@ -118,41 +70,30 @@ def check_path(path: str) -> str:
     return "/" + norm.lstrip("/") if norm.startswith("//") else norm
 
 
-def _parse_infos(raw: bytes) -> list[FileInfo]:
-    out: list[FileInfo] = []
-    for rec in raw.split(b"\0"):
-        if not rec:
-            continue
-        kind, size, mode, mtime, target, path = rec.decode(errors="surrogateescape").split("\t", 5)
-        name = posixpath.basename(path) or "/"
-        out.append(
-            FileInfo(
-                path=path,
-                name=name,
-                type=_TYPES.get(kind, "other"),
-                size=int(size),
-                mode=int(mode, 8),
-                mtime=float(mtime),
-                target=target or None,
-            )
-        )
-    return out
-
-
-def _error(code: int, stderr: bytes, sandbox_id: str, path: str, disk: int) -> StockadeError:
-    msg = stderr.decode(errors="replace").strip().splitlines()
-    text = msg[-1] if msg else f"file operation on {path} failed with code {code}"
-    if code == _ENOENT:
+def _error(frame: Frame, sandbox_id: str, disk: int) -> StockadeError:
+    try:
+        info = frame.json()
+    except ValueError:
+        info = {}
+    code = int(info.get("errno", 0) or 0) if isinstance(info, dict) else 0
+    text = str(info.get("message", "")) if isinstance(info, dict) else ""
+    text = text or f"file operation failed: {errno.errorcode.get(code, code)}"
+    if code == errno.ENOENT:
         return NotFoundError(f"{text} (in sandbox {sandbox_id})")
-    if code in (_EISDIR, _ENOTDIR, _EACCES, 22):
-        return InvalidArgumentError(text)
-    if code in (_EEXIST, _ENOTEMPTY):
+    if code == errno.EISDIR:
+        return InvalidArgumentError(f"{text}; use files.list to read a directory")
+    if code == errno.ENOTEMPTY:
+        return ConflictError(f"{text}; pass recursive=True to remove it with its contents")
+    if code == errno.EEXIST:
         return ConflictError(text)
-    if code == _ENOSPC:
+    if code == errno.ENOSPC:
         return ConflictError(
             f"{text}: the sandbox's disk (disk={disk} MiB) is full; "
             "free space or create the sandbox with a larger `disk=`"
         )
+    if code in (errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG,
+                errno.ELOOP, errno.EROFS, errno.E2BIG):  # fmt: skip
+        return InvalidArgumentError(text)
     return StockadeError(text, code="internal", status=500)
 
 
@@ -160,117 +101,90 @@ class FileService:
     def __init__(self, execs: ExecService) -> None:
         self.execs = execs
 
-    async def _failure(
-        self, rc: int, stderr: bytes, sandbox_id: str, path: str, disk: int
-    ) -> StockadeError:
-        err = _error(rc, stderr, sandbox_id, path, disk)
-        if err.status >= 500:
-            # Not one of the script's own codes: runsc could not run it. If the sandbox
-            # is ending, that is the real answer.
-            record = await self.execs.sandboxes.settle(sandbox_id)
-            if record.status != "running":
-                return SandboxTerminatedError(describe_end(record))
-        return err
-
-    async def _spawn(self, sandbox_id: str, *args: str) -> tuple[RawExec, int]:
+    async def _open(self, sandbox_id: str) -> tuple[Channel, int]:
         record = await self.execs.sandboxes.get_running(sandbox_id)
-        raw = await self.execs.spawn_raw(record, ["/bin/sh", "-c", _SCRIPT, "sh", *args])
-        return raw, record.disk
+        return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
-    async def _run(self, sandbox_id: str, *args: str, stdin: bytes = b"") -> bytes:
-        raw, disk = await self._spawn(sandbox_id, *args)
+    async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:
+        ch, disk = await self._open(sandbox_id)
         try:
-            out, err = await raw.process.communicate(stdin)
-            rc = await proc.wait(raw.process)
+            await ch.send_json(ftype, request)
+            frame = await ch.recv()
+        except AgentLost as exc:
+            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
         finally:
-            raw.cleanup()
-        if rc != 0:
-            raise await self._failure(rc, err, sandbox_id, args[1], disk)
-        return out
+            ch.close()
+        if frame.type == FrameType.ERROR:
+            raise _error(frame, sandbox_id, disk)
+        return frame.json()
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        return _parse_infos(await self._run(sandbox_id, "stat", check_path(path)))[0]
+        return FileInfo.of(
+            await self._call(sandbox_id, FrameType.FILE_STAT, {"path": check_path(path)})
+        )
 
     async def list(self, sandbox_id: str, path: str) -> list[FileInfo]:
-        infos = _parse_infos(await self._run(sandbox_id, "list", check_path(path)))
-        return sorted(infos, key=lambda i: i.name)
+        result = await self._call(sandbox_id, FrameType.FILE_LIST, {"path": check_path(path)})
+        return sorted((FileInfo.of(e) for e in result.get("entries", [])), key=lambda i: i.name)
 
     async def mkdir(self, sandbox_id: str, path: str, *, parents: bool) -> FileInfo:
-        args = ["mkdir", check_path(path)] + (["parents"] if parents else [])
-        return _parse_infos(await self._run(sandbox_id, *args))[0]
+        request = {"path": check_path(path), "parents": parents}
+        return FileInfo.of(await self._call(sandbox_id, FrameType.FILE_MKDIR, request))
 
     async def remove(self, sandbox_id: str, path: str, *, recursive: bool) -> None:
-        args = ["remove", check_path(path)] + (["recursive"] if recursive else [])
-        await self._run(sandbox_id, *args)
+        path = check_path(path)
+        if path == "/":
+            raise InvalidArgumentError("refusing to remove /")
+        await self._call(sandbox_id, FrameType.FILE_REMOVE, {"path": path, "recursive": recursive})
 
     async def write(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> FileInfo:
         """Stream ``chunks`` into the file; memory use stays at one chunk."""
         path = check_path(path)
         if path == "/":
             raise InvalidArgumentError("cannot write to /: give a file path")
-        raw, disk = await self._spawn(sandbox_id, "write", path)
-        p = raw.process
-        assert p.stdin is not None and p.stdout is not None and p.stderr is not None
-        err_task = asyncio.create_task(p.stderr.read())
-        out_task = asyncio.create_task(p.stdout.read())
+        ch, disk = await self._open(sandbox_id)
         try:
-            try:
-                async for chunk in chunks:
-                    p.stdin.write(chunk)
-                    await p.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the script failed early; its exit code says why
-            finally:
-                if not p.stdin.is_closing():
-                    p.stdin.close()
-            rc = await proc.wait(p)
-            out, err = await out_task, await err_task
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            await proc.wait(p)
-            err_task.cancel()
-            out_task.cancel()
-            raise
+            await ch.send_json(FrameType.FILE_WRITE, {"path": path, "mode": 0o644})
+            ready = await ch.recv()
+            if ready.type == FrameType.ERROR:
+                raise _error(ready, sandbox_id, disk)
+            async for chunk in chunks:
+                for i in range(0, len(chunk), _CHUNK):
+                    await ch.send(FrameType.DATA, chunk[i : i + _CHUNK])
+            await ch.send(FrameType.END)
+            result = await ch.recv()
+        except AgentLost as exc:
+            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
         finally:
-            raw.cleanup()
-        if rc != 0:
-            raise await self._failure(rc, err, sandbox_id, path, disk)
-        return _parse_infos(out)[0]
+            ch.close()
+        if result.type == FrameType.ERROR:
+            raise _error(result, sandbox_id, disk)
+        return FileInfo.of(result.json())
 
     async def read(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
         """Start reading; errors (missing, a directory) raise before the first chunk."""
         path = check_path(path)
-        raw, disk = await self._spawn(sandbox_id, "read", path)
-        p = raw.process
-        assert p.stdout is not None and p.stderr is not None
-        first = await p.stdout.read(256 * 1024)
-        if not first:
-            err = await p.stderr.read()
-            rc = await proc.wait(p)
-            raw.cleanup()
-            if rc != 0:
-                raise await self._failure(rc, err, sandbox_id, path, disk)
-            return _empty()
-        return _stream_rest(raw, first)
+        ch, disk = await self._open(sandbox_id)
+        try:
+            await ch.send_json(FrameType.FILE_READ, {"path": path})
+            first = await ch.recv()
+        except AgentLost as exc:
+            ch.close()
+            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        if first.type == FrameType.ERROR:
+            ch.close()
+            raise _error(first, sandbox_id, disk)
+        return _stream(ch, first)
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover  (makes this an async generator)
-
-
-async def _stream_rest(raw: RawExec, first: bytes) -> AsyncIterator[bytes]:
-    p = raw.process
-    assert p.stdout is not None
+async def _stream(ch: Channel, first: Frame) -> AsyncIterator[bytes]:
     try:
-        yield first
-        while chunk := await p.stdout.read(256 * 1024):
-            yield chunk
-        await proc.wait(p)
+        frame = first
+        while frame.type == FrameType.DATA:
+            yield frame.payload
+            ch.grant(len(frame.payload))
+            frame = await ch.recv()
+        if frame.type == FrameType.ERROR:
+            raise RuntimeError(f"reading failed midway: {frame.payload[:200]!r}")
     finally:
-        if p.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            await proc.wait(p)
-        raw.cleanup()
+        ch.close()

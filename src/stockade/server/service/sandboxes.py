@@ -26,6 +26,9 @@ from ...errors import InvalidArgumentError, NotFoundError, SandboxTerminatedErro
 from ..config import ServerConfig
 from ..images.catalog import ImageCatalog
 from ..runtime import bundle, cgroups, proc
+from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
+from ..runtime.agent_link import AgentLink
+from ..runtime.reaper import Reaper
 from ..runtime.rootfs import RootFS
 from ..runtime.runsc import Runsc
 from ..state.records import SandboxRecord
@@ -54,8 +57,15 @@ def new_id(prefix: str) -> str:
 
 
 class SandboxService:
-    def __init__(self, config: ServerConfig, store: Store, images: ImageCatalog) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        images: ImageCatalog,
+        reaper: Reaper | None = None,
+    ) -> None:
         self.config = config
+        self.reaper = reaper
         self.store = store
         self.images = images
         self.runsc = Runsc(config.runsc, config.runsc_root)
@@ -63,6 +73,8 @@ class SandboxService:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._exit_codes: dict[str, asyncio.Future[int | None]] = {}
         self._final_ooms: dict[str, int] = {}
+        self._links: dict[str, AgentLink] = {}
+        self._link_locks: dict[str, asyncio.Lock] = {}
         self._deadline_changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         # Strong references to fire-and-forget tasks, so they are not garbage-collected.
@@ -144,11 +156,13 @@ class SandboxService:
             await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
             try:
-                await rootfs.create(image.layers, req.disk)
+                agent = await ensure_agent_layer(self.config.cache_dir)
+                # The agent's layer goes on top, so /.stockade/agent exists in any image.
+                await rootfs.create((agent, *image.layers), req.disk)
                 spec = bundle.container_spec(
                     root=rootfs.merged,
                     process=bundle.ProcessSpec(
-                        record.entrypoint or bundle.IDLE_INIT,
+                        [AGENT_PATH, *(["--", *record.entrypoint] if record.entrypoint else [])],
                         env=self.process_env(record),
                         cwd=record.workdir or "/",
                         max_processes=bundle.max_processes(record.memory),
@@ -160,11 +174,17 @@ class SandboxService:
                 )
                 if record.workdir:
                     # The working directory must exist before the init starts in it.
-                    (rootfs.merged / record.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                    await asyncio.to_thread(
+                        (rootfs.merged / record.workdir.lstrip("/")).mkdir,
+                        parents=True,
+                        exist_ok=True,
+                    )
                 bundle.write_json(rootfs.dir / "config.json", spec)
-                await self.runsc.run_detached(record.id, rootfs.dir, self.log_path(record.id))
+                await self._start_runsc(record.id, rootfs.dir)
+                record.pid = _read_pid(rootfs.dir / "pid")
                 state = await self.runsc.state(record.id)
-                if state is None or state.status != "running":
+                running = state is not None and state.status == "running"
+                if not running and not record.entrypoint:
                     raise ServerError(
                         f"sandbox {record.id} stopped right after starting: "
                         f"{_tail(self.log_path(record.id))}"
@@ -178,11 +198,14 @@ class SandboxService:
                 if isinstance(exc, InvalidArgumentError):
                     raise
                 raise ServerError(f"starting sandbox {record.id} failed: {exc}") from exc
-            record.pid = state.pid
             record.status = "running"
             record.started_at = time.time()
             record.expires_at = record.started_at + record.timeout
             await self.store.put_sandbox(record)
+        if not running:
+            # The entrypoint finished before we looked: record its end right away.
+            await self._on_exit(record.id)
+            return await self.get(record.id)
         self._watch(record)
         self._deadline_changed.set()
         return record
@@ -190,6 +213,45 @@ class SandboxService:
     def oom_kills(self, sandbox_id: str) -> int:
         """OOM kills in the sandbox so far, also readable shortly after it died."""
         return cgroups.oom_kills(sandbox_id) or self._final_ooms.get(sandbox_id, 0)
+
+    async def _start_runsc(self, sandbox_id: str, directory: Path) -> None:
+        """``runsc run`` with the agent's channel: two FIFOs the sandbox holds read-write.
+
+        Holding both ends itself, the sandbox never sees EOF or EPIPE on them when a server
+        goes away, and any later server can open them again (docs/agent-protocol.md).
+        """
+        fifos = [directory / "agent.in", directory / "agent.out"]
+        for fifo in fifos:
+            os.mkfifo(fifo, 0o600)
+        fds = [os.open(f, os.O_RDWR | os.O_CLOEXEC) for f in fifos]
+        try:
+            await self.runsc.run_detached(
+                sandbox_id, directory, stdin=fds[0], stdout=fds[1], log=self.log_path(sandbox_id)
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    async def link(self, sandbox_id: str) -> AgentLink:
+        """The connected agent link of a running sandbox, connecting on first use."""
+        current = self._links.get(sandbox_id)
+        if current is not None and not current.dead:
+            return current
+        async with self._link_locks.setdefault(sandbox_id, asyncio.Lock()):
+            current = self._links.get(sandbox_id)
+            if current is not None and not current.dead:
+                return current
+            directory = self.sandbox_dir(sandbox_id)
+            new = AgentLink(sandbox_id, directory / "agent.in", directory / "agent.out")
+            self._links[sandbox_id] = new
+            await new.connect()
+            return new
+
+    def _drop_link(self, sandbox_id: str, reason: str) -> None:
+        link = self._links.pop(sandbox_id, None)
+        self._link_locks.pop(sandbox_id, None)
+        if link is not None:
+            link.close(reason)
 
     def process_env(
         self, record: SandboxRecord, extra: Mapping[str, str] | None = None
@@ -223,6 +285,7 @@ class SandboxService:
 
     async def _cleanup(self, sandbox_id: str) -> None:
         """Remove the runsc sandbox and the root filesystem; tolerate either being gone."""
+        self._drop_link(sandbox_id, f"sandbox {sandbox_id} ended")
         try:
             await self.runsc.delete(sandbox_id)
         except Exception:
@@ -295,6 +358,11 @@ class SandboxService:
         if fut is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 code = await asyncio.wait_for(asyncio.shield(fut), 2.0)
+        record = await self.store.get_sandbox(sandbox_id)
+        if code is None and self.reaper is not None and record is not None and record.pid:
+            # `runsc wait` misses an init that exited before it asked; the sandbox
+            # process, re-parented to us, carries the same status.
+            code = await self.reaper.exit_code(record.pid)
         async with self._lock(sandbox_id):
             record = await self.store.get_sandbox(sandbox_id)
             if record is None or not record.alive:
@@ -313,6 +381,8 @@ class SandboxService:
             elif record.entrypoint:
                 record.status, record.reason, record.exit_code = "terminated", "exited", code
                 record.message = f"the entrypoint exited with code {code}"
+                if code in (126, 127):  # it could not even start: say why
+                    record.message += f": {_tail(self.log_path(sandbox_id), 300)}"
             else:
                 record.status, record.reason = "failed", "error"
                 record.message = "the sandbox's runsc process exited unexpectedly"
@@ -392,6 +462,8 @@ class SandboxService:
         tasks = [t for t in (self._timer, *self._watchers.values()) if t is not None]
         for fut in self._exit_codes.values():
             fut.cancel()
+        for sid in list(self._links):
+            self._drop_link(sid, "the server is shutting down")
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -407,6 +479,13 @@ def describe_end(record: SandboxRecord) -> str:
     if record.message:
         base += f": {record.message}"
     return base + "; create a new sandbox to continue"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _tail(path: Path, limit: int = 1500) -> str:
