@@ -11,7 +11,7 @@ from stockade.server.api.limits import check_create_ranges
 from stockade.server.images.mirror import debian_mirror
 from stockade.server.runtime import bundle
 from stockade.server.runtime.cgroups import cgroup_path
-from stockade.server.service.files import _parse_infos, check_path
+from stockade.server.service.files import FileInfo, check_path
 from stockade.server.state.records import SandboxRecord
 from stockade.server.state.store import SQLiteStore
 
@@ -51,18 +51,18 @@ def test_check_path_rejects(bad: str) -> None:
         check_path(bad)
 
 
-def test_parse_infos_handles_odd_names() -> None:
-    raw = (
-        b"f\t5\t644\t1700000000.5\t\t/app/x.txt\0"
-        b"d\t4096\t755\t1700000000.0\t\t/app/with\ttab\0"
-        b"l\t7\t777\t1.0\t/target\t/app/link\0"
+def test_file_info_from_agent_json() -> None:
+    info = FileInfo.of(
+        {"path": "/app/with\ttab", "name": "with\ttab", "type": "dir", "size": 4096,
+         "mode": 0o755, "mtime": 1700000000.5, "target": None}
+    )  # fmt: skip
+    assert (info.name, info.type, info.mode, info.mtime) == (
+        "with\ttab",
+        "dir",
+        0o755,
+        1700000000.5,
     )
-    infos = _parse_infos(raw)
-    assert [(i.name, i.type) for i in infos] == [
-        ("x.txt", "file"), ("with\ttab", "dir"), ("link", "symlink"),
-    ]  # fmt: skip
-    assert infos[0].mode == 0o644 and infos[0].size == 5 and infos[0].mtime == 1700000000.5
-    assert infos[2].target == "/target"
+    assert FileInfo.of({"path": "/"}).name == "/"
 
 
 def test_ranges_name_the_allowed_values() -> None:
