@@ -123,8 +123,12 @@ class AgentLink:
 
     # ------------------------------------------------------------------ lifetime
 
-    async def connect(self) -> None:
-        """Open the FIFOs, resynchronise and handshake. Raises AgentLost on failure."""
+    async def connect(self, *, resync: bool = True) -> None:
+        """Open the FIFOs, resynchronise and handshake. Raises AgentLost on failure.
+
+        ``resync=False`` skips the 1 MiB preamble; only for FIFOs that no other server
+        has written to (a sandbox this process just created).
+        """
         loop = asyncio.get_running_loop()
         try:
             # The sandbox holds both FIFOs open read-write, so these opens never block.
@@ -157,7 +161,8 @@ class AgentLink:
 
         loop.add_reader(self._out_fd, on_handshake_readable)
         try:
-            await self._send(SYNC_PREAMBLE + encode(FrameType.HELLO, 0, nonce))
+            hello = encode(FrameType.HELLO, 0, nonce)
+            await self._send(SYNC_PREAMBLE + hello if resync else hello)
             await asyncio.wait_for(got.wait(), _HANDSHAKE_TIMEOUT)
         except (TimeoutError, AgentLost) as exc:
             self.close(f"the agent of sandbox {self.sandbox_id} did not answer the handshake")

@@ -74,6 +74,9 @@ class SandboxService:
         self._exit_codes: dict[str, asyncio.Future[int | None]] = {}
         self._final_ooms: dict[str, int] = {}
         self._links: dict[str, AgentLink] = {}
+        self._agent_layer: Path | None = None
+        # Sandboxes whose FIFOs only this process has used: no stale bytes to clear.
+        self._fresh: set[str] = set()
         self._link_locks: dict[str, asyncio.Lock] = {}
         self._deadline_changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -156,7 +159,9 @@ class SandboxService:
             await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
             try:
-                agent = await ensure_agent_layer(self.config.cache_dir)
+                if self._agent_layer is None:
+                    self._agent_layer = await ensure_agent_layer(self.config.cache_dir)
+                agent = self._agent_layer
                 # The agent's layer goes on top, so /.stockade/agent exists in any image.
                 await rootfs.create((agent, *image.layers), req.disk)
                 spec = bundle.container_spec(
@@ -182,8 +187,8 @@ class SandboxService:
                 bundle.write_json(rootfs.dir / "config.json", spec)
                 await self._start_runsc(record.id, rootfs.dir)
                 record.pid = _read_pid(rootfs.dir / "pid")
-                state = await self.runsc.state(record.id)
-                running = state is not None and state.status == "running"
+                # The pid file saves a `runsc state` (a whole runsc process) per create.
+                running = record.pid is not None and proc.pid_alive(record.pid)
                 if not running and not record.entrypoint:
                     raise ServerError(
                         f"sandbox {record.id} stopped right after starting: "
@@ -220,6 +225,7 @@ class SandboxService:
         Holding both ends itself, the sandbox never sees EOF or EPIPE on them when a server
         goes away, and any later server can open them again (docs/agent-protocol.md).
         """
+        self._fresh.add(sandbox_id)
         fifos = [directory / "agent.in", directory / "agent.out"]
         for fifo in fifos:
             os.mkfifo(fifo, 0o600)
@@ -244,10 +250,12 @@ class SandboxService:
             directory = self.sandbox_dir(sandbox_id)
             new = AgentLink(sandbox_id, directory / "agent.in", directory / "agent.out")
             self._links[sandbox_id] = new
-            await new.connect()
+            await new.connect(resync=sandbox_id not in self._fresh)
+            self._fresh.discard(sandbox_id)
             return new
 
     def _drop_link(self, sandbox_id: str, reason: str) -> None:
+        self._fresh.discard(sandbox_id)
         link = self._links.pop(sandbox_id, None)
         self._link_locks.pop(sandbox_id, None)
         if link is not None:
