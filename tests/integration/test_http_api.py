@@ -204,3 +204,22 @@ def test_list_filters_by_tag_and_status(http: httpx.Client) -> None:
     finally:
         http.delete(f"/v1/sandboxes/{a['id']}")
         http.delete(f"/v1/sandboxes/{b['id']}")
+
+
+def test_listing_a_huge_directory_is_complete(http: httpx.Client, sandbox_id: str) -> None:
+    # Big enough that the agent answers in several frames.
+    script = (
+        "mkdir -p /many && cd /many && seq -f 'file-with-a-longish-name-%05g' 12000 | xargs touch"
+    )
+    with http.stream(
+        "POST", f"/v1/sandboxes/{sandbox_id}/exec", json={"argv": ["sh", "-c", script]}
+    ) as resp:
+        events = [json.loads(line) for line in resp.iter_lines()]
+    assert events[-1]["exit_code"] == 0, events
+    entries = http.get(f"/v1/sandboxes/{sandbox_id}/files/list", params={"path": "/many"}).json()[
+        "entries"
+    ]
+    names = [e["name"] for e in entries]
+    assert len(names) == 12000
+    assert names == sorted(names)
+    assert names[0] == "file-with-a-longish-name-00001"

@@ -15,6 +15,7 @@ agent as the lone surrogates ``\\udc80``–``\\udcff`` (Python's ``surrogateesca
 from __future__ import annotations
 
 import json
+import re
 import struct
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -47,6 +48,8 @@ NONCE_SIZE = 16
 SYNC_PREAMBLE = bytes(MAX_PAYLOAD + HEADER_SIZE)
 
 _HEADER = struct.Struct(">BIBI")
+_NOT_PADDING = re.compile(rb"[^\x00]")
+_FRAME_OR_PADDING = re.compile(rb"[\x00\xa5]")
 
 
 class FrameType(IntEnum):
@@ -132,11 +135,11 @@ class FrameDecoder:
         """Bytes held back: the start of a frame not complete yet."""
         return len(self._buf)
 
-    def _skip_garbage(self) -> None:
+    def _skip_garbage(self, count: int = 1) -> None:
         if not self._in_garbage:
             self.garbage_runs += 1
         self._in_garbage = True
-        self.garbage_bytes += 1
+        self.garbage_bytes += count
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
@@ -148,15 +151,16 @@ class FrameDecoder:
             b = buf[p]
             if b == 0:
                 # Padding: skip the whole run at once (the preamble is 1 MiB of it).
-                q = p
-                while q < n and buf[q] == 0:
-                    q += 1
-                p = q
+                m = _NOT_PADDING.search(buf, p)
+                p = m.start() if m else n
                 self._in_garbage = False
                 continue
             if b != FRAME_START:
-                self._skip_garbage()
-                p += 1
+                # Garbage up to the next byte that could start a frame or pad.
+                m = _FRAME_OR_PADDING.search(buf, p)
+                q = m.start() if m else n
+                self._skip_garbage(q - p)
+                p = q
                 continue
             if n - p < 5:
                 break

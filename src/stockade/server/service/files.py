@@ -106,17 +106,25 @@ class FileService:
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
     async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:
+        """One request, one answer. A long listing arrives as DATA parts before RESULT."""
         ch, disk = await self._open(sandbox_id)
+        parts: list[Any] = []
         try:
             await ch.send_json(ftype, request)
             frame = await ch.recv()
+            while frame.type == FrameType.DATA:
+                parts.extend(frame.json().get("entries", []))
+                frame = await ch.recv()
         except AgentLost as exc:
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
         finally:
             ch.close()
         if frame.type == FrameType.ERROR:
             raise _error(frame, sandbox_id, disk)
-        return frame.json()
+        result = frame.json()
+        if parts and isinstance(result, dict):
+            result["entries"] = parts + list(result.get("entries", []))
+        return result
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
         return FileInfo.of(
