@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from .helpers import force_cleanup
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,8 +135,7 @@ def server() -> Iterator[LiveServer]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        subprocess.run(["umount", "-R", "-l", str(tmp)], capture_output=True, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        force_cleanup(tmp, live.data_dir)
 
 
 @pytest.fixture

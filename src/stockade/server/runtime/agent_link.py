@@ -118,6 +118,7 @@ class AgentLink:
         self._next = 1
         self._on_entrypoint_exit = on_entrypoint_exit
         self.dead = False
+        self.closed = asyncio.Event()
         self.lost_reason = f"the agent of sandbox {sandbox_id} is not connected"
         self.info: dict[str, Any] = {}
 
@@ -181,6 +182,7 @@ class AgentLink:
         if self.dead:
             return
         self.dead = True
+        self.closed.set()
         self.lost_reason = reason
         with contextlib.suppress(RuntimeError):  # the loop may be closing
             loop = asyncio.get_running_loop()

@@ -115,3 +115,15 @@ def pid_alive(pid: int) -> bool:
         return False
     fields = stat[stat.rfind(b")") + 2 :].split()
     return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the server dies (PR_SET_PDEATHSIG).
+
+    For helpers such as ``runsc wait`` that must not outlive the server that started
+    them: a leftover one would race the next server's for the same exit status.
+    """
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG

@@ -64,7 +64,8 @@ async def open_channel(sandboxes: SandboxService, sandbox_id: str) -> Channel:
 
 async def lost(sandboxes: SandboxService, sandbox_id: str, exc: AgentLost) -> StockadeError:
     """The error for a broken agent channel: the sandbox's end, if that is what it was."""
-    record = await sandboxes.settle(sandbox_id)
+    # The agent is the sandbox's init: when its channel closes, the sandbox is ending.
+    record = await sandboxes.settle(sandbox_id, ending=True)
     if record.status != "running":
         return SandboxTerminatedError(describe_end(record))
     return ServerError(f"lost the connection to the agent of sandbox {sandbox_id}: {exc}")
@@ -125,7 +126,7 @@ class ExecSession:
             try:
                 frame = await self._ch.recv()
             except AgentLost as exc:
-                end = await self._sandboxes.settle(self.sandbox_id)
+                end = await self._sandboxes.settle(self.sandbox_id, ending=True)
                 if end.reason == "oom":
                     yield self._finish(OOM_EXIT_CODE, oom=True)
                     return

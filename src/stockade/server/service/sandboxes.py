@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -74,6 +75,8 @@ class SandboxService:
         self._exit_codes: dict[str, asyncio.Future[int | None]] = {}
         self._final_ooms: dict[str, int] = {}
         self._links: dict[str, AgentLink] = {}
+        # Entrypoint exit codes as the agent reported them over its channel.
+        self._entry_codes: dict[str, int] = {}
         self._agent_layer: Path | None = None
         # Sandboxes whose FIFOs only this process has used: no stale bytes to clear.
         self._fresh: set[str] = set()
@@ -113,18 +116,20 @@ class SandboxService:
             raise SandboxTerminatedError(describe_end(record))
         return record
 
-    async def settle(self, sandbox_id: str) -> SandboxRecord:
+    async def settle(self, sandbox_id: str, *, ending: bool = False) -> SandboxRecord:
         """The record once any transition in progress is done.
 
         Used when an operation failed in a way that suggests the sandbox is dying: its
-        watcher may not have recorded the end yet.
+        watcher may not have recorded the end yet. With ``ending=True`` (the agent, its
+        init, is gone) the sandbox is known to be on its way out, so wait for that too.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 3.0
         while True:
             async with self._lock(sandbox_id):
                 record = await self.get(sandbox_id)
-            dying = record.alive and record.pid is not None and not proc.pid_alive(record.pid)
+            alive_pid = record.pid is not None and proc.pid_alive(record.pid)
+            dying = record.alive and (ending or not alive_pid)
             if not dying or loop.time() > deadline:
                 return record
             await asyncio.sleep(0.05)
@@ -248,7 +253,12 @@ class SandboxService:
             if current is not None and not current.dead:
                 return current
             directory = self.sandbox_dir(sandbox_id)
-            new = AgentLink(sandbox_id, directory / "agent.in", directory / "agent.out")
+            new = AgentLink(
+                sandbox_id,
+                directory / "agent.in",
+                directory / "agent.out",
+                on_entrypoint_exit=functools.partial(self._entry_codes.__setitem__, sandbox_id),
+            )
             self._links[sandbox_id] = new
             await new.connect(resync=sandbox_id not in self._fresh)
             self._fresh.discard(sandbox_id)
@@ -297,13 +307,24 @@ class SandboxService:
         try:
             await self.runsc.delete(sandbox_id)
         except Exception:
-            log.exception("deleting runsc sandbox %s", sandbox_id)
+            # Never leave a sandbox running behind a record that says it ended: kill its
+            # processes directly, then let runsc forget it.
+            log.exception("deleting runsc sandbox %s; killing it directly", sandbox_id)
+            pid = _read_pid(self.sandbox_dir(sandbox_id) / "pid")
+            if pid is not None and proc.pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            with contextlib.suppress(Exception):
+                await self.runsc.delete(sandbox_id)
         await RootFS(self.sandbox_dir(sandbox_id)).destroy_keeping(("output.log",))
 
     # ------------------------------------------------------- watching for the end
 
     def _watch(self, record: SandboxRecord) -> None:
         if record.entrypoint:
+            # Keep a link open: the agent reports the entrypoint's exit code over it,
+            # whenever that happens. `runsc wait` below is the second witness.
+            self._spawn_task(self._connect_quietly(record.id))
             fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             self._exit_codes[record.id] = fut
             self._spawn_task(self._collect_exit_code(record.id, fut))
@@ -324,11 +345,19 @@ class SandboxService:
         if fut is not None and not fut.done():
             fut.cancel()
 
+    async def _connect_quietly(self, sandbox_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.link(sandbox_id)
+
     async def _collect_exit_code(self, sandbox_id: str, fut: asyncio.Future[int | None]) -> None:
         """``runsc wait`` reports the init's exit status only while the sandbox lives."""
         import json
 
-        p = await proc.spawn(self.runsc.wait_argv(sandbox_id), stdout=asyncio.subprocess.PIPE)
+        p = await proc.spawn(
+            self.runsc.wait_argv(sandbox_id),
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=proc.die_with_parent,
+        )
         try:
             out = await p.stdout.read() if p.stdout else b""
             await proc.wait(p)
@@ -362,8 +391,14 @@ class SandboxService:
 
     async def _on_exit(self, sandbox_id: str) -> None:
         code: int | None = None
+        link = self._links.get(sandbox_id)
+        if link is not None and not link.dead:
+            # The agent's ENTRYPOINT_EXIT may still be in flight on the channel.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.closed.wait(), 1.0)
+        code = self._entry_codes.pop(sandbox_id, None)
         fut = self._exit_codes.get(sandbox_id)
-        if fut is not None:
+        if fut is not None and code is None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 code = await asyncio.wait_for(asyncio.shield(fut), 2.0)
         record = await self.store.get_sandbox(sandbox_id)
@@ -467,7 +502,9 @@ class SandboxService:
 
     async def stop(self) -> None:
         """Stop watching; the sandboxes themselves keep running for the next server."""
-        tasks = [t for t in (self._timer, *self._watchers.values()) if t is not None]
+        tasks = [
+            t for t in (self._timer, *self._watchers.values(), *self._background) if t is not None
+        ]
         for fut in self._exit_codes.values():
             fut.cancel()
         for sid in list(self._links):

@@ -1,0 +1,197 @@
+"""Small tools the integration tests share: polling, host-side probes and local files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from stockade import Sandbox, SandboxInfo
+
+_T = TypeVar("_T")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def unique(prefix: str = "t") -> str:
+    """A value no other test (or earlier run) uses, for tags and file names."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_for(
+    probe: Callable[[], _T | None], *, timeout: float, interval: float = 0.1, what: str = ""
+) -> _T:
+    """Call ``probe`` until it returns something other than None (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or probe}")
+        time.sleep(interval)
+
+
+def wait_ended(sb: Sandbox, *, timeout: float = 30.0, interval: float = 0.1) -> SandboxInfo:
+    """Poll ``sb.info()`` until the sandbox is no longer starting or running."""
+
+    def probe() -> SandboxInfo | None:
+        info = sb.info()
+        return info if info.status not in ("starting", "running") else None
+
+    return wait_for(probe, timeout=timeout, interval=interval, what=f"{sb.id} to end")
+
+
+def runsc_binary() -> str:
+    """The runsc the server under test uses (the same lookup as the server's)."""
+    explicit = os.environ.get("STOCKADE_RUNSC")
+    if explicit:
+        return explicit
+    cached = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade") / "bin" / "runsc"
+    return str(cached)
+
+
+def runsc_state(data_dir: Path, sandbox_id: str) -> dict[str, object] | None:
+    """``runsc state`` of a sandbox in a server's private runsc root, or None if unknown."""
+    result = subprocess.run(
+        [runsc_binary(), f"--root={data_dir / 'runsc'}", "state", sandbox_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None
+    state: dict[str, object] = json.loads(result.stdout)
+    return state
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cpuacct_usage_ns(sandbox_id: str) -> int:
+    """CPU time (ns) the host charged to a sandbox's cgroup (cgroup v1 cpuacct)."""
+    path = CGROUP_ROOT / "cpuacct" / "stockade" / sandbox_id / "cpuacct.usage"
+    return int(path.read_text().strip())
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field (VmRSS, VmHWM, …) of /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+class RssSampler:
+    """Samples a process's VmRSS in a thread; ``peak_kib`` is the highest value seen.
+
+    VmHWM (the kernel's own high-water mark) is folded in as well when it rose while
+    sampling, so a spike between two samples is not missed.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.baseline_kib = proc_status_kib(pid, "VmRSS")
+        self._hwm_before = proc_status_kib(pid, "VmHWM")
+        self.peak_kib = self.baseline_kib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kib = max(self.peak_kib, proc_status_kib(self.pid, "VmRSS"))
+            except (OSError, KeyError):
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        hwm_after = proc_status_kib(self.pid, "VmHWM")
+        if hwm_after > self._hwm_before:
+            self.peak_kib = max(self.peak_kib, hwm_after)
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak_kib - self.baseline_kib) / 1024
+
+
+def random_file(path: Path, size: int, chunk: int = 4 * 1024 * 1024) -> str:
+    """Write ``size`` random bytes to ``path``; return their sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left:
+            data = os.urandom(min(chunk, left))
+            digest.update(data)
+            f.write(data)
+            left -= len(data)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def force_cleanup(root: Path, data_dir: Path) -> None:
+    """Remove whatever a server under ``root`` left behind, even if it cannot run any more.
+
+    Deletes the runsc sandboxes of ``data_dir``, unmounts everything under ``root`` (deepest
+    first) and removes ``root``.
+    """
+    runsc = [runsc_binary(), f"--root={data_dir / 'runsc'}"]
+    listed = subprocess.run(
+        [*runsc, "list", "--format=json"], capture_output=True, text=True, timeout=60, check=False
+    )
+    try:
+        items = json.loads(listed.stdout or "[]") or []
+    except json.JSONDecodeError:
+        items = []
+    for item in items:
+        subprocess.run(
+            [*runsc, "delete", "--force", str(item["id"])],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
