@@ -6,7 +6,9 @@ errors live here once; ``_async/`` does the IO and ``_sync/`` is generated from 
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -243,3 +245,13 @@ def whole_content(data: object) -> bytes | None:
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     return None
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context per process, shared by every client.
+
+    Building one loads the CA store, which costs tens of milliseconds: far more than a
+    whole request to a local server. Clients are cheap to make only if they share it.
+    """
+    return ssl.create_default_context()

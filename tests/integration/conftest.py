@@ -42,6 +42,7 @@ class LiveServer:
     token: str
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +62,7 @@ class LiveServer:
         self.proc = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "stockade"), "serve",
-                "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args,
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip

@@ -108,3 +108,18 @@ async def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     assert [r.id for r in await reopened.list_sandboxes("terminated")] == ["sb-1"]
     assert await reopened.get_sandbox("sb-3") is None
     await reopened.close()
+
+
+def test_pool_specs_parse_and_reject() -> None:
+    from stockade.server.service.pools import parse_pool_specs
+    from stockade.server.service.sandboxes import CreateRequest
+
+    specs = parse_pool_specs("python=4, debian=2,")
+    assert [(s.image, s.size) for s in specs] == [("python", 4), ("debian", 2)]
+    req = CreateRequest("python", 1.0, 512, 1024, 300, {}, None, {}, None)
+    assert specs[0].matches(req)
+    assert not specs[0].matches(CreateRequest("python", 1.0, 256, 1024, 300, {}, None, {}, None))
+    assert not specs[0].matches(CreateRequest("python", 1.0, 512, 1024, 300, {}, None, {}, ["x"]))
+    for bad in ("python", "python=x", "=3"):
+        with pytest.raises(InvalidArgumentError, match="IMAGE=COUNT"):
+            parse_pool_specs(bad)

@@ -61,6 +61,7 @@ class AsyncClient:
             timeout=httpx.Timeout(timeout, connect=_base.CONNECT_TIMEOUT),
             limits=limits,
             transport=transport,
+            verify=_base.ssl_context(),
         )
 
     def __repr__(self) -> str:

@@ -63,6 +63,7 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=_base.CONNECT_TIMEOUT),
             limits=limits,
             transport=transport,
+            verify=_base.ssl_context(),
         )
 
     def __repr__(self) -> str:

@@ -26,7 +26,17 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     help="Shared cache of built base images "
     "[env: STOCKADE_CACHE_DIR; default: /var/cache/stockade].",
 )
-def serve(host: str, port: int, data_dir: Path | None, cache_dir: Path | None) -> None:
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    metavar="IMAGE=COUNT",
+    help="Keep COUNT sandboxes of IMAGE started, for instant creates (repeatable) "
+    "[env: STOCKADE_POOLS, e.g. python=4,debian=2].",
+)
+def serve(
+    host: str, port: int, data_dir: Path | None, cache_dir: Path | None, pools: tuple[str, ...]
+) -> None:
     """Run the Stockade server in the foreground (as root).
 
     Stops on Ctrl-C; running sandboxes outlive it.
@@ -41,4 +51,10 @@ def serve(host: str, port: int, data_dir: Path | None, cache_dir: Path | None) -
             f"the server needs packages that are not installed ({exc.name} is missing); "
             "install them with: pip install 'stockade[server]'"
         )
-    run_server(host=host, port=port, data_dir=data_dir, cache_dir=cache_dir)
+    run_server(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        pools=",".join(pools) if pools else None,
+    )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from .._version import __version__
-from .api import execs, files, images, sandboxes
+from .api import execs, files, images, pools, sandboxes
 from .api.deps import Services, require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from .api.schemas import ErrorBody
@@ -18,6 +18,7 @@ from .images.catalog import ImageCatalog
 from .runtime.reaper import Reaper
 from .service.execs import ExecService
 from .service.files import FileService
+from .service.pools import PoolManager, parse_pool_specs
 from .service.sandboxes import SandboxService
 from .state.store import SQLiteStore
 
@@ -46,17 +47,21 @@ def create_app(config: ServerConfig) -> FastAPI:
         catalog = ImageCatalog(config.cache_dir)
         sandbox_service = SandboxService(config, store, catalog, reaper)
         exec_service = ExecService(sandbox_service)
+        pool_manager = PoolManager(sandbox_service, parse_pool_specs(config.pools))
         app.state.services = Services(
             config=config,
             images=catalog,
             sandboxes=sandbox_service,
             execs=exec_service,
             files=FileService(exec_service),
+            pools=pool_manager,
         )
         await sandbox_service.start()
+        await pool_manager.start()
         try:
             yield
         finally:
+            await pool_manager.stop()
             # Sandboxes keep running: a restarted server picks them up again.
             await sandbox_service.stop()
             await store.close()
@@ -75,6 +80,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(execs.router, dependencies=auth)
     app.include_router(files.router, dependencies=auth)
     app.include_router(images.router, dependencies=auth)
+    app.include_router(pools.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
 

@@ -54,6 +54,7 @@ class ServerConfig:
     runsc: str = ""
     token: str = ""
     token_source: str = ""
+    pools: str = ""  # "python=4,debian=2": warm pools to keep (see service/pools.py)
 
     @classmethod
     def load(
@@ -63,6 +64,7 @@ class ServerConfig:
         cache_dir: Path | None = None,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
+        pools: str | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -71,6 +73,7 @@ class ServerConfig:
         os.chmod(data, 0o711)
         cache.mkdir(parents=True, exist_ok=True)
         cfg = cls(data_dir=data, cache_dir=cache, host=host, port=port)
+        cfg.pools = pools if pools is not None else os.environ.get("STOCKADE_POOLS", "")
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg

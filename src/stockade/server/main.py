@@ -8,8 +8,10 @@ from pathlib import Path
 
 import uvicorn
 
+from ..errors import InvalidArgumentError
 from .app import create_app
 from .config import ConfigError, ServerConfig
+from .service.pools import parse_pool_specs
 
 __all__ = ["run_server"]
 
@@ -20,19 +22,25 @@ def run_server(
     port: int = 7423,
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
+    pools: str | None = None,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = ServerConfig.load(data_dir=data_dir, cache_dir=cache_dir, host=host, port=port)
-    except ConfigError as exc:
+        config = ServerConfig.load(
+            data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools
+        )
+        parse_pool_specs(config.pools)
+    except (ConfigError, InvalidArgumentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"Stockade listening on {config.url}", flush=True)
     print(f"  data: {config.data_dir}   cache: {config.cache_dir}   runsc: {config.runsc}")
     print(f"  token: {config.token_source}")
+    if config.pools:
+        print(f"  warm pools: {config.pools}")
     print(f"  connect: export STOCKADE_URL={config.url}"
           + ("" if "STOCKADE_TOKEN" in config.token_source
              else f" STOCKADE_TOKEN=$(cat {config.token_source})"), flush=True)  # fmt: skip

@@ -12,6 +12,7 @@ from ..config import ServerConfig
 from ..images.catalog import ImageCatalog
 from ..service.execs import ExecService
 from ..service.files import FileService
+from ..service.pools import PoolManager
 from ..service.sandboxes import SandboxService
 
 __all__ = ["Services", "check_token", "require_token", "services"]
@@ -24,6 +25,7 @@ class Services:
     sandboxes: SandboxService
     execs: ExecService
     files: FileService
+    pools: PoolManager
 
 
 def services(conn: HTTPConnection) -> Services:

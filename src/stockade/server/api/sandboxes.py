@@ -42,13 +42,15 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
         )
     svc.images.info(body.image)  # 404 naming the images, before any work
-    record = await svc.sandboxes.create(
-        CreateRequest(
-            image=body.image, cpu=body.cpu, memory=body.memory, disk=body.disk,
-            timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
-            entrypoint=body.entrypoint,
-        )
+    req = CreateRequest(
+        image=body.image, cpu=body.cpu, memory=body.memory, disk=body.disk,
+        timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
+        entrypoint=body.entrypoint,
     )  # fmt: skip
+    record = await svc.pools.take(req)
+    if record is None:
+        await svc.pools.make_room(req.memory)
+        record = await svc.sandboxes.create(req)
     return SandboxOut.of(record)
 
 

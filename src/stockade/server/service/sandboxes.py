@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidArgumentError, NotFoundError, SandboxTerminatedError, ServerError
+from ..agent.protocol import FrameType
 from ..config import ServerConfig
 from ..images.catalog import ImageCatalog
 from ..runtime import bundle, cgroups, proc
 from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
-from ..runtime.agent_link import AgentLink
+from ..runtime.agent_link import AgentLink, AgentLost
 from ..runtime.reaper import Reaper
 from ..runtime.rootfs import RootFS
 from ..runtime.runsc import Runsc
@@ -100,8 +101,9 @@ class SandboxService:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
+        """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
         record = await self.store.get_sandbox(sandbox_id)
-        if record is None:
+        if record is None or record.status == "pooled":
             raise NotFoundError(
                 f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
             )
@@ -138,6 +140,8 @@ class SandboxService:
         self, *, status: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[SandboxRecord]:
         records = await self.store.list_sandboxes(status)
+        # Pooled sandboxes belong to nobody yet: they are not part of any listing.
+        records = [r for r in records if r.status != "pooled"]
         if tags:
             records = [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
         return records
@@ -146,7 +150,6 @@ class SandboxService:
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
         image = await self.images.ensure(req.image)
-        now = time.time()
         record = SandboxRecord(
             id=new_id("sb"),
             image=req.image,
@@ -158,8 +161,64 @@ class SandboxService:
             workdir=req.workdir,
             tags=dict(req.tags),
             entrypoint=list(req.entrypoint) if req.entrypoint else None,
-            created_at=now,
+            created_at=time.time(),
         )
+        return await self._boot(record, image.layers, pooled=False)
+
+    async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
+        """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).
+
+        It has no lifetime until :meth:`adopt` hands it to a caller; nothing lists it.
+        """
+        image = await self.images.ensure(image_name)
+        record = SandboxRecord(
+            id=new_id("sb"), image=image_name, cpu=cpu, memory=memory, disk=disk,
+            timeout=0.0, status="starting", created_at=time.time(),
+        )  # fmt: skip
+        await self._boot(record, image.layers, pooled=True)
+        # Connected ahead too: the first exec of its user then pays no handshake.
+        with contextlib.suppress(AgentLost):
+            await self.link(record.id)
+        return record.id
+
+    async def adopt(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
+        """Hand a pooled sandbox to a caller, as if created now with ``req``.
+
+        Returns None when it is no longer usable (it died while waiting).
+        """
+        async with self._lock(sandbox_id):
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or record.status != "pooled":
+                return None
+            if record.pid is None or not proc.pid_alive(record.pid):
+                return None
+            now = time.time()
+            record.env, record.tags = dict(req.env), dict(req.tags)
+            record.workdir, record.timeout = req.workdir, req.timeout
+            record.status = "running"
+            record.created_at = record.started_at = now
+            record.expires_at = now + req.timeout
+            await self.store.put_sandbox(record)
+        if req.workdir:
+            await self._agent_mkdir(sandbox_id, req.workdir)
+        self._deadline_changed.set()
+        return record
+
+    async def _agent_mkdir(self, sandbox_id: str, path: str) -> None:
+        """mkdir -p inside the sandbox, through its agent (not through the host's view)."""
+        link = await self.link(sandbox_id)
+        ch = link.open()
+        try:
+            await ch.send_json(FrameType.FILE_MKDIR, {"path": path, "parents": True})
+            frame = await ch.recv()
+        finally:
+            ch.close()
+        if frame.type == FrameType.ERROR:
+            raise InvalidArgumentError(f"cannot create workdir {path}: {frame.payload[:200]!r}")
+
+    async def _boot(
+        self, record: SandboxRecord, layers: Sequence[Path], *, pooled: bool
+    ) -> SandboxRecord:
         async with self._lock(record.id):
             await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
@@ -168,7 +227,7 @@ class SandboxService:
                     self._agent_layer = await ensure_agent_layer(self.config.cache_dir)
                 agent = self._agent_layer
                 # The agent's layer goes on top, so /.stockade/agent exists in any image.
-                await rootfs.create((agent, *image.layers), req.disk)
+                await rootfs.create((agent, *layers), record.disk)
                 spec = bundle.container_spec(
                     root=rootfs.merged,
                     process=bundle.ProcessSpec(
@@ -208,9 +267,12 @@ class SandboxService:
                 if isinstance(exc, InvalidArgumentError):
                     raise
                 raise ServerError(f"starting sandbox {record.id} failed: {exc}") from exc
-            record.status = "running"
             record.started_at = time.time()
-            record.expires_at = record.started_at + record.timeout
+            if pooled:
+                record.status = "pooled"
+            else:
+                record.status = "running"
+                record.expires_at = record.started_at + record.timeout
             await self.store.put_sandbox(record)
         if not running:
             # The entrypoint finished before we looked: record its end right away.
@@ -287,7 +349,8 @@ class SandboxService:
     ) -> SandboxRecord:
         """End a sandbox (idempotent: an ended one is returned as it is)."""
         async with self._lock(sandbox_id):
-            record = await self.get(sandbox_id)
+            found = await self.store.get_sandbox(sandbox_id)
+            record = found if found is not None else await self.get(sandbox_id)
             if not record.alive:
                 return record
             self._unwatch(sandbox_id)
@@ -494,7 +557,7 @@ class SandboxService:
             await self.store.put_sandbox(record)
             log.warning("sandbox %s: %s", record.id, record.message)
         # runsc sandboxes that have no live record (e.g. the server died mid-create).
-        alive_ids = {r.id for r in await self.store.list_sandboxes("running")}
+        alive_ids = {r.id for r in await self.store.list_sandboxes() if r.alive}
         for sid in known:
             if sid not in alive_ids:
                 await self._cleanup(sid)

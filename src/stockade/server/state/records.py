@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["ALIVE", "SandboxRecord"]
 
 # Statuses in which a runsc sandbox may exist for the record.
-ALIVE = frozenset({"starting", "running"})
+ALIVE = frozenset({"starting", "running", "pooled"})
 
 
 @dataclass
@@ -18,6 +18,7 @@ class SandboxRecord:
     """One sandbox, as stored after every state transition.
 
     status: starting → running → terminated | failed
+            (a warm-pool sandbox: starting → pooled → running → …)
     reason (once ended): terminated | timeout | oom | error | exited
     """
 

@@ -1,0 +1,49 @@
+"""Warm pool routes: see and resize the pools of started sandboxes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..service.pools import PoolSpec
+from .deps import Services, services
+from .limits import check_create_ranges
+
+router = APIRouter(prefix="/v1/pools", tags=["pools"])
+Svc = Annotated[Services, Depends(services)]
+
+
+class PoolOut(BaseModel):
+    image: str
+    size: int = Field(description="How many sandboxes the pool keeps started.")
+    ready: int = Field(description="How many are started and waiting now.")
+    cpu: float
+    memory: int
+    disk: int
+
+
+class PoolList(BaseModel):
+    pools: list[PoolOut]
+
+
+class PoolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(description="Sandboxes to keep started; 0 empties the pool.")
+    cpu: float = 1.0
+    memory: int = 512
+    disk: int = 1024
+
+
+@router.get("", response_model=PoolList, summary="List the warm pools")
+async def list_pools(svc: Svc) -> PoolList:
+    return PoolList(pools=[PoolOut.model_validate(p) for p in svc.pools.status()])
+
+
+@router.put("/{image}", response_model=PoolOut, summary="Create or resize a warm pool")
+async def set_pool(image: str, body: PoolRequest, svc: Svc) -> PoolOut:
+    svc.images.info(image)  # 404 naming the images
+    check_create_ranges(body.cpu, body.memory, body.disk, 300)
+    svc.pools.set_size(PoolSpec(image, body.size, body.cpu, body.memory, body.disk))
+    return next(PoolOut.model_validate(p) for p in svc.pools.status() if p["image"] == image)
