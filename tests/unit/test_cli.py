@@ -209,7 +209,11 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     )
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
-                    "cache_dir": None}  # fmt: skip
+                    "cache_dir": None, "pools": None}  # fmt: skip
+    seen.clear()
+    args = ["serve", "--pool", "python=4", "--pool", "debian=1"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert seen["pools"] == "python=4,debian=1"
 
 
 def test_serve_without_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> None:
