@@ -103,6 +103,7 @@ def main() -> None:
         create_times = _time(stockade_create, runs)
         for sb in created:
             sb.terminate()
+        created.clear()
 
         raw_ids: list[str] = []
 
@@ -115,6 +116,29 @@ def main() -> None:
         for sid in raw_ids:
             raw.delete(sid)
         rows.append(("create → first output (echo)", create_times, raw_create_times))
+
+        # 1b. the same from a warm pool (refills happen between runs, outside the timing).
+        headers = {"Authorization": f"Bearer {server.token}"}
+        httpx.put(f"{server.url}/v1/pools/{args.image}", json={"size": 2}, headers=headers)
+
+        def pool_ready() -> None:
+            for _ in range(600):
+                pools = httpx.get(f"{server.url}/v1/pools", headers=headers).json()["pools"]
+                if all(p["ready"] >= p["size"] for p in pools):
+                    return
+                time.sleep(0.05)
+
+        warm: list[float] = []
+        for i in range(runs + 2):
+            pool_ready()
+            t0 = time.perf_counter()
+            stockade_create()
+            if i >= 2:
+                warm.append(time.perf_counter() - t0)
+        for sb in created:
+            sb.terminate()
+        httpx.put(f"{server.url}/v1/pools/{args.image}", json={"size": 0}, headers=headers)
+        rows.append(("create → first output, warm pool", warm, raw_create_times))
 
         # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
         sb = Sandbox.create(image=args.image, timeout=600)
