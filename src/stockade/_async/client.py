@@ -202,7 +202,10 @@ class AsyncClient:
 
     async def _chunks(self, response: httpx.Response, action: str) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_bytes(_base.CHUNK_SIZE):
+            # No chunk size: httpx would hold bytes back until a whole chunk filled, and
+            # a stream of small events (build logs, exec output, followed logs) would
+            # arrive all at once at the end.
+            async for chunk in response.aiter_bytes():
                 yield chunk
         except httpx.HTTPError as exc:
             raise _base.transport_error(exc, url=self.url, action=action) from exc

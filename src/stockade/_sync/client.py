@@ -204,7 +204,10 @@ class Client:
 
     def _chunks(self, response: httpx.Response, action: str) -> Iterator[bytes]:
         try:
-            for chunk in response.iter_bytes(_base.CHUNK_SIZE):
+            # No chunk size: httpx would hold bytes back until a whole chunk filled, and
+            # a stream of small events (build logs, exec output, followed logs) would
+            # arrive all at once at the end.
+            for chunk in response.iter_bytes():
                 yield chunk
         except httpx.HTTPError as exc:
             raise _base.transport_error(exc, url=self.url, action=action) from exc
