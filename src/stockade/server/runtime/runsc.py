@@ -7,7 +7,8 @@ root (``--overlay2=none``, so that writes land in the sandbox's upper directory)
 network (``--network=none``).
 
 A detached sandbox inherits the descriptors of the ``runsc`` that started it, so
-``run --detach`` is always given files, never pipes: a pipe would never reach EOF.
+``run --detach`` is never given pipes of ours (they would never reach EOF): its stdio are
+the agent's FIFOs, opened read-write, and the log file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,30 +119,6 @@ class Runsc:
         items = json.loads(result.stdout or b"[]") or []
         return [SandboxState(str(i["id"]), str(i["status"]), int(i.get("pid", -1))) for i in items]
 
-    async def processes(self, sandbox_id: str) -> dict[int, int]:
-        """PID → parent PID of every process in the sandbox (sandbox-internal PIDs)."""
-        result = await proc.run(self._argv("ps", sandbox_id), check=False, timeout=30)
-        table: dict[int, int] = {}
-        for line in result.stdout.decode(errors="replace").splitlines()[1:]:
-            cols = line.split()
-            if len(cols) >= 3 and cols[1].isdigit() and cols[2].isdigit():
-                table[int(cols[1])] = int(cols[2])
-        return table
-
-    async def kill(
-        self, sandbox_id: str, signal: str = "KILL", *, pid: int | None = None, all: bool = False
-    ) -> bool:
-        """Signal a process in the sandbox (``pid`` is the sandbox-internal PID) or its init."""
-        args: list[str] = []
-        if pid is not None:
-            args.append(f"--pid={pid}")
-        if all:
-            args.append("--all")
-        result = await proc.run(
-            self._argv("kill", *args, sandbox_id, signal), check=False, timeout=30
-        )
-        return result.returncode == 0
-
     async def delete(self, sandbox_id: str) -> None:
         """Force-delete the sandbox, retrying: under parallel deletes one may survive."""
         last = ""
@@ -164,6 +140,3 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return ""
     return data.decode(errors="replace").strip()
 
-
-def join_argv(argv: Sequence[str]) -> str:
-    return " ".join(argv)
