@@ -57,13 +57,14 @@ class RootFS:
                     str(self.image),
                 ]
             )  # fmt: skip
-            await proc.run(["mount", "-o", "loop,noatime", str(self.image), str(self.disk)])
+            async with _LOOP_SETUP:
+                await _mount(["-o", "loop,noatime", str(self.image), str(self.disk)])
             self.upper.mkdir(exist_ok=True)
             self.work.mkdir(exist_ok=True)
             lower = ":".join(str(p) for p in layers)
-            await proc.run(
+            await _mount(
                 [
-                    "mount", "-t", "overlay", "overlay",
+                    "-t", "overlay", "overlay",
                     "-o", f"lowerdir={lower},upperdir={self.upper},workdir={self.work}",
                     str(self.merged),
                 ]
@@ -88,6 +89,26 @@ class RootFS:
                     # A dying runsc may still hold it; detach now, the kernel frees it later.
                     await proc.run(["umount", "-l", str(mnt)], check=False)
         await asyncio.to_thread(_remove_except, self.dir, frozenset(keep))
+
+
+# mount(8) picks a free loop device and then claims it; two at once can pick the same one.
+_LOOP_SETUP = asyncio.Lock()
+
+
+async def _mount(args: Sequence[str], attempts: int = 4) -> None:
+    """mount(8), retried: under a burst of parallel mounts it sometimes fails (exit 255,
+    no message) while libmount contends for its lock, and succeeds when simply run again.
+    ``-n`` skips the mount table file, which nothing here reads."""
+    for attempt in range(attempts):
+        try:
+            await proc.run(["mount", "-n", *args])
+            return
+        except proc.CommandError:
+            if await asyncio.to_thread(os.path.ismount, args[-1]):
+                return  # the failed attempt had mounted it after all
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _make_sparse(path: Path, size: int) -> None:

@@ -53,8 +53,7 @@ Event = OutputChunk | ExitInfo
 
 
 async def open_channel(sandboxes: SandboxService, sandbox_id: str) -> Channel:
-    """A fresh agent channel of a running sandbox, or the error that says why not."""
-    await sandboxes.get_running(sandbox_id)
+    """A fresh agent channel of a sandbox the caller found running, or why there is none."""
     try:
         link = await sandboxes.link(sandbox_id)
         return link.open()

@@ -79,6 +79,7 @@ class SandboxService:
         # Entrypoint exit codes as the agent reported them over its channel.
         self._entry_codes: dict[str, int] = {}
         self._agent_layer: Path | None = None
+        self._boot_slots = asyncio.Semaphore(2 * (os.cpu_count() or 1))
         # Sandboxes whose FIFOs only this process has used: no stale bytes to clear.
         self._fresh: set[str] = set()
         self._link_locks: dict[str, asyncio.Lock] = {}
@@ -219,7 +220,9 @@ class SandboxService:
     async def _boot(
         self, record: SandboxRecord, layers: Sequence[Path], *, pooled: bool
     ) -> SandboxRecord:
-        async with self._lock(record.id):
+        # Starting a sandbox is CPU-heavy (mkfs, mounts, runsc). A burst of creates waits
+        # here in order instead of making every one of them slow enough to time out.
+        async with self._boot_slots, self._lock(record.id):
             await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
             try:
