@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup run test lint typecheck unit integration bench sync clean
+.PHONY: setup run test lint typecheck unit integration bench bench-density sync clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,10 @@ integration: setup
 
 bench: setup
 	$(PY) -m bench.run $(ARGS)
+
+# Many idle sandboxes at once: memory per sandbox, API latency, exec into them.
+bench-density: setup
+	$(PY) -m bench.density $(ARGS)
 
 # Regenerate the sync SDK from the async source.
 sync:

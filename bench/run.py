@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import httpx
 from stockade import Sandbox
 
 from .baseline import RawRunsc
+from .server import Server
 
 MiB = 1024 * 1024
 
@@ -43,39 +42,6 @@ def _time(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-class Server:
-    def __init__(self, work: Path) -> None:
-        self.token = "sk_bench_" + secrets.token_hex(8)
-        self.port = 7900 + os.getpid() % 90
-        self.data = work / "data"
-        self.log = open(work / "server.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "STOCKADE_TOKEN": self.token}
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "stockade"), "serve",
-             "--port", str(self.port), "--data-dir", str(self.data)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        os.environ["STOCKADE_URL"] = self.url
-        os.environ["STOCKADE_TOKEN"] = self.token
-
-    def runsc(self) -> str:
-        line = next(
-            x for x in (self.data.parent / "server.log").read_text().splitlines() if "runsc:" in x
-        )
-        return line.split("runsc:")[1].strip()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 def main() -> None:

@@ -1,0 +1,45 @@
+"""A `stockade serve` of the benchmark's own, on a temporary data directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+class Server:
+    def __init__(self, work: Path) -> None:
+        self.token = "sk_bench_" + secrets.token_hex(8)
+        self.port = 7900 + os.getpid() % 90
+        self.data = work / "data"
+        self.log = open(work / "server.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "STOCKADE_TOKEN": self.token}
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "stockade"), "serve",
+             "--port", str(self.port), "--data-dir", str(self.data)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        os.environ["STOCKADE_URL"] = self.url
+        os.environ["STOCKADE_TOKEN"] = self.token
+
+    def runsc(self) -> str:
+        line = next(
+            x for x in (self.data.parent / "server.log").read_text().splitlines() if "runsc:" in x
+        )
+        return line.split("runsc:")[1].strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
