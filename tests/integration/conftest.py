@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stockade import Sandbox
+
 from .helpers import force_cleanup
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,3 +146,13 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
     """A plain HTTP client with the admin token: what a curl user would send."""
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def sb(server: LiveServer) -> Iterator[Sandbox]:
+    """One debian sandbox shared by a test module (for tests that don't disturb it)."""
+    sandbox = Sandbox.create(image="debian", timeout=900)
+    try:
+        yield sandbox
+    finally:
+        sandbox.terminate()

@@ -9,10 +9,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from stockade import Sandbox
 
@@ -37,15 +34,6 @@ def cli(
         env=os.environ.copy(),
         check=False,
     )
-
-
-@pytest.fixture(scope="module")
-def sb(server: LiveServer) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(image="debian", timeout=900)
-    try:
-        yield sandbox
-    finally:
-        sandbox.terminate()
 
 
 def _commands() -> list[str]:

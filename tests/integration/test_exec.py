@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,15 +17,6 @@ from stockade import (
 )
 
 from .conftest import LiveServer
-
-
-@pytest.fixture(scope="module")
-def sb(server: LiveServer) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(image="debian", timeout=900)
-    try:
-        yield sandbox
-    finally:
-        sandbox.terminate()
 
 
 def _read_until(p: Process, needle: bytes, *, limit: float = 20.0) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from stockade import (
 
 from .conftest import LiveServer
 from .helpers import RssSampler, random_file, sha256_file
-
-
-@pytest.fixture(scope="module")
-def sb(server: LiveServer) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(image="debian", timeout=900)
-    try:
-        yield sandbox
-    finally:
-        sandbox.terminate()
 
 
 def test_write_and_read_text(sb: Sandbox) -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ..agent.protocol import (
-    DEFAULT_WINDOW,
     SYNC_PREAMBLE,
     Frame,
     FrameDecoder,
@@ -77,18 +76,29 @@ class Channel:
     async def send_json(self, ftype: int, obj: Any) -> None:
         await self.link._send(encode_json(ftype, self.number, obj))
 
+    def post_json(self, ftype: int, obj: Any) -> None:
+        """Queue a small control frame without waiting (resize, from non-async code)."""
+        if not self.finished:
+            self.link._send_nowait(encode_json(ftype, self.number, obj))
+
     def grant(self, nbytes: int) -> None:
         """Let the agent send ``nbytes`` more output on this channel."""
         if not self.finished and nbytes > 0:
             self.link._send_nowait(encode_window(self.number, nbytes))
 
-    def close(self) -> None:
-        """Give the channel up: the agent kills its process group or drops its file work."""
+    def close(self, last: Frame | None = None) -> None:
+        """Give the channel up: the agent kills its process group or drops its file work.
+
+        The agent sends nothing more on a closed channel; ``last``, if given, is queued
+        for :meth:`recv` in its place, so that a reader still waiting sees an end.
+        """
         if not self.finished:
             self.finished = True
             self.link._forget(self.number)
             if not self.link.dead:
                 self.link._send_nowait(encode(FrameType.CLOSE, self.number))
+            if last is not None:
+                self._deliver(last)
 
 
 _LAST_FRAMES = frozenset({FrameType.EXIT, FrameType.ERROR, FrameType.END, FrameType.RESULT})
@@ -306,5 +316,3 @@ class AgentLink:
         if not self.dead:
             self._flush()
 
-
-__all__ += ["DEFAULT_WINDOW"]

@@ -174,10 +174,8 @@ class ExecSession:
             await self._ch.send(FrameType.STDIN_EOF)
 
     def resize(self, cols: int, rows: int) -> None:
-        if self._pty and not self._ch.finished:
-            self._ch.link._send_nowait(
-                _frame_json(FrameType.RESIZE, self._ch.number, {"cols": cols, "rows": rows})
-            )
+        if self._pty:
+            self._ch.post_json(FrameType.RESIZE, {"cols": cols, "rows": rows})
 
     async def signal(self, name: str) -> None:
         with contextlib.suppress(AgentLost):
@@ -187,9 +185,7 @@ class ExecSession:
         """Kill the command's process group; the session then ends with code 137."""
         if self._ch.finished:
             return
-        self._ch.close()
-        # The agent sends nothing more on a closed channel: end the stream ourselves.
-        self._ch._deliver(Frame(FrameType.EXIT, self._ch.number, b'{"exit_code": %d}' % _KILLED))
+        self._ch.close(Frame(FrameType.EXIT, self._ch.number, b'{"exit_code": %d}' % _KILLED))
 
     async def _deadline(self, timeout: float) -> None:
         await asyncio.sleep(timeout)
@@ -251,12 +247,6 @@ def _json(frame: Frame) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _frame_json(ftype: int, channel: int, obj: object) -> bytes:
-    from ..agent.protocol import encode_json
-
-    return encode_json(ftype, channel, obj)
 
 
 def _signal_number(name: str) -> int:

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
-from ..state.records import SandboxRecord
+from ..state.records import ALIVE, SandboxRecord
 from .sandboxes import CreateRequest, SandboxService
 
 __all__ = ["COMMIT_LIMIT", "PoolManager", "PoolSpec", "parse_pool_specs"]
@@ -127,6 +127,8 @@ class PoolManager:
 
     async def make_room(self, memory: int) -> None:
         """Give pooled sandboxes back until ``memory`` MiB more fit under the capacity."""
+        if not any(self._ready.values()):
+            return  # nothing to give back: no reason to add a query to every cold create
         while await self._committed() + memory > self.capacity_mib:
             victim = next((q.pop() for q in self._ready.values() if q), None)
             if victim is None:
@@ -134,8 +136,11 @@ class PoolManager:
             await self.sandboxes.terminate(victim, reason="terminated")
 
     async def _committed(self) -> int:
-        records = await self.sandboxes.store.list_sandboxes()
-        return sum(r.memory for r in records if r.alive)
+        # Per alive status: ended sandboxes pile up in the store and must not cost a scan.
+        total = 0
+        for status in sorted(ALIVE):
+            total += sum(r.memory for r in await self.sandboxes.store.list_sandboxes(status))
+        return total
 
     async def _fill_loop(self) -> None:
         while True:
