@@ -6,7 +6,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE_DIR="${STOCKADE_CACHE_DIR:-/var/cache/stockade}"
 VENV="$ROOT/.venv"
-PACKAGES=(debootstrap e2fsprogs mount util-linux iproute2 ca-certificates python3 python3-venv gcc libc6-dev)
+# nftables: the sandboxes' egress policy; dnsmasq-base and openssl: the tests' stand-in
+# DNS server and TLS certificates.
+PACKAGES=(debootstrap e2fsprogs mount util-linux iproute2 nftables ca-certificates python3
+          python3-venv gcc libc6-dev dnsmasq-base openssl)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -18,6 +18,7 @@ import websockets.exceptions
 
 from stockade.errors import (
     InvalidArgumentError,
+    NotFoundError,
     ServerError,
     StockadeConnectionError,
     StockadeError,
@@ -102,9 +103,22 @@ def create_body(
     workdir: str | None,
     tags: Mapping[str, str] | None,
     entrypoint: str | Sequence[str] | None,
+    block_network: bool = False,
+    outbound_cidr_allowlist: Sequence[str] | None = None,
+    outbound_domain_allowlist: Sequence[str] | None = None,
+    ports: Sequence[int | Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sandboxes``; unset values are left to the server's defaults."""
     body: dict[str, Any] = {"image": image}
+    body.update(
+        network_body(
+            block_network=block_network,
+            outbound_cidr_allowlist=outbound_cidr_allowlist,
+            outbound_domain_allowlist=outbound_domain_allowlist,
+        )
+    )
+    if ports:
+        body["ports"] = [p if isinstance(p, int) else dict(p) for p in ports]
     optional: dict[str, Any] = {
         "cpu": cpu,
         "memory": memory,
@@ -124,6 +138,43 @@ def create_body(
 
         body["entrypoint"] = command_argv(entrypoint)
     return body
+
+
+def network_body(
+    *,
+    block_network: bool,
+    outbound_cidr_allowlist: Sequence[str] | None,
+    outbound_domain_allowlist: Sequence[str] | None,
+) -> dict[str, Any]:
+    """A network policy as the API spells it (``PUT .../network`` and create)."""
+    body: dict[str, Any] = {}
+    if block_network:
+        body["block_network"] = True
+    for key, value in (
+        ("outbound_cidr_allowlist", outbound_cidr_allowlist),
+        ("outbound_domain_allowlist", outbound_domain_allowlist),
+    ):
+        if value is not None:
+            if isinstance(value, str):
+                # A lone string would be sent as a list of characters.
+                raise InvalidArgumentError(f"{key} must be a list of strings, e.g. [{value!r}]")
+            body[key] = list(value)
+    return body
+
+
+def tunnel_url(base_url: str, info: SandboxInfo, port: int) -> str:
+    """The URL of an exposed port: host-based when the server has a tunnel domain."""
+    exposed = next((p for p in info.ports if p.port == port), None)
+    if exposed is None:
+        listed = ", ".join(str(p.port) for p in info.ports) or "none"
+        raise NotFoundError(
+            f"port {port} of sandbox {info.id} is not exposed (exposed: {listed}); "
+            "create the sandbox with ports=[...] or call sb.expose(port)"
+        )
+    if exposed.host:
+        scheme = "https" if base_url.startswith("https") else "http"
+        return f"{scheme}://{exposed.host}/"
+    return base_url.rstrip("/") + exposed.path
 
 
 def list_params(*, tags: Mapping[str, str] | None, status: str | None) -> httpx.QueryParams:

@@ -126,6 +126,7 @@ class StockadeConnectionError(StockadeError, builtins.ConnectionError):
 
 _BY_CODE: dict[str, type[StockadeError]] = {
     "unauthorized": AuthenticationError,
+    "forbidden": AuthenticationError,
     "not_found": NotFoundError,
     "bad_request": InvalidArgumentError,
     "payload_too_large": InvalidArgumentError,
@@ -139,6 +140,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
 _BY_STATUS: dict[int, type[StockadeError]] = {
     400: InvalidArgumentError,
     401: AuthenticationError,
+    403: AuthenticationError,
     404: NotFoundError,
     409: ConflictError,
     413: InvalidArgumentError,

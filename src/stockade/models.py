@@ -80,6 +80,61 @@ def _to_json(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class NetworkInfo:
+    """A sandbox's network: its outbound policy and its address on the host.
+
+    ``mode`` is ``open`` (public internet; never private ranges, the host or other
+    sandboxes), ``blocked`` (loopback only) or ``allowlist``. ``reason`` says why a
+    sandbox has no network when the server cannot provide one.
+    """
+
+    mode: str
+    block_network: bool = False
+    outbound_cidr_allowlist: list[str] | None = None
+    outbound_domain_allowlist: list[str] | None = None
+    ip: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NetworkInfo:
+        def str_list(key: str) -> list[str] | None:
+            value = data.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{key} must be a list of strings, got {value!r}")
+            return list(value)
+
+        return cls(
+            mode=_str(data, "mode"),
+            block_network=bool(data.get("block_network")),
+            outbound_cidr_allowlist=str_list("outbound_cidr_allowlist"),
+            outbound_domain_allowlist=str_list("outbound_domain_allowlist"),
+            ip=_opt_str(data, "ip"),
+            reason=_opt_str(data, "reason"),
+        )
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    """An exposed port: reachable through the server at ``path`` (or at ``host``)."""
+
+    port: int
+    public: bool
+    path: str
+    host: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PortInfo:
+        return cls(
+            port=int(_num(data, "port", 0)),
+            public=bool(data.get("public")),
+            path=_str(data, "path"),
+            host=_opt_str(data, "host"),
+        )
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox's record as the server last described it.
 
@@ -113,6 +168,9 @@ class SandboxInfo:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     expires_at: datetime | None = None
+    network: NetworkInfo | None = None
+    ports: list[PortInfo] = field(default_factory=list)
+    access_token: str | None = None
 
     @property
     def running(self) -> bool:
@@ -132,6 +190,9 @@ class SandboxInfo:
             isinstance(entrypoint, list) and all(isinstance(a, str) for a in entrypoint)
         ):
             raise TypeError(f"entrypoint must be a list of strings, got {entrypoint!r}")
+        network, ports = data.get("network"), data.get("ports") or []
+        if not isinstance(ports, list):
+            raise TypeError(f"ports must be a list, got {ports!r}")
         return cls(
             id=_str(data, "id"),
             status=_str(data, "status"),
@@ -150,6 +211,9 @@ class SandboxInfo:
             started_at=_time(data, "started_at"),
             ended_at=_time(data, "ended_at"),
             expires_at=_time(data, "expires_at"),
+            network=NetworkInfo.from_json(network) if isinstance(network, Mapping) else None,
+            ports=[PortInfo.from_json(p) for p in ports if isinstance(p, Mapping)],
+            access_token=_opt_str(data, "access_token"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import pytest
 from stockade import Sandbox
 
 from .helpers import force_cleanup
+from .netlab import stand_in_dns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,6 +117,22 @@ class LiveServer:
 def _require_runsc_host() -> None:
     if os.geteuid() != 0:
         pytest.fail("integration tests drive runsc and must run as root (use `make test`)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dns_upstream() -> Iterator[str]:
+    """Every server under test forwards its sandboxes' DNS to a resolver on loopback, so
+    no test query leaves the machine."""
+    with stand_in_dns() as address:
+        saved = os.environ.get("STOCKADE_DNS_UPSTREAM")
+        os.environ["STOCKADE_DNS_UPSTREAM"] = address
+        try:
+            yield address
+        finally:
+            if saved is None:
+                os.environ.pop("STOCKADE_DNS_UPSTREAM", None)
+            else:
+                os.environ["STOCKADE_DNS_UPSTREAM"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,14 @@ def sandbox_record(sandbox_id: str, **overrides: Any) -> dict[str, Any]:
         "started_at": "2026-11-26T18:00:00.500000Z",
         "ended_at": None,
         "expires_at": "2026-11-26T18:05:00.000000Z",
-    }
+        "network": {
+            "mode": "open", "block_network": False, "outbound_cidr_allowlist": None,
+            "outbound_domain_allowlist": None, "ip": "10.213.0.6", "reason": None,
+        },
+        "ports": [{"port": 8080, "public": False, "path": f"/proxy/{sandbox_id}/8080/",
+                   "host": None}],
+        "access_token": "sat_test",
+    }  # fmt: skip
     record.update(overrides)
     return record
 
@@ -222,9 +229,7 @@ class FakeApi:
                 if sid == sandbox_id and p.startswith(prefix) and "/" not in p[len(prefix):]
                 and p != path
             )  # fmt: skip
-            return httpx.Response(
-                200, json={"entries": [self._info(sandbox_id, p) for p in names]}
-            )
+            return httpx.Response(200, json={"entries": [self._info(sandbox_id, p) for p in names]})
         return missing
 
 

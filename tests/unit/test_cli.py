@@ -18,7 +18,8 @@ from tests.unit.fakes import TOKEN, FakeApi, FakeExecServer
 
 Invoke = Callable[..., Result]
 
-COMMANDS = ["serve", "images", "create", "ls", "info", "rm", "logs", "run", "exec", "shell", "cp"]
+COMMANDS = ["serve", "images", "create", "ls", "info", "rm", "logs", "run", "exec", "shell", "cp",
+            "network", "expose", "port-forward"]  # fmt: skip
 
 
 @pytest.fixture
@@ -204,12 +205,17 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(stockade.server.main, "run_server", lambda **kw: seen.update(kw))
-    result = CliRunner().invoke(
-        cli, ["serve", "--port", "9999", "--data-dir", str(tmp_path / "d")]
-    )
+    result = CliRunner().invoke(cli, ["serve", "--port", "9999", "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
-                    "cache_dir": None, "pools": None}  # fmt: skip
+                    "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
+                    "tunnel_domain": None}  # fmt: skip
+    seen.clear()
+    args = ["serve", "--no-network", "--dns-upstream", "127.0.0.1:5353",
+            "--tunnel-domain", "sbx.example.com"]  # fmt: skip
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert seen["network"] is False and seen["dns_upstreams"] == ("127.0.0.1:5353",)
+    assert seen["tunnel_domain"] == "sbx.example.com"
     seen.clear()
     args = ["serve", "--pool", "python=4", "--pool", "debian=1"]
     assert CliRunner().invoke(cli, args).exit_code == 0

@@ -175,9 +175,7 @@ async def test_async_create_run_files_logs(aclient: AsyncClient, api: FakeApi) -
         await sb.files.write("/a.txt", "hey")
         assert await sb.files.read_text("/a.txt") == "hey"
         assert await sb.logs() == "booting\nserving on :8000 ✓\n"
-        assert [s.id for s in await AsyncSandbox.list(tags={"k": "v"}, client=aclient)] == [
-            "sb-2"
-        ]
+        assert [s.id for s in await AsyncSandbox.list(tags={"k": "v"}, client=aclient)] == ["sb-2"]
     assert sb.last_info.status == "terminated"
 
 

@@ -290,9 +290,7 @@ class AsyncProcess:
             argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows
         )
         ws = await client.connect_ws(_base.sandbox_path(sandbox_id, "/exec/ws"))
-        process = cls(
-            ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout
-        )
+        process = cls(ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout)
         try:
             await ws.send(start)
             if not await process._next(process._take_started):

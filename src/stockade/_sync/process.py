@@ -38,9 +38,7 @@ __all__ = ["Process", "StreamReader", "StreamWriter", "cut_short"]
 _T = TypeVar("_T")
 
 
-def cut_short(
-    client: Client, sandbox_id: str, argv: Sequence[str], why: str
-) -> StockadeError:
+def cut_short(client: Client, sandbox_id: str, argv: Sequence[str], why: str) -> StockadeError:
     """The error for a command whose stream ended without an exit event.
 
     The usual cause is the sandbox ending (timeout, out of memory, terminated), so ask
@@ -292,9 +290,7 @@ class Process:
             argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows
         )
         ws = client.connect_ws(_base.sandbox_path(sandbox_id, "/exec/ws"))
-        process = cls(
-            ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout
-        )
+        process = cls(ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout)
         try:
             ws.send(start)
             if not process._next(process._take_started):

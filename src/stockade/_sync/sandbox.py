@@ -83,6 +83,10 @@ class Sandbox:
         workdir: str | None = None,
         tags: Mapping[str, str] | None = None,
         entrypoint: str | Sequence[str] | None = None,
+        block_network: bool = False,
+        outbound_cidr_allowlist: Sequence[str] | None = None,
+        outbound_domain_allowlist: Sequence[str] | None = None,
+        ports: Sequence[int | Mapping[str, object]] | None = None,
         client: Client | None = None,
         url: str | None = None,
         token: str | None = None,
@@ -94,6 +98,13 @@ class Sandbox:
         list, or a string run by ``sh -c``) the sandbox runs that command as its main
         process and ends when it exits; its output is :meth:`logs`. The image is built
         first if it is not built yet, which can take a minute.
+
+        Network: by default the sandbox reaches public addresses, but never private
+        ranges, the cloud metadata address, the host or other sandboxes.
+        ``block_network=True`` leaves loopback only; ``outbound_cidr_allowlist`` and
+        ``outbound_domain_allowlist`` (``"example.com"``, ``"*.example.org"``) allow only
+        those. :meth:`set_network` changes it later. ``ports`` are served through the
+        server (see :meth:`tunnel`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
 
         Example::
 
@@ -109,6 +120,10 @@ class Sandbox:
             workdir=workdir,
             tags=tags,
             entrypoint=entrypoint,
+            block_network=block_network,
+            outbound_cidr_allowlist=outbound_cidr_allowlist,
+            outbound_domain_allowlist=outbound_domain_allowlist,
+            ports=ports,
         )
         client = _client_for(client, url, token)
         data = client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
@@ -185,6 +200,70 @@ class Sandbox:
         data = self.client.request("DELETE", _base.sandbox_path(self.id))
         self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
         return self.last_info
+
+    # -- network -----------------------------------------------------------------------
+
+    def set_network(
+        self,
+        *,
+        block_network: bool = False,
+        outbound_cidr_allowlist: Sequence[str] | None = None,
+        outbound_domain_allowlist: Sequence[str] | None = None,
+    ) -> SandboxInfo:
+        """Replace the sandbox's outbound policy; open connections are cut if it now
+        forbids them. With no arguments the sandbox gets the default (public egress).
+
+        Example::
+
+            sb.run("pip install requests")
+            sb.set_network(outbound_domain_allowlist=["api.example.com"])
+        """
+        body = _base.network_body(
+            block_network=block_network,
+            outbound_cidr_allowlist=outbound_cidr_allowlist,
+            outbound_domain_allowlist=outbound_domain_allowlist,
+        )
+        data = self.client.request("PUT", _base.sandbox_path(self.id, "/network"), json=body)
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    def expose(self, port: int, *, public: bool = False) -> str:
+        """Serve ``port`` through the server and return its URL (see :meth:`tunnel`).
+
+        Example::
+
+            url = sb.expose(8080, public=True)
+        """
+        data = self.client.request(
+            "POST", _base.sandbox_path(self.id, "/ports"), json={"port": port, "public": public}
+        )
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return _base.tunnel_url(self.client.url, self.last_info, port)
+
+    def tunnel(self, port: int) -> str:
+        """The URL that reaches exposed ``port`` of the sandbox, HTTP and WebSocket.
+
+        Unless the port is public, send :attr:`access_token` with each request, as the
+        ``X-Stockade-Access-Token`` header or the ``stockade_token`` query parameter.
+
+        Example::
+
+            url = sb.tunnel(8080)
+            httpx.get(url, headers={"X-Stockade-Access-Token": sb.access_token})
+        """
+        if not any(p.port == port for p in self.last_info.ports):
+            self.info()
+        return _base.tunnel_url(self.client.url, self.last_info, port)
+
+    def tunnels(self) -> dict[int, str]:
+        """Every exposed port and its URL."""
+        info = self.info()
+        return {p.port: _base.tunnel_url(self.client.url, info, p.port) for p in info.ports}
+
+    @property
+    def access_token(self) -> str:
+        """The token that opens the sandbox's non-public ports (and nothing else)."""
+        return self.last_info.access_token or ""
 
     # -- commands ----------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from stockade import StockadeError, __version__
 from stockade.cli._common import CliState, print_error
 from stockade.cli.files import cp
 from stockade.cli.images import images
+from stockade.cli.network import expose, network
+from stockade.cli.ports import port_forward
 from stockade.cli.run import exec_, run
 from stockade.cli.sandboxes import create, info, logs, ls, rm
 from stockade.cli.serve import serve
@@ -59,7 +61,10 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
     ctx.call_on_close(state.close)
 
 
-for _command in (serve, images, create, ls, info, rm, logs, run, exec_, shell, cp):
+for _command in (
+    serve, images, create, ls, info, rm, logs, run, exec_, shell, cp, network, expose,
+    port_forward,
+):  # fmt: skip
     cli.add_command(_command)
 
 

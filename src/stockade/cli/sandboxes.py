@@ -22,6 +22,7 @@ from stockade.cli._common import (
     stdout_console,
 )
 from stockade.cli.images import ensure_image
+from stockade.cli.network import network_options, network_policy
 
 _STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
 
@@ -35,9 +36,18 @@ _STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
 @click.option(
     "--entrypoint",
     metavar="CMD",
-    help="Main process, as a shell-quoted line (e.g. \"python3 -m http.server\"); "
+    help='Main process, as a shell-quoted line (e.g. "python3 -m http.server"); '
     "the sandbox ends when it exits.",
 )
+@network_options
+@click.option(
+    "--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+    help="Serve this port through the server, with the access token (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--public-port", "public_ports", multiple=True, type=click.IntRange(1, 65535),
+    metavar="PORT", help="Serve this port through the server to anyone (repeatable).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox record as JSON.")
 @pass_state
 def create(
@@ -51,6 +61,11 @@ def create(
     workdir: str | None,
     tags: dict[str, str],
     entrypoint: str | None,
+    block_network: bool,
+    allow_cidr: tuple[str, ...],
+    allow_domain: tuple[str, ...],
+    ports: tuple[int, ...],
+    public_ports: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Start a sandbox and print its ID."""
@@ -62,6 +77,8 @@ def create(
     sb = Sandbox.create(
         image=image, cpu=cpu, memory=memory, disk=disk, timeout=timeout, env=env,
         workdir=workdir, tags=tags, entrypoint=argv, client=client,
+        ports=[*ports, *({"port": p, "public": True} for p in public_ports)],
+        **network_policy(block_network, allow_cidr, allow_domain),
     )  # fmt: skip
     if as_json:
         print_json(sb.last_info.to_json())
@@ -118,11 +135,16 @@ def info(state: CliState, sandbox_id: str, as_json: bool) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in record.to_json().items():
-        if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in value.items()) or "-"
+        if key == "ports":
+            value = ", ".join(
+                f"{p['port']}{' (public)' if p['public'] else ''} {p['host'] or p['path']}"
+                for p in value
+            )
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items() if v is not None) or "-"
         elif isinstance(value, list):
             value = shlex.join(value)
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(key, "-" if value in (None, "") else str(value))
     stdout_console().print(table)
 
 

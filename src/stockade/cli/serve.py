@@ -34,8 +34,35 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     help="Keep COUNT sandboxes of IMAGE started, for instant creates (repeatable) "
     "[env: STOCKADE_POOLS, e.g. python=4,debian=2].",
 )
+@click.option(
+    "--no-network",
+    is_flag=True,
+    help="Give every sandbox loopback only [env: STOCKADE_NETWORK=0].",
+)
+@click.option(
+    "--dns-upstream",
+    "dns_upstreams",
+    multiple=True,
+    metavar="IP[:PORT]",
+    help="Resolver the sandboxes' DNS is forwarded to (repeatable) "
+    "[env: STOCKADE_DNS_UPSTREAM; default: the host's /etc/resolv.conf].",
+)
+@click.option(
+    "--tunnel-domain",
+    default=None,
+    metavar="DOMAIN",
+    help="Serve exposed ports at http://PORT-ID.DOMAIN (a wildcard DNS name for this server) "
+    "[env: STOCKADE_TUNNEL_DOMAIN; default: path URLs /proxy/ID/PORT/].",
+)
 def serve(
-    host: str, port: int, data_dir: Path | None, cache_dir: Path | None, pools: tuple[str, ...]
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    pools: tuple[str, ...],
+    no_network: bool,
+    dns_upstreams: tuple[str, ...],
+    tunnel_domain: str | None,
 ) -> None:
     """Run the Stockade server in the foreground (as root).
 
@@ -57,4 +84,7 @@ def serve(
         data_dir=data_dir,
         cache_dir=cache_dir,
         pools=",".join(pools) if pools else None,
+        network=False if no_network else None,
+        dns_upstreams=dns_upstreams,
+        tunnel_domain=tunnel_domain,
     )

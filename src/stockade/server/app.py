@@ -15,6 +15,8 @@ from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_hand
 from .api.schemas import ErrorBody
 from .config import ServerConfig
 from .images.catalog import ImageCatalog
+from .network import ingress
+from .network.manager import NetworkManager
 from .runtime.reaper import Reaper
 from .service.execs import ExecService
 from .service.files import FileService
@@ -45,7 +47,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         reaper.start()
         store = SQLiteStore(config.db_path)
         catalog = ImageCatalog(config.cache_dir)
-        sandbox_service = SandboxService(config, store, catalog, reaper)
+        network = NetworkManager(
+            config.data_dir,
+            config.cache_dir,
+            enabled=config.network,
+            dns_upstreams=config.dns_upstreams,
+        )
+        sandbox_service = SandboxService(config, store, catalog, reaper, network)
         exec_service = ExecService(sandbox_service)
         pool_manager = PoolManager(sandbox_service, parse_pool_specs(config.pools))
         app.state.services = Services(
@@ -57,6 +65,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             pools=pool_manager,
         )
         await sandbox_service.start()
+        # The port proxy (network/ingress.py) resolves sandbox ports through the service.
+        app.state.port_targets = sandbox_service
         await pool_manager.start()
         try:
             yield
@@ -83,6 +93,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(pools.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
+    # Checks the admin token itself, like the exec WebSocket.
+    app.include_router(ingress.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness check (no token needed)")
     async def healthz() -> dict[str, str]:
@@ -91,4 +103,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(JsonByDefault)
     app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT)
     app.add_middleware(RequestIds)
+    # Outermost: traffic for sandbox ports (`/proxy/...` or a `{port}-{id}.` host) never
+    # meets the API's auth, body limits or JSON rewriting.
+    app.add_middleware(
+        ingress.SandboxProxy, targets_getter=lambda: getattr(app.state, "port_targets", None)
+    )
     return app

@@ -55,6 +55,11 @@ class ServerConfig:
     token: str = ""
     token_source: str = ""
     pools: str = ""  # "python=4,debian=2": warm pools to keep (see service/pools.py)
+    network: bool = True  # per-sandbox networking; off: every sandbox gets loopback only
+    dns_upstreams: tuple[str, ...] = ()  # resolvers for sandboxes; empty: /etc/resolv.conf
+    # Host-based tunnel URLs `https://{port}-{id}.<domain>` (a wildcard DNS name pointing at
+    # this server); empty: path-based `<server>/proxy/{id}/{port}/`.
+    tunnel_domain: str = ""
 
     @classmethod
     def load(
@@ -65,6 +70,9 @@ class ServerConfig:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         pools: str | None = None,
+        network: bool | None = None,
+        dns_upstreams: tuple[str, ...] | None = None,
+        tunnel_domain: str | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -74,6 +82,17 @@ class ServerConfig:
         cache.mkdir(parents=True, exist_ok=True)
         cfg = cls(data_dir=data, cache_dir=cache, host=host, port=port)
         cfg.pools = pools if pools is not None else os.environ.get("STOCKADE_POOLS", "")
+        env_network = os.environ.get("STOCKADE_NETWORK", "1").strip().lower()
+        cfg.network = (
+            network if network is not None else env_network not in ("0", "false", "no", "off")
+        )
+        env_dns = os.environ.get("STOCKADE_DNS_UPSTREAM", "")
+        cfg.dns_upstreams = dns_upstreams or tuple(u for u in env_dns.split(",") if u.strip())
+        cfg.tunnel_domain = (
+            tunnel_domain
+            if tunnel_domain is not None
+            else os.environ.get("STOCKADE_TUNNEL_DOMAIN", "")
+        ).strip(".")
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg

@@ -11,6 +11,7 @@ import uvicorn
 from ..errors import InvalidArgumentError
 from .app import create_app
 from .config import ConfigError, ServerConfig
+from .network.dns import parse_upstream
 from .service.pools import parse_pool_specs
 
 __all__ = ["run_server"]
@@ -23,6 +24,9 @@ def run_server(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     pools: str | None = None,
+    network: bool | None = None,
+    dns_upstreams: tuple[str, ...] = (),
+    tunnel_domain: str | None = None,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
     logging.basicConfig(
@@ -30,10 +34,13 @@ def run_server(
     )
     try:
         config = ServerConfig.load(
-            data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools
-        )
+            data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,
+            network=network, dns_upstreams=dns_upstreams, tunnel_domain=tunnel_domain,
+        )  # fmt: skip
         parse_pool_specs(config.pools)
-    except (ConfigError, InvalidArgumentError) as exc:
+        for upstream in config.dns_upstreams:
+            parse_upstream(upstream)
+    except (ConfigError, InvalidArgumentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"Stockade listening on {config.url}", flush=True)

@@ -1,4 +1,7 @@
-"""Compile the packaged ``stockade-agent.c`` into a static binary, once per version.
+"""Compile Stockade's small C programs into static binaries, once per version.
+
+There are two: ``stockade-agent.c`` (the in-sandbox init) and ``stockade-netexec.c`` (the
+host-side launcher of networked sandboxes, see network/stockade-netexec.c).
 
 The binary is named after the source's hash, so a new release never runs an old agent
 and an unchanged source is never rebuilt. Concurrent builders (several servers, test
@@ -18,7 +21,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["AgentBuildError", "agent_binary", "agent_source", "ensure_agent"]
+__all__ = ["AgentBuildError", "agent_binary", "agent_source", "ensure_agent", "netexec_binary"]
 
 SOURCE_NAME = "stockade-agent.c"
 _INSTALL_HINT = "install a C compiler and static libc with: apt-get install gcc libc6-dev"
@@ -37,10 +40,19 @@ def agent_source() -> bytes:
 
 def agent_binary(cache_dir: Path) -> Path:
     """``<cache_dir>/agent/stockade-agent-<hash>``, compiled now if it is not there yet."""
-    source = agent_source()
+    return _binary(agent_source(), "stockade-agent", cache_dir)
+
+
+def netexec_binary(cache_dir: Path) -> Path:
+    """``<cache_dir>/agent/stockade-netexec-<hash>``, compiled now if it is not there yet."""
+    source = (resources.files("stockade.server.network") / "stockade-netexec.c").read_bytes()
+    return _binary(source, "stockade-netexec", cache_dir)
+
+
+def _binary(source: bytes, name: str, cache_dir: Path) -> Path:
     digest = hashlib.sha256(source).hexdigest()[:16]
     out_dir = Path(cache_dir) / "agent"
-    target = out_dir / f"stockade-agent-{digest}"
+    target = out_dir / f"{name}-{digest}"
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,18 +60,18 @@ def agent_binary(cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():  # built by another process while we waited
             return target
-        _compile(source, out_dir, target)
+        _compile(source, name, out_dir, target)
     return target
 
 
-def _compile(source: bytes, out_dir: Path, target: Path) -> None:
+def _compile(source: bytes, name: str, out_dir: Path, target: Path) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise AgentBuildError(f"cannot build stockade-agent: gcc is not installed; {_INSTALL_HINT}")
+        raise AgentBuildError(f"cannot build {name}: gcc is not installed; {_INSTALL_HINT}")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
-        src = Path(tmp) / SOURCE_NAME
+        src = Path(tmp) / f"{name}.c"
         src.write_bytes(source)
-        binary = Path(tmp) / "stockade-agent"
+        binary = Path(tmp) / name
         try:
             result = subprocess.run(
                 [gcc, *_CFLAGS, "-o", str(binary), str(src)],
@@ -69,10 +81,10 @@ def _compile(source: bytes, out_dir: Path, target: Path) -> None:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise AgentBuildError(f"cannot build stockade-agent: {e}; {_INSTALL_HINT}") from e
+            raise AgentBuildError(f"cannot build {name}: {e}; {_INSTALL_HINT}") from e
         if result.returncode != 0:
             raise AgentBuildError(
-                f"cannot build stockade-agent (gcc exited {result.returncode}; "
+                f"cannot build {name} (gcc exited {result.returncode}; "
                 f"{_INSTALL_HINT}):\n{result.stderr.strip()[-4000:]}"
             )
         binary.chmod(0o755)

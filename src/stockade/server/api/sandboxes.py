@@ -10,14 +10,17 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from ...errors import InvalidArgumentError
+from ..network.policy import NetworkPolicy
 from ..service.sandboxes import CreateRequest
+from ..state.records import SandboxRecord
 from .deps import Services, services
 from .limits import check_create_ranges
-from .schemas import CreateSandbox, SandboxList, SandboxOut
+from .schemas import CreateSandbox, NetworkIn, PortIn, SandboxList, SandboxOut
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 _STATUSES = ("starting", "running", "terminated", "failed")
+_MAX_PORTS = 64
 
 Svc = Annotated[Services, Depends(services)]
 
@@ -42,16 +45,60 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
         )
     svc.images.info(body.image)  # 404 naming the images, before any work
+    policy = NetworkPolicy.parse(
+        block_network=body.block_network,
+        outbound_cidr_allowlist=body.outbound_cidr_allowlist,
+        outbound_domain_allowlist=body.outbound_domain_allowlist,
+    )
     req = CreateRequest(
         image=body.image, cpu=body.cpu, memory=body.memory, disk=body.disk,
         timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
-        entrypoint=body.entrypoint,
+        entrypoint=body.entrypoint, policy=policy, ports=_ports(body.ports),
     )  # fmt: skip
     record = await svc.pools.take(req)
     if record is None:
         await svc.pools.make_room(req.memory)
         record = await svc.sandboxes.create(req)
-    return SandboxOut.of(record)
+    return _out(svc, record)
+
+
+def _out(svc: Services, record: SandboxRecord) -> SandboxOut:
+    return SandboxOut.of(record, svc.config.tunnel_domain)
+
+
+def _ports(ports: list[int | PortIn]) -> list[tuple[int, bool]]:
+    out: dict[int, bool] = {}
+    for p in ports:
+        port, public = (p, False) if isinstance(p, int) else (p.port, p.public)
+        out[port] = public
+    if len(out) > _MAX_PORTS:
+        raise InvalidArgumentError(f"at most {_MAX_PORTS} exposed ports per sandbox")
+    return sorted(out.items())
+
+
+@router.put("/{sandbox_id}/network", response_model=SandboxOut, summary="Change the network policy")
+async def set_network(sandbox_id: str, body: NetworkIn, svc: Svc) -> SandboxOut:
+    policy = NetworkPolicy.parse(
+        block_network=body.block_network,
+        outbound_cidr_allowlist=body.outbound_cidr_allowlist,
+        outbound_domain_allowlist=body.outbound_domain_allowlist,
+    )
+    return _out(svc, await svc.sandboxes.set_network(sandbox_id, policy))
+
+
+@router.post("/{sandbox_id}/ports", response_model=SandboxOut, summary="Expose a port")
+async def expose_port(sandbox_id: str, body: PortIn, svc: Svc) -> SandboxOut:
+    record = await svc.sandboxes.get_running(sandbox_id)
+    if len(record.ports) >= _MAX_PORTS and all(p["port"] != body.port for p in record.ports):
+        raise InvalidArgumentError(f"at most {_MAX_PORTS} exposed ports per sandbox")
+    return _out(svc, await svc.sandboxes.expose(sandbox_id, body.port, body.public))
+
+
+@router.delete(
+    "/{sandbox_id}/ports/{port}", response_model=SandboxOut, summary="Stop exposing a port"
+)
+async def unexpose_port(sandbox_id: str, port: int, svc: Svc) -> SandboxOut:
+    return _out(svc, await svc.sandboxes.unexpose(sandbox_id, port))
 
 
 @router.get("", response_model=SandboxList, summary="List sandboxes")
@@ -63,17 +110,17 @@ async def list_sandboxes(
     if status is not None and status not in _STATUSES:
         raise InvalidArgumentError(f"status must be one of {', '.join(_STATUSES)}")
     records = await svc.sandboxes.list(status=status, tags=_parse_tags(tag))
-    return SandboxList(sandboxes=[SandboxOut.of(r) for r in records])
+    return SandboxList(sandboxes=[_out(svc, r) for r in records])
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut, summary="Get a sandbox")
 async def get_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
-    return SandboxOut.of(await svc.sandboxes.get(sandbox_id))
+    return _out(svc, await svc.sandboxes.get(sandbox_id))
 
 
 @router.delete("/{sandbox_id}", response_model=SandboxOut, summary="Terminate a sandbox")
 async def terminate_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
-    return SandboxOut.of(await svc.sandboxes.terminate(sandbox_id))
+    return _out(svc, await svc.sandboxes.terminate(sandbox_id))
 
 
 @router.get(

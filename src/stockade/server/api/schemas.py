@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..images.catalog import ImageInfo
+from ..network.policy import NetworkPolicy
 from ..service.files import FileInfo
 from ..state.records import SandboxRecord
 
@@ -20,6 +21,10 @@ __all__ = [
     "ImageList",
     "ImageOut",
     "MkdirRequest",
+    "NetworkIn",
+    "NetworkOut",
+    "PortIn",
+    "PortOut",
     "SandboxList",
     "SandboxOut",
     "WsExecRequest",
@@ -28,6 +33,23 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class NetworkIn(_Strict):
+    block_network: bool = Field(False, description="Loopback only: no traffic in or out.")
+    outbound_cidr_allowlist: list[str] | None = Field(
+        None, description='Only these IPv4 ranges may be reached, e.g. `["203.0.113.0/24"]`.'
+    )
+    outbound_domain_allowlist: list[str] | None = Field(
+        None,
+        description="Only these names may be reached (`example.com`, `*.example.org`); "
+        "enforced on DNS and on the TLS SNI / HTTP Host of every connection.",
+    )
+
+
+class PortIn(_Strict):
+    port: int = Field(..., ge=1, le=65535)
+    public: bool = Field(False, description="Reachable without the sandbox's access token.")
 
 
 class CreateSandbox(_Strict):
@@ -42,6 +64,60 @@ class CreateSandbox(_Strict):
     entrypoint: list[str] | None = Field(
         None, description="Main process; its output is the sandbox log."
     )
+    block_network: bool = Field(False, description="Loopback only: no traffic in or out.")
+    outbound_cidr_allowlist: list[str] | None = Field(
+        None, description="Only these IPv4 ranges may be reached."
+    )
+    outbound_domain_allowlist: list[str] | None = Field(
+        None, description="Only these names may be reached (`example.com`, `*.example.org`)."
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)] | PortIn] = Field(
+        default_factory=list,
+        description="Ports served through the server's proxy: `8080` or "
+        '`{"port": 8080, "public": true}`.',
+    )
+
+
+class NetworkOut(BaseModel):
+    mode: Literal["open", "blocked", "allowlist"]
+    block_network: bool
+    outbound_cidr_allowlist: list[str] | None
+    outbound_domain_allowlist: list[str] | None
+    ip: str | None = Field(description="The sandbox's address on the host.")
+    reason: str | None = Field(description="Why the sandbox has no network, if it has none.")
+
+
+class PortOut(BaseModel):
+    port: int
+    public: bool
+    path: str = Field(description="The proxy path on this server: `/proxy/{id}/{port}/`.")
+    host: str | None = Field(
+        description="`{port}-{id}.<tunnel domain>` when the server has a tunnel domain."
+    )
+
+
+def _network_out(r: SandboxRecord) -> NetworkOut | None:
+    if r.network is None:
+        return None
+    policy = NetworkPolicy.from_dict(r.network.get("policy") or {})
+    return NetworkOut(
+        mode=policy.mode,  # type: ignore[arg-type]
+        ip=r.network.get("ip"),
+        reason=r.network.get("reason"),
+        **policy.to_dict(),
+    )
+
+
+def _ports_out(r: SandboxRecord, tunnel_domain: str) -> list[PortOut]:
+    return [
+        PortOut(
+            port=p["port"],
+            public=p["public"],
+            path=f"/proxy/{r.id}/{p['port']}/",
+            host=f"{p['port']}-{r.id}.{tunnel_domain}" if tunnel_domain else None,
+        )
+        for p in r.ports
+    ]
 
 
 def _iso(t: float | None) -> str | None:
@@ -68,9 +144,15 @@ class SandboxOut(BaseModel):
     started_at: str | None
     ended_at: str | None
     expires_at: str | None
+    network: NetworkOut | None
+    ports: list[PortOut]
+    access_token: str | None = Field(
+        description="Grants access to the non-public exposed ports (header "
+        "`X-Stockade-Access-Token` or query `stockade_token`)."
+    )
 
     @classmethod
-    def of(cls, r: SandboxRecord) -> SandboxOut:
+    def of(cls, r: SandboxRecord, tunnel_domain: str = "") -> SandboxOut:
         return cls(
             id=r.id,
             status=r.status,  # type: ignore[arg-type]
@@ -89,6 +171,9 @@ class SandboxOut(BaseModel):
             started_at=_iso(r.started_at),
             ended_at=_iso(r.ended_at),
             expires_at=_iso(r.expires_at if r.alive else None),
+            network=_network_out(r),
+            ports=_ports_out(r, tunnel_domain),
+            access_token=r.access_token if r.alive else None,
         )
 
 

@@ -315,4 +315,3 @@ class AgentLink:
     def _on_writable(self) -> None:
         if not self.dead:
             self._flush()
-

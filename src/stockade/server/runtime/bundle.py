@@ -82,8 +82,23 @@ def container_spec(
     cpu: float,
     memory_mib: int,
     cgroups_path: str,
+    netns: Path | None = None,
+    etc_files: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """The config.json of a sandbox's root container."""
+    """The config.json of a sandbox's root container.
+
+    ``netns``: the network namespace to join (a networked sandbox); without it the
+    sandbox gets a fresh one with loopback only. ``etc_files``: host files bind-mounted
+    read-only over files of the image, e.g. ``/etc/resolv.conf`` pointing at the server's
+    DNS forwarder.
+    """
+    network: dict[str, str] = {"type": "network"}
+    if netns is not None:
+        network["path"] = str(netns)
+    binds = [
+        {"destination": dest, "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
+        for dest, src in (etc_files or {}).items()
+    ]
     return {
         "ociVersion": "1.0.2",
         "process": process.to_dict(),
@@ -99,6 +114,7 @@ def container_spec(
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
+            *binds,
         ],
         "linux": {
             "cgroupsPath": cgroups_path,
@@ -112,7 +128,7 @@ def container_spec(
                 {"type": "ipc"},
                 {"type": "uts"},
                 {"type": "mount"},
-                {"type": "network"},
+                network,
             ],
         },
     }  # fmt: skip

@@ -4,7 +4,9 @@ Global flags are the same for every verb so that a sandbox started by one server
 is found and driven by the next one: a private ``--root`` per data directory, the systrap
 platform (the only fast one on these hosts; see DESIGN.md), our own kernel overlay as the
 root (``--overlay2=none``, so that writes land in the sandbox's upper directory) and no
-network (``--network=none``).
+network (``--network=none``). Only ``run`` of a networked sandbox differs: it uses
+``--network=sandbox`` (gVisor's netstack on the namespace named in the spec) behind a
+launcher that works around runsc's root-namespace check (network/stockade-netexec.c).
 
 A detached sandbox inherits the descriptors of the ``runsc`` that started it, so
 ``run --detach`` is never given pipes of ours (they would never reach EOF): its stdio are
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,30 +63,37 @@ class Runsc:
         self.binary = binary
         self.root = root
 
-    def _argv(self, *verb: str) -> list[str]:
+    def _argv(self, *verb: str, network: str = "none") -> list[str]:
         return [
             self.binary,
             f"--root={self.root}",
             "--platform=systrap",
             "--overlay2=none",
-            "--network=none",
+            f"--network={network}",
             *verb,
         ]
 
     async def run_detached(
-        self, sandbox_id: str, bundle: Path, *, stdin: int, stdout: int, log: Path
+        self,
+        sandbox_id: str,
+        bundle: Path,
+        *,
+        stdin: int,
+        stdout: int,
+        log: Path,
+        launcher: Sequence[str] = (),
     ) -> None:
         """Create and start a sandbox from ``bundle``.
 
         ``stdin``/``stdout`` become the init's (the agent's FIFOs); ``log`` receives its
-        stderr and runsc's own complaints.
+        stderr and runsc's own complaints. A ``launcher`` (the netexec prefix) means the
+        spec names a network namespace and the sandbox gets gVisor's netstack in it.
         """
+        run = ["run", "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}", sandbox_id]
+        argv = [*launcher, *self._argv(*run, network="sandbox")] if launcher else self._argv(*run)
         with open(log, "ab") as err:  # noqa: ASYNC230  (a local file, opened once)
             p = await proc.spawn(
-                self._argv(
-                    "run", "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}",
-                    sandbox_id,
-                ),
+                argv,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=err,
@@ -139,4 +149,3 @@ def _tail(path: Path, limit: int = 2000) -> str:
     except OSError:
         return ""
     return data.decode(errors="replace").strip()
-

@@ -74,9 +74,7 @@ class PoolManager:
     def __init__(self, sandboxes: SandboxService, specs: list[PoolSpec]) -> None:
         self.sandboxes = sandboxes
         self.specs: dict[str, PoolSpec] = {s.image: s for s in specs}
-        self._ready: dict[str, collections.deque[str]] = collections.defaultdict(
-            collections.deque
-        )
+        self._ready: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.capacity_mib = int(_host_memory_mib() * COMMIT_LIMIT)

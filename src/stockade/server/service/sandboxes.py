@@ -19,14 +19,23 @@ import os
 import secrets
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import InvalidArgumentError, NotFoundError, SandboxTerminatedError, ServerError
+from ...errors import (
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    SandboxTerminatedError,
+    ServerError,
+)
 from ..agent.protocol import FrameType
 from ..config import ServerConfig
 from ..images.catalog import ImageCatalog
+from ..network.ingress import PortTarget
+from ..network.manager import NetworkManager
+from ..network.policy import NetworkPolicy
 from ..runtime import bundle, cgroups, proc
 from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
 from ..runtime.agent_link import AgentLink, AgentLost
@@ -52,6 +61,8 @@ class CreateRequest:
     workdir: str | None
     tags: Mapping[str, str]
     entrypoint: Sequence[str] | None
+    policy: NetworkPolicy = field(default_factory=NetworkPolicy)
+    ports: Sequence[tuple[int, bool]] = ()  # (port, public)
 
 
 def new_id(prefix: str) -> str:
@@ -65,8 +76,12 @@ class SandboxService:
         store: Store,
         images: ImageCatalog,
         reaper: Reaper | None = None,
+        network: NetworkManager | None = None,
     ) -> None:
         self.config = config
+        self.network = network or NetworkManager(config.data_dir, config.cache_dir, enabled=False)
+        # Network slot of each sandbox that has one (live or being cleaned up).
+        self._slots: dict[str, int] = {}
         self.reaper = reaper
         self.store = store
         self.images = images
@@ -163,8 +178,10 @@ class SandboxService:
             tags=dict(req.tags),
             entrypoint=list(req.entrypoint) if req.entrypoint else None,
             created_at=time.time(),
+            ports=[{"port": port, "public": public} for port, public in req.ports],
+            access_token=_access_token(),
         )
-        return await self._boot(record, image.layers, pooled=False)
+        return await self._boot(record, image.layers, pooled=False, policy=req.policy)
 
     async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
         """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).
@@ -176,7 +193,8 @@ class SandboxService:
             id=new_id("sb"), image=image_name, cpu=cpu, memory=memory, disk=disk,
             timeout=0.0, status="starting", created_at=time.time(),
         )  # fmt: skip
-        await self._boot(record, image.layers, pooled=True)
+        # Pooled sandboxes boot with the default policy; adopt() applies the caller's.
+        await self._boot(record, image.layers, pooled=True, policy=NetworkPolicy())
         # Connected ahead too: the first exec of its user then pays no handshake.
         with contextlib.suppress(AgentLost):
             await self.link(record.id)
@@ -193,6 +211,9 @@ class SandboxService:
                 return None
             if record.pid is None or not proc.pid_alive(record.pid):
                 return None
+            await self._apply_policy(record, req.policy, strict=False)
+            record.ports = [{"port": port, "public": public} for port, public in req.ports]
+            record.access_token = _access_token()
             now = time.time()
             record.env, record.tags = dict(req.env), dict(req.tags)
             record.workdir, record.timeout = req.workdir, req.timeout
@@ -218,7 +239,12 @@ class SandboxService:
             raise InvalidArgumentError(f"cannot create workdir {path}: {frame.payload[:200]!r}")
 
     async def _boot(
-        self, record: SandboxRecord, layers: Sequence[Path], *, pooled: bool
+        self,
+        record: SandboxRecord,
+        layers: Sequence[Path],
+        *,
+        pooled: bool,
+        policy: NetworkPolicy,
     ) -> SandboxRecord:
         # Starting a sandbox is CPU-heavy (mkfs, mounts, runsc). A burst of creates waits
         # here in order instead of making every one of them slow enough to time out.
@@ -231,6 +257,7 @@ class SandboxService:
                 agent = self._agent_layer
                 # The agent's layer goes on top, so /.stockade/agent exists in any image.
                 await rootfs.create((agent, *layers), record.disk)
+                netns, etc_files, launcher = await self._attach_network(record, policy)
                 spec = bundle.container_spec(
                     root=rootfs.merged,
                     process=bundle.ProcessSpec(
@@ -243,6 +270,8 @@ class SandboxService:
                     cpu=record.cpu,
                     memory_mib=record.memory,
                     cgroups_path=cgroups.cgroup_path(record.id),
+                    netns=netns,
+                    etc_files=etc_files,
                 )
                 if record.workdir:
                     # The working directory must exist before the init starts in it.
@@ -252,7 +281,7 @@ class SandboxService:
                         exist_ok=True,
                     )
                 bundle.write_json(rootfs.dir / "config.json", spec)
-                await self._start_runsc(record.id, rootfs.dir)
+                await self._start_runsc(record.id, rootfs.dir, launcher)
                 record.pid = _read_pid(rootfs.dir / "pid")
                 # The pid file saves a `runsc state` (a whole runsc process) per create.
                 running = record.pid is not None and proc.pid_alive(record.pid)
@@ -289,7 +318,102 @@ class SandboxService:
         """OOM kills in the sandbox so far, also readable shortly after it died."""
         return cgroups.oom_kills(sandbox_id) or self._final_ooms.get(sandbox_id, 0)
 
-    async def _start_runsc(self, sandbox_id: str, directory: Path) -> None:
+    async def _attach_network(
+        self, record: SandboxRecord, policy: NetworkPolicy
+    ) -> tuple[Path | None, dict[str, Path], Sequence[str]]:
+        """Give the sandbox its namespace, veth and rules; returns (netns, /etc files,
+        runsc launcher). Without host networking the sandbox gets loopback only, and its
+        record says why."""
+        directory = self.sandbox_dir(record.id)
+        hosts = directory / "hosts"
+        hosts.write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{record.id}\n"
+        )
+        if not self.network.available:
+            record.network = {
+                "slot": None,
+                "ip": None,
+                "policy": NetworkPolicy(block_network=True).to_dict(),
+                "reason": self.network.reason,
+            }
+            return None, {"/etc/hosts": hosts}, []
+        slot = self.network.reserve()
+        self._slots[record.id] = slot
+        net = await self.network.attach(slot, policy)
+        resolv = directory / "resolv.conf"
+        resolv.write_text(f"nameserver {net.nameserver}\noptions timeout:2 attempts:2\n")
+        record.network = {"slot": slot, "ip": net.ip, "policy": policy.to_dict(), "reason": None}
+        files = {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+        return net.netns, files, self.network.runsc_prefix(directory / "netexec-scratch")
+
+    async def _apply_policy(
+        self, record: SandboxRecord, policy: NetworkPolicy, *, strict: bool = True
+    ) -> None:
+        """Make ``policy`` the sandbox's (the caller holds its lock and stores the record).
+
+        A sandbox without a network stays blocked: an error when asked explicitly
+        (``strict``), as on create otherwise (the record carries the reason).
+        """
+        net = record.network or {}
+        slot = net.get("slot")
+        if slot is None:
+            if strict and policy.mode != "blocked":
+                raise ConflictError(
+                    f"sandbox {record.id} has no network: {net.get('reason')}; "
+                    "it can only run with block_network=True"
+                )
+            return
+        await self.network.set_policy(int(slot), policy)
+        record.network = {**net, "policy": policy.to_dict()}
+
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            record = await self.get_running(sandbox_id)
+            await self._apply_policy(record, policy)
+            await self.store.put_sandbox(record)
+        return record
+
+    async def expose(self, sandbox_id: str, port: int, public: bool) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            record = await self.get_running(sandbox_id)
+            record.ports = [p for p in record.ports if p["port"] != port]
+            record.ports.append({"port": port, "public": public})
+            record.ports.sort(key=lambda p: int(p["port"]))
+            await self.store.put_sandbox(record)
+        return record
+
+    async def unexpose(self, sandbox_id: str, port: int) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            record = await self.get_running(sandbox_id)
+            if not any(p["port"] == port for p in record.ports):
+                raise NotFoundError(f"port {port} of sandbox {sandbox_id} is not exposed")
+            record.ports = [p for p in record.ports if p["port"] != port]
+            await self.store.put_sandbox(record)
+        return record
+
+    async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
+        """Where the port proxy sends traffic for ``port`` of a sandbox (PortTargets)."""
+        record = await self.get_running(sandbox_id)
+        exposed = next((p for p in record.ports if p["port"] == port), None)
+        if exposed is None:
+            listed = ", ".join(str(p["port"]) for p in record.ports) or "none"
+            raise NotFoundError(
+                f"port {port} of sandbox {sandbox_id} is not exposed (exposed: {listed}); "
+                "create the sandbox with ports=[...] or call sb.expose(port)"
+            )
+        ip = (record.network or {}).get("ip")
+        if not ip:
+            raise ConflictError(
+                f"sandbox {sandbox_id} has no network: {(record.network or {}).get('reason')}"
+            )
+        return PortTarget(
+            host=str(ip), port=port, public=bool(exposed["public"]),
+            access_token=record.access_token or "",
+        )  # fmt: skip
+
+    async def _start_runsc(
+        self, sandbox_id: str, directory: Path, launcher: Sequence[str] = ()
+    ) -> None:
         """``runsc run`` with the agent's channel: two FIFOs the sandbox holds read-write.
 
         Holding both ends itself, the sandbox never sees EOF or EPIPE on them when a server
@@ -302,7 +426,12 @@ class SandboxService:
         fds = [os.open(f, os.O_RDWR | os.O_CLOEXEC) for f in fifos]
         try:
             await self.runsc.run_detached(
-                sandbox_id, directory, stdin=fds[0], stdout=fds[1], log=self.log_path(sandbox_id)
+                sandbox_id,
+                directory,
+                stdin=fds[0],
+                stdout=fds[1],
+                log=self.log_path(sandbox_id),
+                launcher=launcher,
             )
         finally:
             for fd in fds:
@@ -382,6 +511,12 @@ class SandboxService:
                     os.kill(pid, 9)
             with contextlib.suppress(Exception):
                 await self.runsc.delete(sandbox_id)
+        slot = self._slots.pop(sandbox_id, None)
+        if slot is not None:
+            try:
+                await self.network.release(slot)
+            except Exception:
+                log.exception("removing the network of sandbox %s", sandbox_id)
         await RootFS(self.sandbox_dir(sandbox_id)).destroy_keeping(("output.log",))
 
     # ------------------------------------------------------- watching for the end
@@ -534,11 +669,15 @@ class SandboxService:
     # ------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
-        """Reconcile records with runsc, then start the timeout loop."""
+        """Reconcile records with runsc and the network, then start the timeout loop."""
+        await self.network.start()
         known = {s.id: s for s in await self.runsc.list()}
         for record in await self.store.list_sandboxes():
             if not record.alive:
                 continue
+            slot = (record.network or {}).get("slot")
+            if slot is not None:
+                self._slots[record.id] = int(slot)
             state = known.get(record.id)
             rootfs = RootFS(self.sandbox_dir(record.id))
             if state is not None and state.status == "running" and not proc.pid_alive(state.pid):
@@ -564,6 +703,12 @@ class SandboxService:
         for sid in known:
             if sid not in alive_ids:
                 await self._cleanup(sid)
+        live = [r for r in await self.store.list_sandboxes() if r.alive and r.network]
+        await self.network.install(
+            (int(r.network["slot"]), NetworkPolicy.from_dict(r.network["policy"]))
+            for r in live
+            if r.network and r.network.get("slot") is not None
+        )
         self._timer = asyncio.create_task(self._expire_loop(), name="expire-loop")
 
     async def stop(self) -> None:
@@ -580,6 +725,11 @@ class SandboxService:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.network.stop()
+
+
+def _access_token() -> str:
+    return "sat_" + secrets.token_urlsafe(24)
 
 
 def describe_end(record: SandboxRecord) -> str:

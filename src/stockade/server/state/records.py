@@ -42,6 +42,13 @@ class SandboxRecord:
     expires_at: float | None = None
     # Host PID of the runsc sandbox process, to watch for its exit without polling.
     pid: int | None = None
+    # {"slot": int | None, "ip": str | None, "policy": NetworkPolicy.to_dict(),
+    #  "reason": why there is no network, or None}. None until the sandbox boots.
+    network: dict[str, Any] | None = None
+    # Exposed ports: [{"port": 8080, "public": False}].
+    ports: list[dict[str, Any]] = field(default_factory=list)
+    # Grants access to the sandbox's non-public exposed ports (and nothing else).
+    access_token: str | None = None
 
     @property
     def alive(self) -> bool:
