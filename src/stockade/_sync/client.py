@@ -111,7 +111,9 @@ class Client:
             for item in _base.field_list(data, "images", "image list")
         ]
 
-    def build_image(self, name: str, *, on_log: Callable[[str], object] | None = None) -> ImageInfo:
+    def build_image(
+        self, name: str, *, on_log: Callable[[str], object] | None = None
+    ) -> ImageInfo:
         """Build image ``name`` unless it is built already; ``on_log`` gets each log line.
 
         Example::

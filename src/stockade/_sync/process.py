@@ -38,7 +38,9 @@ __all__ = ["Process", "StreamReader", "StreamWriter", "cut_short"]
 _T = TypeVar("_T")
 
 
-def cut_short(client: Client, sandbox_id: str, argv: Sequence[str], why: str) -> StockadeError:
+def cut_short(
+    client: Client, sandbox_id: str, argv: Sequence[str], why: str
+) -> StockadeError:
     """The error for a command whose stream ended without an exit event.
 
     The usual cause is the sandbox ending (timeout, out of memory, terminated), so ask
