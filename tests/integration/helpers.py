@@ -194,4 +194,26 @@ def force_cleanup(root: Path, data_dir: Path) -> None:
         points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
     for point in sorted(points, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    _remove_network_block(data_dir)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_network_block(data_dir: Path) -> None:
+    """The namespaces, links and nft table of the server's network block, if it left any."""
+    try:
+        block = int(json.loads((data_dir / "network.json").read_text())["block"])
+    except (OSError, ValueError, KeyError):
+        return
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in netns.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(f"stockade-{block}-"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=False)
+    for link in json.loads(links.stdout or "[]"):
+        name = str(link.get("ifname", ""))
+        if name.startswith(f"sk{block}-") or name == f"stockade{block}":
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+    subprocess.run(
+        ["nft", "delete", "table", "inet", f"stockade_{block}"], capture_output=True, check=False
+    )

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -335,3 +336,49 @@ def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
         t.join(600)
     assert not errors, errors
     assert _kernel_objects() == before
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def test_network_and_policy_survive_a_server_crash(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import secrets
+    import signal
+
+    from .helpers import force_cleanup, runsc_binary
+
+    tmp = tmp_path_factory.mktemp("netrestart")
+    live = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
+    live.start()
+    try:
+        kw: dict[str, Any] = {"url": live.url, "token": live.token}
+        allow = Sandbox.create(
+            image="python", outbound_cidr_allowlist=[f"{PUBLIC_IP}/32"], timeout=300, **kw
+        )
+        plain = Sandbox.create(image="python", timeout=300, **kw)
+        gone = Sandbox.create(image="python", timeout=300, **kw)
+        gone_ip = gone.last_info.network.ip if gone.last_info.network else None
+        assert gone_ip is not None
+        live.stop(signal.SIGKILL)
+        # This one vanishes while no server runs: the next one must remove its network.
+        subprocess.run(
+            [runsc_binary(), f"--root={live.data_dir / 'runsc'}", "delete", "--force", gone.id],
+            capture_output=True, check=False, timeout=60,
+        )  # fmt: skip
+        live.start()
+        allow = Sandbox.from_id(allow.id, **kw)
+        assert fetch(allow, f"http://{PUBLIC_IP}/").startswith("OK")
+        assert connect(allow, OTHER_PUBLIC_IP, 80).startswith("ERR")
+        # The new server serves DNS again.
+        assert resolve(Sandbox.from_id(plain.id, **kw), "public.test") == f"OK {PUBLIC_IP}"
+        prefix, last = gone_ip.rsplit(".", 1)
+        host_end = f"{prefix}.{int(last) - 1}/30"
+        addresses = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+        assert host_end not in addresses, addresses
+        assert Sandbox.from_id(gone.id, **kw).last_info.status == "failed"
+    finally:
+        live.terminate_all()
+        live.stop()
+        force_cleanup(tmp, live.data_dir)
