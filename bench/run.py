@@ -23,6 +23,7 @@ import httpx
 from stockade import Sandbox
 
 from .baseline import RawRunsc
+from .network import network_rows
 from .server import Server
 
 MiB = 1024 * 1024
@@ -54,7 +55,7 @@ def main() -> None:
     server = Server(work)
     cache = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade")
     raw = RawRunsc(server.runsc(), cache / "images" / args.image / "rootfs", work / "raw")
-    rows: list[tuple[str, list[float], list[float]]] = []
+    rows: list[tuple[str, list[float], list[float], str]] = []
     payload = os.urandom(MiB)
     try:
         # 1. create → first output of `echo`, end to end through the SDK.
@@ -81,7 +82,7 @@ def main() -> None:
         raw_create_times = _time(raw_create, runs)
         for sid in raw_ids:
             raw.delete(sid)
-        rows.append(("create → first output (echo)", create_times, raw_create_times))
+        rows.append(("create → first output (echo)", create_times, raw_create_times, "raw"))
 
         # 1b. the same from a warm pool (refills happen between runs, outside the timing).
         headers = {"Authorization": f"Bearer {server.token}"}
@@ -104,7 +105,7 @@ def main() -> None:
         for sb in created:
             sb.terminate()
         httpx.put(f"{server.url}/v1/pools/{args.image}", json={"size": 0}, headers=headers)
-        rows.append(("create → first output, warm pool", warm, raw_create_times))
+        rows.append(("create → first output, warm pool", warm, raw_create_times, "raw"))
 
         # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
         sb = Sandbox.create(image=args.image, timeout=600)
@@ -115,6 +116,7 @@ def main() -> None:
                     "exec round trip: true (WebSocket)",
                     _time(lambda: sb.exec("true").wait(), runs),
                     _time(lambda: raw.exec(sid, "true"), runs),
+                    "raw",
                 )
             )
             rows.append(
@@ -122,6 +124,7 @@ def main() -> None:
                     "exec round trip: true (HTTP NDJSON)",
                     _time(lambda: sb.run(["true"]), runs),
                     _time(lambda: raw.exec(sid, "true"), runs),
+                    "raw",
                 )
             )
 
@@ -133,27 +136,37 @@ def main() -> None:
                 raw.exec(sid, "sh", "-c", "cat > /tmp/bench.bin", stdin=payload)
                 assert len(raw.exec(sid, "cat", "/tmp/bench.bin")) == MiB
 
-            rows.append(("1 MiB file write + read", _time(sdk_file, runs), _time(raw_file, runs)))
+            rows.append(
+                ("1 MiB file write + read", _time(sdk_file, runs), _time(raw_file, runs), "raw")
+            )
         finally:
             sb.terminate()
             raw.delete(sid)
+        rows += network_rows(work, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nStockade vs raw runsc — {runs} runs each, image {args.image!r} (times in ms)\n")
-    head = f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'raw p50':>9} {'p95':>8} {'ratio':>7}"
+    head = (
+        f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'vs':>13} {'p50':>9} {'p95':>8} "
+        f"{'ratio':>7}"
+    )
     print(head)
     print("-" * len(head))
-    for name, ours, theirs in rows:
+    for name, ours, theirs, against in rows:
         m, r = statistics.median(ours), statistics.median(theirs)
         print(
-            f"{name:<38} {m * 1e3:>12.1f} {_p95(ours) * 1e3:>8.1f} "
+            f"{name:<38} {m * 1e3:>12.1f} {_p95(ours) * 1e3:>8.1f} {against:>13} "
             f"{r * 1e3:>9.1f} {_p95(theirs) * 1e3:>8.1f} {m / r:>6.2f}x"
         )
-    print("\nraw create = `runsc run --detach` + `runsc exec echo hi` to first byte;")
-    print("raw exec = `runsc exec true`; raw file = `runsc exec` of cat with stdin / stdout.")
+        if "100 MB" in name:
+            print(f"{'':<38} {100 / m:>9.0f} MB/s {'':>22} {100 / r:>6.0f} MB/s")
+    print("\nraw = raw runsc: create is `runsc run --detach` + `runsc exec echo hi` to first")
+    print("byte; exec is `runsc exec true`; file is `runsc exec` of cat with stdin / stdout.")
+    print("--no-network = the same create on a server whose sandboxes have no network;")
+    print("direct = the same request from the host straight to the sandbox's address.")
 
 
 if __name__ == "__main__":

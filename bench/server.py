@@ -13,15 +13,17 @@ import httpx
 
 
 class Server:
-    def __init__(self, work: Path) -> None:
+    def __init__(
+        self, work: Path, *, extra_args: tuple[str, ...] = (), port_offset: int = 0
+    ) -> None:
         self.token = "sk_bench_" + secrets.token_hex(8)
-        self.port = 7900 + os.getpid() % 90
+        self.port = 7900 + os.getpid() % 90 + port_offset
         self.data = work / "data"
         self.log = open(work / "server.log", "wb")  # noqa: SIM115
         env = {**os.environ, "STOCKADE_TOKEN": self.token}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "stockade"), "serve",
-             "--port", str(self.port), "--data-dir", str(self.data)],
+             "--port", str(self.port), "--data-dir", str(self.data), *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
@@ -31,8 +33,9 @@ class Server:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        os.environ["STOCKADE_URL"] = self.url
-        os.environ["STOCKADE_TOKEN"] = self.token
+        if not port_offset:
+            os.environ["STOCKADE_URL"] = self.url
+            os.environ["STOCKADE_TOKEN"] = self.token
 
     def runsc(self) -> str:
         line = next(
