@@ -79,6 +79,59 @@ while True:
 """
 
 
+# A WebSocket echo server with nothing but the standard library (the image has no
+# websockets package): the handshake, then masked client frames echoed back unmasked.
+_WS_SERVER = r"""
+import base64, hashlib, socket, struct, threading
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def read_exact(c, n):
+    data = b""
+    while len(data) < n:
+        chunk = c.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+def serve(c):
+    with c:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(4096)
+        lines = head.decode().split("\r\n")
+        pairs = [l.split(":", 1) for l in lines[1:] if ":" in l]
+        headers = {k.lower(): v.strip() for k, v in pairs}
+        key = headers["sec-websocket-key"] + GUID
+        accept = base64.b64encode(hashlib.sha1(key.encode()).digest())
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        while True:
+            b0, b1 = read_exact(c, 2)
+            opcode, n = b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", read_exact(c, 2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", read_exact(c, 8))[0]
+            mask = read_exact(c, 4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(read_exact(c, n)))
+            if opcode == 8:
+                c.sendall(b"\x88\x02" + data[:2])
+                return
+            if opcode in (1, 2):
+                reply = (b"echo: " if opcode == 1 else b"") + data
+                size = len(reply)
+                head = struct.pack("!BB", 0x80 | opcode, size) if size < 126 else (
+                    struct.pack("!BBH", 0x80 | opcode, 126, size) if size < 65536 else
+                    struct.pack("!BBQ", 0x80 | opcode, 127, size))
+                c.sendall(head + reply)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8765))
+s.listen()
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
 def _wait_listening(sb: Sandbox, port: int) -> None:
     probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
     wait_for(
@@ -92,15 +145,16 @@ def _wait_listening(sb: Sandbox, port: int) -> None:
 @pytest.fixture(scope="module")
 def web(server: LiveServer) -> Iterator[Sandbox]:
     sb = Sandbox.create(
-        image="python", timeout=900, ports=[8000, {"port": 5432, "public": True}, 9999]
+        image="python", timeout=900, ports=[8000, {"port": 5432, "public": True}, 9999, 8765]
     )
     try:
         sb.files.write("/srv/app.py", _STREAM_SERVER)
         sb.files.write("/srv/echo.py", _ECHO_SERVER)
-        sb.run("setsid nohup python3 /srv/app.py >/dev/null 2>&1 &")
-        sb.run("setsid nohup python3 /srv/echo.py >/dev/null 2>&1 &")
-        _wait_listening(sb, 8000)
-        _wait_listening(sb, 5432)
+        sb.files.write("/srv/ws.py", _WS_SERVER)
+        for script in ("app", "echo", "ws"):
+            sb.run(f"setsid nohup python3 /srv/{script}.py >/dev/null 2>&1 &")
+        for port in (8000, 5432, 8765):
+            _wait_listening(sb, port)
         yield sb
     finally:
         sb.terminate()
@@ -150,6 +204,26 @@ def test_streaming_and_large_bodies(web: Sandbox) -> None:
     payload = os.urandom(5 * 1024 * 1024)
     up = httpx.post(url + "upload", content=payload, headers=headers, timeout=30)
     assert up.text == str(len(payload))
+
+
+def test_websocket_through_the_proxy(web: Sandbox) -> None:
+    from websockets.sync.client import connect
+
+    url = web.tunnel(8765).replace("http://", "ws://")
+    with connect(
+        url, additional_headers={"X-Stockade-Access-Token": web.access_token}, open_timeout=10
+    ) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        blob = os.urandom(200_000)
+        ws.send(blob)
+        assert ws.recv(timeout=10) == blob
+    # Without the token the upgrade is refused.
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=10)
+    assert refused.value.response.status_code == 401
 
 
 def test_public_port_needs_no_token_and_unexposed_ports_are_404(web: Sandbox) -> None:
