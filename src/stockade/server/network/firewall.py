@@ -185,7 +185,13 @@ class Firewall:
         sb, rd = f"add rule inet {t} sb_{slot}", f"add rule inet {t} rd_{slot}"
         if policy.mode == "blocked":
             return f"{sb} goto refuse\n"
-        lines = [f"{sb} ip daddr {svc} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+        lines = [
+            # Sandboxes have IPv4 only, and may not pose as another address: the resolver
+            # and the egress proxy tell sandboxes apart by source address.
+            f"{sb} meta nfproto ipv6 goto refuse",
+            f"{sb} ip saddr != {self.block.sandbox_ip(slot)} goto refuse",
+            f"{sb} ip daddr {svc} meta l4proto {{ tcp, udp }} th dport 53 accept",
+        ]
         domains = policy.domain_allowlist is not None
         if domains:
             lines.append(f"{sb} ip daddr {svc} tcp dport {self.proxy_port} accept")
