@@ -75,6 +75,24 @@ def test_a_pooled_sandbox_is_configured_like_a_cold_one(pooled: LiveServer, clie
     _wait_ready(pooled, 2)  # refilled in the background
 
 
+def test_a_pooled_sandbox_gets_the_callers_network(pooled: LiveServer, client: Client) -> None:
+    _wait_ready(pooled, 2)
+    with Sandbox.create(
+        image="debian", block_network=True, ports=[8080], client=client, timeout=60
+    ) as sb:
+        info = sb.info()
+        assert info.network is not None and info.network.mode == "blocked" and info.network.ip
+        assert [p.port for p in info.ports] == [8080] and info.access_token
+        # The host refuses everything it sends (the pool booted it with the default policy).
+        r = sb.run(["bash", "-c", "exec 3<>/dev/tcp/203.0.113.1/80 && echo connected"])
+        assert r.exit_code != 0 and "connected" not in r.stdout
+    with Sandbox.create(
+        image="debian", outbound_cidr_allowlist=["203.0.113.0/24"], client=client, timeout=60
+    ) as sb:
+        assert sb.last_info.network is not None
+        assert sb.last_info.network.outbound_cidr_allowlist == ["203.0.113.0/24"]
+
+
 def test_pooled_sandboxes_are_never_reused(pooled: LiveServer, client: Client) -> None:
     seen: set[str] = set()
     for _ in range(4):
