@@ -48,7 +48,7 @@ class NetworkIn(_Strict):
 
 
 class PortIn(_Strict):
-    port: int = Field(..., ge=1, le=65535)
+    port: int = Field(..., ge=1, le=65535, strict=True)
     public: bool = Field(False, description="Reachable without the sandbox's access token.")
 
 
@@ -71,7 +71,7 @@ class CreateSandbox(_Strict):
     outbound_domain_allowlist: list[str] | None = Field(
         None, description="Only these names may be reached (`example.com`, `*.example.org`)."
     )
-    ports: list[Annotated[int, Field(ge=1, le=65535)] | PortIn] = Field(
+    ports: list[Annotated[int, Field(ge=1, le=65535, strict=True)] | PortIn] = Field(
         default_factory=list,
         description="Ports served through the server's proxy: `8080` or "
         '`{"port": 8080, "public": true}`.',

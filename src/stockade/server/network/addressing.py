@@ -104,6 +104,8 @@ def claim_block(data_dir: Path) -> tuple[Block, IO[str]]:
         preferred = int(json.loads(state.read_text())["block"])
     except (OSError, ValueError, KeyError, TypeError):
         preferred = None
+    if preferred is not None and not 0 <= preferred < _BLOCKS:
+        preferred = None  # a damaged file: claim a block afresh
     order = [preferred] if preferred is not None else list(range(_BLOCKS))
     for number in order:
         lock = open(_LOCK_DIR / f"network-block-{number}.lock", "a")  # noqa: SIM115

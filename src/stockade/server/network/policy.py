@@ -45,6 +45,14 @@ def normalize_domain_pattern(text: str) -> str:
     """Lower-case, without a trailing dot; raises for anything that is not a host name."""
     pattern = text.strip().lower().rstrip(".")
     name = pattern[2:] if pattern.startswith("*.") else pattern
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise InvalidArgumentError(
+            f"{text!r} is an address, not a domain: put it in outbound_cidr_allowlist"
+        )
     labels = name.split(".")
     if (
         not name
