@@ -248,6 +248,21 @@ def test_nothing_listening_is_a_fast_502(web: Sandbox) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_a_blocked_sandbox_serves_nothing(web: Sandbox) -> None:
+    url, headers = web.tunnel(8000), {"X-Stockade-Access-Token": web.access_token}
+    web.set_network(block_network=True)
+    try:
+        r = httpx.get(url, headers=headers, timeout=10)
+        assert r.status_code == 409 and "block_network" in r.json()["error"]["message"]
+        # Not even the host gets through: the sandbox sends nothing back.
+        ip = web.last_info.network.ip  # type: ignore[union-attr]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{ip}:8000/", timeout=3)
+    finally:
+        web.set_network()
+    assert httpx.get(url, headers=headers, timeout=10).status_code == 200
+
+
 def test_expose_at_runtime(web: Sandbox) -> None:
     url = web.expose(8000, public=True)
     try:

@@ -303,6 +303,8 @@ DNS = "ip daddr 10.213.144.1 meta l4proto { tcp, udp } th dport 53 accept"
 PROXY = f"ip daddr 10.213.144.1 tcp dport {PROXY_PORT} accept"
 NO_IPV6 = "meta nfproto ipv6 goto refuse"
 NO_HOST = "fib daddr type local goto refuse"
+# Replies to connections the host (the port proxy) opened into the sandbox.
+HOST_REPLIES = "fib daddr type local ct state established,related accept"
 NO_SANDBOXES = "ip daddr 10.213.0.0/16 goto refuse"
 NO_PRIVATE = "ip daddr @private goto refuse"
 
@@ -363,7 +365,7 @@ def test_domain_only_rules() -> None:
     assert_in_order(sb, [DNS, PROXY, NO_HOST, NO_SANDBOXES, "goto refuse"])
     assert_guards_first(sb, 4)
     assert sb[-1] == "goto refuse"
-    assert [r for r in sb if r.endswith("accept")] == [DNS, PROXY]
+    assert [r for r in sb if r.endswith("accept")] == [DNS, PROXY, HOST_REPLIES]
     assert rules_of(script, "rd_4") == [
         "ip daddr 10.213.144.1 return",
         f"meta l4proto tcp dnat ip to 10.213.144.1:{PROXY_PORT}",
@@ -377,7 +379,7 @@ def test_cidr_and_domain_rules() -> None:
     assert_in_order(sb, [DNS, PROXY, NO_HOST, NO_SANDBOXES, allowed, "goto refuse"])
     assert_guards_first(sb, 4)
     assert sb[-1] == "goto refuse"
-    assert [r for r in sb if r.endswith("accept")] == [DNS, PROXY, allowed]
+    assert [r for r in sb if r.endswith("accept")] == [DNS, PROXY, HOST_REPLIES, allowed]
     # Allowed ranges bypass the proxy; every other TCP connection is sent to it.
     assert rules_of(script, "rd_4") == [
         "ip daddr 10.213.144.1 return",

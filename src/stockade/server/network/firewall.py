@@ -151,7 +151,6 @@ class Firewall:
             # connection that a new policy forbids breaks on its next packet.
             "  chain refuse { meta l4proto tcp reject with tcp reset; reject; }",
             "  chain input { type filter hook input priority filter; policy accept;",
-            f'    iifname "{b.if_prefix}*" ct state established,related accept',
             f'    iifname "{b.if_prefix}*" iifname vmap @sandbox_policy',
             f'    iifname "{b.if_prefix}*" goto refuse',
             "  }",
@@ -196,6 +195,9 @@ class Firewall:
         if domains:
             lines.append(f"{sb} ip daddr {svc} tcp dport {self.proxy_port} accept")
         lines += [
+            # Replies to the host's own connections: the port proxy reaching a server in
+            # the sandbox. (A blocked sandbox gets none: nothing reaches it.)
+            f"{sb} fib daddr type local ct state established,related accept",
             f"{sb} fib daddr type local goto refuse",
             f"{sb} ip daddr {SANDBOX_SUPERNET} goto refuse",
         ]

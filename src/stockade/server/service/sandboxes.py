@@ -402,6 +402,11 @@ class SandboxService:
                 "create the sandbox with ports=[...] or call sb.expose(port)"
             )
         ip = (record.network or {}).get("ip")
+        if NetworkPolicy.from_dict((record.network or {}).get("policy") or {}).block_network:
+            raise ConflictError(
+                f"sandbox {sandbox_id} runs with block_network=True, so nothing reaches it, "
+                "not even its exposed ports; open it with set_network() first"
+            )
         if not ip:
             raise ConflictError(
                 f"sandbox {sandbox_id} has no network: {(record.network or {}).get('reason')}"
