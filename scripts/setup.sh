@@ -6,10 +6,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE_DIR="${STOCKADE_CACHE_DIR:-/var/cache/stockade}"
 VENV="$ROOT/.venv"
-# nftables: the sandboxes' egress policy; dnsmasq-base and openssl: the tests' stand-in
-# DNS server and TLS certificates.
+# nftables: the sandboxes' egress policy. For the tests: dnsmasq-base and openssl (a
+# stand-in DNS server, TLS certificates), docker-registry, skopeo, umoci and apache2-utils
+# (a real registry on loopback, and the tools that build and push its images), and
+# busybox-static (a shell for those images).
 PACKAGES=(debootstrap e2fsprogs mount util-linux iproute2 nftables ca-certificates python3
-          python3-venv gcc libc6-dev dnsmasq-base openssl)
+          python3-venv gcc libc6-dev dnsmasq-base openssl docker-registry skopeo umoci
+          apache2-utils busybox-static)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -26,6 +29,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing apt packages: ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The tests start their own registries on loopback; the package's system service is not
+# wanted (on hosts that run systemd it would listen on port 5000).
+if [ -d /run/systemd/system ] && systemctl is-enabled -q docker-registry 2>/dev/null; then
+  systemctl disable --now -q docker-registry || true
 fi
 
 # runsc: $STOCKADE_RUNSC, a runsc on PATH from 2024 or later, or Debian trixie's package

@@ -25,16 +25,24 @@ from stockade.commands import CommandError, CommandResult, CommandTimeoutError
 from stockade.errors import (
     AuthenticationError,
     ConflictError,
+    DigestMismatchError,
+    ImageNotFoundError,
     InvalidArgumentError,
     NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachableError,
     SandboxTerminatedError,
     ServerError,
     StockadeConnectionError,
     StockadeError,
     StockadeTimeoutError,
+    UnsafeLayerError,
+    UnsupportedImageError,
     error_from_body,
 )
-from stockade.models import FileInfo, ImageInfo, SandboxInfo
+from stockade.image import Image
+from stockade.models import FileInfo, ImageInfo, NetworkInfo, PortInfo, SandboxInfo
 
 try:
     __version__ = _metadata.version("stockade")
@@ -54,12 +62,20 @@ __all__ = [
     "CommandResult",
     "CommandTimeoutError",
     "ConflictError",
+    "DigestMismatchError",
     "FileInfo",
     "Files",
+    "Image",
     "ImageInfo",
+    "ImageNotFoundError",
     "InvalidArgumentError",
+    "NetworkInfo",
     "NotFoundError",
+    "PortInfo",
     "Process",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryUnreachableError",
     "Sandbox",
     "SandboxInfo",
     "SandboxTerminatedError",
@@ -69,6 +85,8 @@ __all__ = [
     "StockadeTimeoutError",
     "StreamReader",
     "StreamWriter",
+    "UnsafeLayerError",
+    "UnsupportedImageError",
     "__version__",
     "error_from_body",
 ]

@@ -27,13 +27,20 @@ from typing import Any, ClassVar
 __all__ = [
     "AuthenticationError",
     "ConflictError",
+    "DigestMismatchError",
+    "ImageNotFoundError",
     "InvalidArgumentError",
     "NotFoundError",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryUnreachableError",
     "SandboxTerminatedError",
     "ServerError",
     "StockadeConnectionError",
     "StockadeError",
     "StockadeTimeoutError",
+    "UnsafeLayerError",
+    "UnsupportedImageError",
     "error_from_body",
 ]
 
@@ -124,6 +131,65 @@ class StockadeConnectionError(StockadeError, builtins.ConnectionError):
     status = 0
 
 
+# Registry pulls (stockade.server.images.oci). Each class keeps its base's HTTP status, so an
+# SDK that does not know the code yet still raises the base class; the code tells them apart.
+#
+#     NotFoundError        └── ImageNotFoundError     404 image_not_found
+#     InvalidArgumentError └── UnsupportedImageError  422 unsupported_image
+#                              └── UnsafeLayerError   422 unsafe_layer
+#     AuthenticationError  └── RegistryAuthError      403 registry_auth_failed
+#     StockadeError        └── RegistryError          502 registry_error
+#                              ├── RegistryUnreachableError 502 registry_unreachable
+#                              └── DigestMismatchError      502 digest_mismatch
+
+
+class ImageNotFoundError(NotFoundError):
+    """The registry has no such repository, tag or digest."""
+
+    code = "image_not_found"
+
+
+class UnsupportedImageError(InvalidArgumentError):
+    """The image exists but cannot run here (no linux/amd64, an artifact, an old schema)."""
+
+    code = "unsupported_image"
+
+
+class UnsafeLayerError(UnsupportedImageError):
+    """A layer archive tries to write outside its directory, or is not a valid archive."""
+
+    code = "unsafe_layer"
+
+
+class RegistryAuthError(AuthenticationError):
+    """The registry refused the credentials given (or demanded some and none were given).
+
+    403, not 401: the caller's Stockade token was fine; the registry's answer was no.
+    """
+
+    code = "registry_auth_failed"
+    status = 403
+
+
+class RegistryError(StockadeError):
+    """The registry answered something unusable: a server error, or content that is wrong."""
+
+    code = "registry_error"
+    status = 502
+
+
+class RegistryUnreachableError(RegistryError):
+    """The registry could not be reached: connection refused, DNS failure or timeout."""
+
+    code = "registry_unreachable"
+
+
+class DigestMismatchError(RegistryError):
+    """Downloaded content does not hash to the digest that names it: corrupt or tampered."""
+
+    code = "digest_mismatch"
+
+
 _BY_CODE: dict[str, type[StockadeError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": AuthenticationError,
@@ -135,6 +201,13 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "sandbox_terminated": SandboxTerminatedError,
     "timeout": StockadeTimeoutError,
     "internal": ServerError,
+    "image_not_found": ImageNotFoundError,
+    "unsupported_image": UnsupportedImageError,
+    "unsafe_layer": UnsafeLayerError,
+    "registry_auth_failed": RegistryAuthError,
+    "registry_error": RegistryError,
+    "registry_unreachable": RegistryUnreachableError,
+    "digest_mismatch": DigestMismatchError,
 }
 
 _BY_STATUS: dict[int, type[StockadeError]] = {

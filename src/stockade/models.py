@@ -275,7 +275,9 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """A base image sandboxes can start from; ``ready`` says whether it is built yet.
+    """An image sandboxes can start from: a base image (``kind="base"``; ``ready`` says
+    whether it is built yet) or a pulled registry image (``kind="registry"``, with its
+    manifest ``digest``).
 
     Example::
 
@@ -290,6 +292,9 @@ class ImageInfo:
     ready: bool
     description: str = ""
     size_mib: int | None = None
+    kind: str = "base"
+    digest: str | None = None
+    pinned: str | None = None  # registry/repository@digest
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
@@ -303,6 +308,9 @@ class ImageInfo:
             ready=ready,
             description=_str(data, "description", ""),
             size_mib=None if size is None else int(_num(data, "size_mib", 0)),
+            kind=_str(data, "kind", "base"),
+            digest=_opt_str(data, "digest"),
+            pinned=_opt_str(data, "pinned"),
         )
 
     def to_json(self) -> dict[str, Any]:

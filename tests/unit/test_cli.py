@@ -19,7 +19,7 @@ from tests.unit.fakes import TOKEN, FakeApi, FakeExecServer
 Invoke = Callable[..., Result]
 
 COMMANDS = ["serve", "images", "create", "ls", "info", "rm", "logs", "run", "exec", "shell", "cp",
-            "network", "expose", "port-forward"]  # fmt: skip
+            "network", "expose", "port-forward", "image"]  # fmt: skip
 
 
 @pytest.fixture

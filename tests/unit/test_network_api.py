@@ -181,7 +181,7 @@ class FakeSandboxes:
 
 
 class FakeImages:
-    def info(self, name: str) -> None:
+    def check(self, name: str) -> None:
         if name != "python":
             raise NotFoundError(f"image {name!r} does not exist; the images are: python")
 

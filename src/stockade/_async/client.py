@@ -130,6 +130,35 @@ class AsyncClient:
                     raise _protocol.error_from_event(event.get("error"))
         raise ServerError(f"the build of image {name!r} ended without a result; see the server log")
 
+    async def pull_image(
+        self,
+        ref: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        on_log: Callable[[str], object] | None = None,
+    ) -> ImageInfo:
+        """Pull a registry image onto the server (layers already there are not fetched
+        again); ``on_log`` gets each progress line. ``auth`` is ``(username, password)``.
+
+        Example::
+
+            image = await client.pull_image("127.0.0.1:5000/team/app:v1", on_log=print)
+            print(image.digest)
+        """
+        body: dict[str, object] = {"ref": ref}
+        if auth is not None:
+            body["auth"] = {"username": auth[0], "password": auth[1]}
+        async with self.ndjson("POST", "/v1/images/pull", json=body) as events:
+            async for event in events:
+                kind = event["type"]
+                if kind == "log" and on_log is not None:
+                    on_log(str(event.get("line", "")))
+                elif kind == "done":
+                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
+                elif kind == "error":
+                    raise _protocol.error_from_event(event.get("error"))
+        raise ServerError(f"pulling {ref!r} ended without a result; see the server log")
+
     # -- the transport, used by sandboxes, files and processes ---------------------------
 
     async def request(

@@ -13,6 +13,7 @@ from stockade._async.files import AsyncFiles
 from stockade._async.process import AsyncProcess, cut_short
 from stockade.commands import CommandResult, CommandTimeoutError
 from stockade.errors import InvalidArgumentError
+from stockade.image import Image
 from stockade.models import SandboxInfo
 
 __all__ = ["AsyncSandbox"]
@@ -26,6 +27,19 @@ def _client_for(client: AsyncClient | None, url: str | None, token: str | None) 
     if url is not None or token is not None:
         raise InvalidArgumentError("pass either client= or url=/token=, not both")
     return client
+
+
+async def _image_ref(
+    client: AsyncClient, image: str | Image, on_log: Callable[[str], object] | None
+) -> str:
+    """What ``POST /v1/sandboxes`` gets as ``image``: a registry image is pulled first and
+    then named by digest, so the create never asks the registry again (and needs no auth)."""
+    if isinstance(image, str):
+        return image
+    if not image.is_registry:
+        return image.name
+    pulled = await client.pull_image(image.name, auth=image.auth, on_log=on_log)
+    return pulled.pinned or image.name
 
 
 class AsyncSandbox:
@@ -72,7 +86,7 @@ class AsyncSandbox:
     async def create(
         cls,
         *,
-        image: str = "python",
+        image: str | Image = "python",
         cpu: float | None = None,
         memory: int | None = None,
         disk: int | None = None,
@@ -85,6 +99,7 @@ class AsyncSandbox:
         outbound_cidr_allowlist: Sequence[str] | None = None,
         outbound_domain_allowlist: Sequence[str] | None = None,
         ports: Sequence[int | Mapping[str, object]] | None = None,
+        on_image_log: Callable[[str], object] | None = None,
         client: AsyncClient | None = None,
         url: str | None = None,
         token: str | None = None,
@@ -104,12 +119,18 @@ class AsyncSandbox:
         those. :meth:`set_network` changes it later. ``ports`` are served through the
         server (see :meth:`tunnel`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
 
+        ``image`` is a base image's name or an :class:`~stockade.Image`; a registry image
+        (``Image.from_registry(...)``) is pulled first, once, and ``on_image_log`` gets the
+        pull's progress lines.
+
         Example::
 
             sb = await AsyncSandbox.create(image="python", memory=1024, tags={"user": "x"})
         """
+        client = _client_for(client, url, token)
+        image_ref = await _image_ref(client, image, on_image_log)
         body = _base.create_body(
-            image=image,
+            image=image_ref,
             cpu=cpu,
             memory=memory,
             disk=disk,
@@ -123,7 +144,6 @@ class AsyncSandbox:
             outbound_domain_allowlist=outbound_domain_allowlist,
             ports=ports,
         )
-        client = _client_for(client, url, token)
         data = await client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
 

@@ -15,6 +15,7 @@ from stockade._sync.files import Files
 from stockade._sync.process import Process, cut_short
 from stockade.commands import CommandResult, CommandTimeoutError
 from stockade.errors import InvalidArgumentError
+from stockade.image import Image
 from stockade.models import SandboxInfo
 
 __all__ = ["Sandbox"]
@@ -28,6 +29,19 @@ def _client_for(client: Client | None, url: str | None, token: str | None) -> Cl
     if url is not None or token is not None:
         raise InvalidArgumentError("pass either client= or url=/token=, not both")
     return client
+
+
+def _image_ref(
+    client: Client, image: str | Image, on_log: Callable[[str], object] | None
+) -> str:
+    """What ``POST /v1/sandboxes`` gets as ``image``: a registry image is pulled first and
+    then named by digest, so the create never asks the registry again (and needs no auth)."""
+    if isinstance(image, str):
+        return image
+    if not image.is_registry:
+        return image.name
+    pulled = client.pull_image(image.name, auth=image.auth, on_log=on_log)
+    return pulled.pinned or image.name
 
 
 class Sandbox:
@@ -74,7 +88,7 @@ class Sandbox:
     def create(
         cls,
         *,
-        image: str = "python",
+        image: str | Image = "python",
         cpu: float | None = None,
         memory: int | None = None,
         disk: int | None = None,
@@ -87,6 +101,7 @@ class Sandbox:
         outbound_cidr_allowlist: Sequence[str] | None = None,
         outbound_domain_allowlist: Sequence[str] | None = None,
         ports: Sequence[int | Mapping[str, object]] | None = None,
+        on_image_log: Callable[[str], object] | None = None,
         client: Client | None = None,
         url: str | None = None,
         token: str | None = None,
@@ -106,12 +121,18 @@ class Sandbox:
         those. :meth:`set_network` changes it later. ``ports`` are served through the
         server (see :meth:`tunnel`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
 
+        ``image`` is a base image's name or an :class:`~stockade.Image`; a registry image
+        (``Image.from_registry(...)``) is pulled first, once, and ``on_image_log`` gets the
+        pull's progress lines.
+
         Example::
 
             sb = Sandbox.create(image="python", memory=1024, tags={"user": "x"})
         """
+        client = _client_for(client, url, token)
+        image_ref = _image_ref(client, image, on_image_log)
         body = _base.create_body(
-            image=image,
+            image=image_ref,
             cpu=cpu,
             memory=memory,
             disk=disk,
@@ -125,7 +146,6 @@ class Sandbox:
             outbound_domain_allowlist=outbound_domain_allowlist,
             ports=ports,
         )
-        client = _client_for(client, url, token)
         data = client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
 

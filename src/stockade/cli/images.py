@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections import deque
+from collections.abc import Callable
 
 import click
 from rich.console import Group, RenderableType
@@ -11,26 +13,40 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from stockade import Client, ImageInfo
+from stockade import Client, Image, ImageInfo
 from stockade.cli._common import CliState, pass_state, print_json, stderr_console, stdout_console
 
 # How many of the builder's latest log lines stay on screen under the spinner.
 _TAIL_LINES = 6
 
 
-def ensure_image(client: Client, name: str) -> None:
-    """Build image ``name`` first if it is not ready, showing progress on stderr.
+def ensure_image(client: Client, name: str) -> str:
+    """Build base image ``name``, or pull registry image ``name``, first if it is not
+    ready, showing progress on stderr; returns the image to create from.
 
     Without this, ``create`` would block silently while the server builds the image.
     """
+    if Image(name).is_registry:
+        info = _with_progress(client, f"pulling {name}", name, pull=True)
+        return info.pinned or name
     if any(image.name == name and image.ready for image in client.images()):
-        return
-    console = stderr_console()
+        return name
     title = f"building image {name} (first use; this takes a minute or so)"
+    _with_progress(client, title, name, pull=False)
+    return name
+
+
+def _with_progress(client: Client, title: str, name: str, *, pull: bool) -> ImageInfo:
+    def work(on_log: Callable[[str], object]) -> ImageInfo:
+        if pull:
+            return client.pull_image(name, on_log=on_log)
+        return client.build_image(name, on_log=on_log)
+
+    console = stderr_console()
     if not console.is_terminal:
         # A log file or CI: plain lines, which survive where a live display would not.
         console.print(title)
-        info = client.build_image(name, on_log=lambda line: console.print(f"  {line}"))
+        info = work(lambda line: console.print(f"  {line}"))
     else:
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         spinner = Spinner("dots", text=Text(title))
@@ -47,9 +63,10 @@ def ensure_image(client: Client, name: str) -> None:
                 tail.append(line)
                 live.update(render())
 
-            info = client.build_image(name, on_log=on_log)
+            info = work(on_log)
     size = f" ({info.size_mib} MiB)" if info.size_mib is not None else ""
     console.print(Text(f"image {info.name} is ready{size}", style="green"))
+    return info
 
 
 @click.command("images")
@@ -66,10 +83,48 @@ def images(state: CliState, as_json: bool) -> None:
 
 def _table(found: list[ImageInfo]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "READY", "SIZE", "DESCRIPTION"):
+    for column in ("NAME", "READY", "SIZE", "DIGEST", "DESCRIPTION"):
         table.add_column(column, no_wrap=column != "DESCRIPTION")
-    for image in found:
-        size = f"{image.size_mib} MiB" if image.size_mib is not None else "-"
-        ready = Text("yes", style="green") if image.ready else Text("no (built on first use)")
-        table.add_row(image.name, ready, size, image.description)
+    for info in found:
+        size = f"{info.size_mib} MiB" if info.size_mib is not None else "-"
+        ready = Text("yes", style="green") if info.ready else Text("no (built on first use)")
+        digest = info.digest[:19] + "…" if info.digest else "-"
+        table.add_row(info.name, ready, size, digest, info.description)
     return table
+
+
+@click.group("image")
+def image() -> None:
+    """Registry images: pull them, list them."""
+
+
+@image.command("pull")
+@click.argument("ref")
+@click.option("--username", help="Registry user name (the password is read from stdin).")
+@pass_state
+def image_pull(state: CliState, ref: str, username: str | None) -> None:
+    """Pull a registry image (e.g. python:3.12-slim) so sandboxes start from it at once."""
+    auth = None
+    if username:
+        password = sys.stdin.readline().rstrip("\n")
+        auth = (username, password)
+    client = state.client()
+    console = stderr_console()
+
+    def show(line: str) -> None:
+        console.print(f"  {line}")
+
+    info = client.pull_image(ref, auth=auth, on_log=show)
+    click.echo(info.pinned or info.name)
+
+
+@image.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def image_ls(state: CliState, as_json: bool) -> None:
+    """List the base images and the pulled registry images."""
+    found = state.client().images()
+    if as_json:
+        print_json([i.to_json() for i in found])
+        return
+    stdout_console().print(_table(found))

@@ -9,7 +9,7 @@ import click
 from stockade import StockadeError, __version__
 from stockade.cli._common import CliState, print_error
 from stockade.cli.files import cp
-from stockade.cli.images import images
+from stockade.cli.images import image, images
 from stockade.cli.network import expose, network
 from stockade.cli.ports import port_forward
 from stockade.cli.run import exec_, run
@@ -63,7 +63,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 for _command in (
     serve, images, create, ls, info, rm, logs, run, exec_, shell, cp, network, expose,
-    port_forward,
+    port_forward, image,
 ):  # fmt: skip
     cli.add_command(_command)
 

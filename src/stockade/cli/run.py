@@ -116,7 +116,7 @@ def run(
     """
     argv = command_args(command)
     client = state.client()
-    ensure_image(client, image)
+    image = ensure_image(client, image)
     lifetime = None if timeout is None else min(timeout + _SANDBOX_GRACE, _MAX_SANDBOX_TIMEOUT)
     sb = Sandbox.create(
         image=image, cpu=cpu, memory=memory, disk=disk, timeout=lifetime, env=env,

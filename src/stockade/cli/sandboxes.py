@@ -73,7 +73,7 @@ def create(
     if entrypoint is not None and not argv:
         fail("--entrypoint is empty; give the command to run")
     client = state.client()
-    ensure_image(client, image)
+    image = ensure_image(client, image)
     sb = Sandbox.create(
         image=image, cpu=cpu, memory=memory, disk=disk, timeout=timeout, env=env,
         workdir=workdir, tags=tags, entrypoint=argv, client=client,

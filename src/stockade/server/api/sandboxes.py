@@ -44,7 +44,7 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
         raise InvalidArgumentError(
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
         )
-    svc.images.info(body.image)  # 404 naming the images, before any work
+    svc.images.check(body.image)  # 404 naming the images, or 422 for a bad reference
     policy = NetworkPolicy.parse(
         block_network=body.block_network,
         outbound_cidr_allowlist=body.outbound_cidr_allowlist,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..images.catalog import ImageInfo
+from ..images.oci import PulledImage
 from ..network.policy import NetworkPolicy
 from ..service.files import FileInfo
 from ..state.records import SandboxRecord
@@ -25,6 +26,8 @@ __all__ = [
     "NetworkOut",
     "PortIn",
     "PortOut",
+    "PullImage",
+    "RegistryLogin",
     "SandboxList",
     "SandboxOut",
     "WsExecRequest",
@@ -227,14 +230,42 @@ class MkdirRequest(_Strict):
 
 
 class ImageOut(BaseModel):
-    name: str
+    name: str = Field(description="A base image's name, or a registry reference.")
     description: str
     ready: bool
     size_mib: int | None
+    kind: Literal["base", "registry"] = "base"
+    digest: str | None = Field(default=None, description="The manifest digest of a registry image.")
+    pinned: str | None = Field(
+        default=None,
+        description="`registry/repository@digest`: creating from this never asks the registry.",
+    )
 
     @classmethod
     def of(cls, i: ImageInfo) -> ImageOut:
         return cls(name=i.name, description=i.description, ready=i.ready, size_mib=i.size_mib)
+
+    @classmethod
+    def of_pulled(cls, image: PulledImage) -> ImageOut:
+        return cls(
+            name=str(image.reference),
+            description=f"pulled from {image.reference.registry}",
+            ready=True,
+            size_mib=image.size // (1024 * 1024),
+            kind="registry",
+            digest=image.manifest_digest,
+            pinned=f"{image.reference.name}@{image.manifest_digest}",
+        )
+
+
+class RegistryLogin(_Strict):
+    username: str
+    password: str
+
+
+class PullImage(_Strict):
+    ref: str = Field(..., description="A registry reference, e.g. `python:3.12-slim`.")
+    auth: RegistryLogin | None = Field(None, description="Registry credentials, if needed.")
 
 
 class ImageList(BaseModel):

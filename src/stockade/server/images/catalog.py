@@ -1,7 +1,12 @@
 """The images a sandbox can start from, and the builds that make them.
 
 An image is a stack of read-only layer directories in the cache directory, mounted as the
-lower layers of each sandbox's overlay root. The base images come from debootstrap:
+lower layers of each sandbox's overlay root. A sandbox's ``image`` is either the name of a
+base image or an OCI registry reference (``python:3.12-slim``,
+``127.0.0.1:5000/team/app@sha256:…``), pulled into the layer store on first use (see
+``oci/``); a reference is anything with a ``:``, ``/`` or ``@`` in it.
+
+The base images come from debootstrap:
 
 - ``debian``: Debian bookworm minbase;
 - ``python``: the same plus python3, pip and venv, with the "externally managed" marker
@@ -22,15 +27,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NotFoundError, ServerError
 from ..runtime import proc
 from .mirror import debian_mirror
+from .oci import ImageConfig, LayerStore, PulledImage, RegistryAuth, parse_reference, pull
+from .oci.image import pulled_images
 
-__all__ = ["BaseImage", "BuildJob", "ImageCatalog", "ImageInfo"]
+__all__ = ["BaseImage", "BuildJob", "ImageCatalog", "ImageInfo", "ResolvedImage", "is_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,34 @@ class ImageInfo:
     ready: bool
     layers: tuple[Path, ...]
     size_mib: int | None
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What a sandbox needs of its image: the layers (top-first, for ``lowerdir``) and the
+    defaults of the image's config."""
+
+    lowerdirs: tuple[Path, ...]
+    env: dict[str, str]
+    workdir: str | None
+
+    @classmethod
+    def of_pulled(cls, image: PulledImage) -> ResolvedImage:
+        return cls(tuple(image.lowerdirs), _env_map(image.config), image.config.working_dir or None)
+
+
+def is_reference(image: str) -> bool:
+    """Whether ``image`` names a registry image rather than a base image."""
+    return any(c in image for c in ":/@")
+
+
+def _env_map(config: ImageConfig) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in config.env:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            env[key] = value
+    return env
 
 
 class BuildJob:
@@ -130,6 +165,8 @@ class ImageCatalog:
         self._mirror = mirror
         self._jobs: dict[str, BuildJob] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Layers of registry images, stored once each and shared by every image using them.
+        self.layers = LayerStore(cache_dir / "layers")
 
     def names(self) -> list[str]:
         return sorted(BASE_IMAGES)
@@ -167,6 +204,36 @@ class ImageCatalog:
         self._jobs[name] = job
         self._tasks[name] = asyncio.create_task(self._build(name, job), name=f"build-{name}")
         return job
+
+    def check(self, image: str) -> None:
+        """Raise for an image name or reference that cannot be valid, before any work."""
+        if is_reference(image):
+            parse_reference(image)
+        else:
+            self._base(image)
+
+    async def resolve(self, image: str) -> ResolvedImage:
+        """The layers and defaults of ``image``: a base image (built on first use) or a
+        registry reference (pulled on first use, anonymously; see :meth:`pull`)."""
+        if not is_reference(image):
+            info = await self.ensure(image)
+            return ResolvedImage(info.layers, {}, None)
+        return ResolvedImage.of_pulled(await self.pull(image))
+
+    async def pull(
+        self,
+        ref: str,
+        *,
+        auth: RegistryAuth | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> PulledImage:
+        """Pull a registry image unless its layers are already here (a tag is re-checked
+        with one manifest request; a digest reference needs none)."""
+        return await pull(ref, self.layers, auth=auth, on_progress=on_progress)
+
+    def pulled(self) -> list[PulledImage]:
+        """The registry images pulled so far, newest first."""
+        return pulled_images(self.layers)
 
     async def ensure(self, name: str) -> ImageInfo:
         """The image's info once it is built, building it first when needed."""

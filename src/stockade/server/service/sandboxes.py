@@ -165,7 +165,7 @@ class SandboxService:
     # ----------------------------------------------------------------------- create
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
-        image = await self.images.ensure(req.image)
+        image = await self.images.resolve(req.image)
         record = SandboxRecord(
             id=new_id("sb"),
             image=req.image,
@@ -173,15 +173,16 @@ class SandboxService:
             memory=req.memory,
             disk=req.disk,
             timeout=req.timeout,
-            env=dict(req.env),
-            workdir=req.workdir,
+            # The image's Env and WorkingDir are defaults; the caller's values win.
+            env={**image.env, **req.env},
+            workdir=req.workdir or image.workdir,
             tags=dict(req.tags),
             entrypoint=list(req.entrypoint) if req.entrypoint else None,
             created_at=time.time(),
             ports=[{"port": port, "public": public} for port, public in req.ports],
             access_token=_access_token(),
         )
-        return await self._boot(record, image.layers, pooled=False, policy=req.policy)
+        return await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
 
     async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
         """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).

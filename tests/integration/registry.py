@@ -1,0 +1,75 @@
+"""A real OCI registry (Debian's docker-registry) on loopback for the tests, and a runner for
+the tools that build and push images to it (umoci, skopeo)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def run_tool(*argv: str | Path, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"{argv} exited {result.returncode}: {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def start_registry(work: Path, name: str, storage: Path, auth: str = "") -> Registry:
+    port = free_port()
+    config = work / f"{name}.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
+        "  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n" + auth
+    )
+    log = work / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["/usr/bin/docker-registry", "serve", str(config)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    registry = Registry(f"127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            status = httpx.get(f"http://{registry.host}/v2/", timeout=1).status_code
+            if status in (200, 401):
+                return registry
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            registry.stop()
+            raise AssertionError(f"registry {name} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
