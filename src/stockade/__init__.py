@@ -24,6 +24,7 @@ from stockade._sync import Client, Files, Process, Sandbox, StreamReader, Stream
 from stockade.commands import CommandError, CommandResult, CommandTimeoutError
 from stockade.errors import (
     AuthenticationError,
+    BuildError,
     ConflictError,
     DigestMismatchError,
     ImageNotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "AsyncStreamReader",
     "AsyncStreamWriter",
     "AuthenticationError",
+    "BuildError",
     "Client",
     "CommandError",
     "CommandResult",

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthenticationError",
+    "BuildError",
     "ConflictError",
     "DigestMismatchError",
     "ImageNotFoundError",
@@ -190,6 +191,15 @@ class DigestMismatchError(RegistryError):
     code = "digest_mismatch"
 
 
+class BuildError(StockadeError):
+    """An image build failed: a step exited non-zero (the message has its exit code and
+    last lines of output, and names a missing package), or the build ran past its timeout.
+    """
+
+    code = "build_failed"
+    status = 422
+
+
 _BY_CODE: dict[str, type[StockadeError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": AuthenticationError,
@@ -208,6 +218,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "registry_error": RegistryError,
     "registry_unreachable": RegistryUnreachableError,
     "digest_mismatch": DigestMismatchError,
+    "build_failed": BuildError,
 }
 
 _BY_STATUS: dict[int, type[StockadeError]] = {

@@ -121,18 +121,25 @@ def _require_runsc_host() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def dns_upstream() -> Iterator[str]:
-    """Every server under test forwards its sandboxes' DNS to a resolver on loopback, so
-    no test query leaves the machine."""
+    """Every server under test forwards its sandboxes' DNS to a resolver on loopback, and
+    builds images from package sources on this machine, so no test query leaves it."""
+    # Image builds fetch packages only from the stand-in sources of netlab.py.
+    settings = {
+        "STOCKADE_BUILD_ALLOW_DOMAINS": "pypi.test,deb.test",
+        "STOCKADE_PIP_INDEX_URL": "http://pypi.test/simple",
+    }
     with stand_in_dns() as address:
-        saved = os.environ.get("STOCKADE_DNS_UPSTREAM")
-        os.environ["STOCKADE_DNS_UPSTREAM"] = address
+        settings["STOCKADE_DNS_UPSTREAM"] = address
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
         try:
             yield address
         finally:
-            if saved is None:
-                os.environ.pop("STOCKADE_DNS_UPSTREAM", None)
-            else:
-                os.environ["STOCKADE_DNS_UPSTREAM"] = saved
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,10 @@ Topology (each host is a namespace joined to the host by a veth transit link)::
     host ── stt-priv 10.77.254.1/30 ── 10.77.254.2  [stktest-priv] 10.77.1.10 on lo
 
 The public addresses are reached through a route, not a connected subnet, so the server
-does not mistake them for its LAN. Each host serves HTTP on port 80 (the reply names the
+does not mistake them for its LAN. The namespaces have no default route: nothing in them
+can send a packet off this machine. Each host serves HTTP on port 80 (the reply names the
 address that was hit and the Host header) and the public one HTTPS on 443 with a
-self-signed certificate for ``public.test``.
+self-signed certificate for ``public.test``; with ``files``, FILES_IP serves a directory.
 
 dnsmasq answers ``public.test`` → 198.51.100.10, ``other.test`` → 198.51.100.20,
 ``private.test`` → 10.77.1.10, and nothing else (it has no upstream).
@@ -28,6 +29,8 @@ from pathlib import Path
 
 PUBLIC_IP = "198.51.100.10"
 OTHER_PUBLIC_IP = "198.51.100.20"
+# Serves a directory of files (a package index): pypi.test and deb.test.
+FILES_IP = "198.51.100.30"
 PRIVATE_IP = "10.77.1.10"
 
 _SERVER = r"""
@@ -44,13 +47,17 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-servers = [S(("0.0.0.0", 80), H)]
-if len(sys.argv) > 2:
-    tls = S(("0.0.0.0", 443), H)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-    tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
-    servers.append(tls)
+    def server_bind(self):  # HTTPServer's would look the address up in DNS
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+servers = [S((a, 80), H) for a in sys.argv[1].split(",")]
+if len(sys.argv) > 3:
+    for a in sys.argv[1].split(","):
+        tls = S((a, 443), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+        servers.append(tls)
 for s in servers[1:]:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)
@@ -72,7 +79,13 @@ class _Host:
 
 
 _HOSTS = (
-    _Host("stktest-pub", "stt-pub", "10.77.255", (PUBLIC_IP, OTHER_PUBLIC_IP), "198.51.100.0/24"),
+    _Host(
+        "stktest-pub",
+        "stt-pub",
+        "10.77.255",
+        (PUBLIC_IP, OTHER_PUBLIC_IP, FILES_IP),
+        "198.51.100.0/24",
+    ),
     _Host("stktest-priv", "stt-priv", "10.77.254", (PRIVATE_IP,), "10.77.1.0/24"),
 )
 
@@ -84,8 +97,11 @@ def _teardown() -> None:
 
 
 @contextlib.contextmanager
-def netlab() -> Iterator[Path]:
-    """Build the stand-in hosts and their servers; yields the directory of the TLS cert."""
+def netlab(files: Path | None = None) -> Iterator[Path]:
+    """Build the stand-in hosts and their servers; yields the directory of the TLS cert.
+
+    With ``files``, the public host also serves that directory at FILES_IP port 80.
+    """
     _teardown()
     tmp = Path(tempfile.mkdtemp(prefix="stockade-netlab-"))
     cert, key = tmp / "cert.pem", tmp / "key.pem"
@@ -107,17 +123,20 @@ def netlab() -> Iterator[Path]:
             _ip("-n", h.ns, "link", "set", "lo", "up")
             for a in h.addresses:
                 _ip("-n", h.ns, "addr", "add", f"{a}/32", "dev", "lo")
-            _ip("-n", h.ns, "route", "add", "default", "via", f"{h.transit}.1")
             _ip("route", "add", h.route, "via", f"{h.transit}.2")
             extra = [str(cert), str(key)] if h.ns == "stktest-pub" else []
+            # Each address on its own: FILES_IP's port 80 belongs to the file server.
+            served = ",".join(a for a in h.addresses if a != FILES_IP)
             p = subprocess.Popen(
-                ["ip", "netns", "exec", h.ns, "python3", "-c", _SERVER, *extra],
+                ["ip", "netns", "exec", h.ns, "python3", "-c", _SERVER, served, *extra],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             servers.append(p)
             assert p.stdout is not None
             if p.stdout.readline().strip() != b"ready":
                 raise RuntimeError(f"the stand-in server in {h.ns} did not start")
+        if files is not None:
+            servers.append(_serve_files(files))
         yield tmp
     finally:
         for p in servers:
@@ -127,6 +146,41 @@ def netlab() -> Iterator[Path]:
                 p.stdout.close()
         _teardown()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+_FILE_SERVER = r"""
+import functools, http.server, socketserver, sys
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    def server_bind(self):  # HTTPServer's would look the address up in DNS
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+S((sys.argv[1], 80), functools.partial(H, directory=sys.argv[2])).serve_forever()
+"""
+
+
+def _serve_files(directory: Path) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", "stktest-pub", "python3", "-c", _FILE_SERVER, FILES_IP,
+         str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        probe = subprocess.run(
+            ["ip", "netns", "exec", "stktest-pub", "python3", "-c",
+             f"import socket; socket.create_connection(('{FILES_IP}', 80), timeout=1)"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return p
+        time.sleep(0.1)
+    p.kill()
+    raise RuntimeError("the stand-in file server did not start")
 
 
 def _free_udp_port() -> int:
@@ -144,7 +198,8 @@ def stand_in_dns() -> Iterator[str]:
         ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
          "--listen-address=127.0.0.1", f"--port={port}", "--user=root", "--pid-file",
          f"--address=/public.test/{PUBLIC_IP}", f"--address=/other.test/{OTHER_PUBLIC_IP}",
-         f"--address=/private.test/{PRIVATE_IP}", "--log-facility=/dev/null"],
+         f"--address=/private.test/{PRIVATE_IP}", f"--address=/pypi.test/{FILES_IP}",
+         f"--address=/deb.test/{FILES_IP}", "--log-facility=/dev/null"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

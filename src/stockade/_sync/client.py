@@ -19,6 +19,7 @@ import httpx
 from stockade import _base, _config, _protocol
 from stockade._transport import WebSocket
 from stockade.errors import ServerError
+from stockade.image import Image, context_tar
 from stockade.models import ImageInfo
 
 __all__ = ["Client"]
@@ -132,6 +133,46 @@ class Client:
                     raise _protocol.error_from_event(event.get("error"))
         raise ServerError(f"the build of image {name!r} ended without a result; see the server log")
 
+    def build(
+        self,
+        image: Image,
+        *,
+        tag: str | None = None,
+        on_log: Callable[[str], object] | None = None,
+        timeout: float | None = None,
+    ) -> ImageInfo:
+        """Build ``image`` on the server (steps already built come from the cache) and,
+        with ``tag`` (``name:tag``), name it. ``on_log`` gets each line of the build log.
+        A failing step raises :class:`~stockade.BuildError` with its exit code and output.
+
+        Example::
+
+            info = client.build(Image.debian_slim().pip_install("httpx"), tag="agent:v1")
+        """
+        contexts: dict[int, str] = {}
+        for index, copy in image.copies:
+            # Local files, read once per build; the server keeps them by digest.
+            data, digest = context_tar(copy)
+            path = f"/v1/images/contexts/{digest}"
+            if not self._has(path):
+                self.request("PUT", path, content=data, timeout=_base.LONG_TIMEOUT)
+            contexts[index] = digest
+        body = image.build_body(contexts)
+        if tag is not None:
+            body["tag"] = tag
+        if timeout is not None:
+            body["timeout"] = timeout
+        with self.ndjson("POST", "/v1/images/builds", json=body) as events:
+            for event in events:
+                kind = event["type"]
+                if kind == "log" and on_log is not None:
+                    on_log(str(event.get("line", "")))
+                elif kind == "done":
+                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
+                elif kind == "error":
+                    raise _protocol.error_from_event(event.get("error"))
+        raise ServerError("the build ended without a result; see the server log")
+
     def pull_image(
         self,
         ref: str,
@@ -162,6 +203,14 @@ class Client:
         raise ServerError(f"pulling {ref!r} ended without a result; see the server log")
 
     # -- the transport, used by sandboxes, files and processes ---------------------------
+
+    def _has(self, path: str) -> bool:
+        """Whether ``HEAD path`` finds something (uploads are skipped when it does)."""
+        try:
+            response = self._http.request("HEAD", path)
+        except httpx.HTTPError as exc:
+            raise _base.transport_error(exc, url=self.url, action=f"HEAD {path}") from exc
+        return response.status_code == 200
 
     def request(
         self,

@@ -34,10 +34,14 @@ def _client_for(client: Client | None, url: str | None, token: str | None) -> Cl
 def _image_ref(
     client: Client, image: str | Image, on_log: Callable[[str], object] | None
 ) -> str:
-    """What ``POST /v1/sandboxes`` gets as ``image``: a registry image is pulled first and
-    then named by digest, so the create never asks the registry again (and needs no auth)."""
+    """What ``POST /v1/sandboxes`` gets as ``image``: an image with steps is built first (or
+    found in the cache) and named by its ID; a registry image is pulled first and named by
+    digest, so the create never asks the registry again (and needs no auth)."""
     if isinstance(image, str):
         return image
+    if not image.is_plain:
+        built = client.build(image, on_log=on_log)
+        return built.pinned or built.name
     if not image.is_registry:
         return image.name
     pulled = client.pull_image(image.name, auth=image.auth, on_log=on_log)

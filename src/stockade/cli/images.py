@@ -13,7 +13,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from stockade import Client, Image, ImageInfo
+from stockade import Client, ImageInfo
 from stockade.cli._common import CliState, pass_state, print_json, stderr_console, stdout_console
 
 # How many of the builder's latest log lines stay on screen under the spinner.
@@ -26,11 +26,11 @@ def ensure_image(client: Client, name: str) -> str:
 
     Without this, ``create`` would block silently while the server builds the image.
     """
-    if Image(name).is_registry:
+    if any(image.name == name and image.ready for image in client.images()):
+        return name  # a base image that is built, a named image or a pulled one
+    if any(c in name for c in ":/@"):
         info = _with_progress(client, f"pulling {name}", name, pull=True)
         return info.pinned or name
-    if any(image.name == name and image.ready for image in client.images()):
-        return name
     title = f"building image {name} (first use; this takes a minute or so)"
     _with_progress(client, title, name, pull=False)
     return name
@@ -128,3 +128,9 @@ def image_ls(state: CliState, as_json: bool) -> None:
         print_json([i.to_json() for i in found])
         return
     stdout_console().print(_table(found))
+
+
+# At the end: image_export's command joins the `image` group defined above.
+from stockade.cli.image_export import export as _export  # noqa: E402
+
+image.add_command(_export)

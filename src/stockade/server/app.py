@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from .._version import __version__
-from .api import execs, files, images, pools, sandboxes
+from .api import execs, files, image_export, images, pools, sandboxes
 from .api.deps import Services, require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from .api.schemas import ErrorBody
 from .config import ServerConfig
+from .images.builder import ImageBuilder, build_policy, pip_env
 from .images.catalog import ImageCatalog
 from .network import ingress
 from .network.manager import NetworkManager
@@ -46,7 +47,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         reaper = Reaper()
         reaper.start()
         store = SQLiteStore(config.db_path)
-        catalog = ImageCatalog(config.cache_dir)
+        catalog = ImageCatalog(config.cache_dir, data_dir=config.data_dir)
         network = NetworkManager(
             config.data_dir,
             config.cache_dir,
@@ -63,6 +64,14 @@ def create_app(config: ServerConfig) -> FastAPI:
             execs=exec_service,
             files=FileService(exec_service),
             pools=pool_manager,
+            builder=ImageBuilder(
+                config.cache_dir,
+                catalog,
+                sandbox_service,
+                exec_service,
+                policy=build_policy(config),
+                step_env=pip_env(config.pip_index_url),
+            ),
         )
         await sandbox_service.start()
         # The port proxy (network/ingress.py) resolves sandbox ports through the service.
@@ -90,6 +99,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(execs.router, dependencies=auth)
     app.include_router(files.router, dependencies=auth)
     app.include_router(images.router, dependencies=auth)
+    app.include_router(image_export.router, dependencies=auth)
     app.include_router(pools.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)

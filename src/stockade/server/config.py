@@ -60,6 +60,10 @@ class ServerConfig:
     # Host-based tunnel URLs `https://{port}-{id}.<domain>` (a wildcard DNS name pointing at
     # this server); empty: path-based `<server>/proxy/{id}/{port}/`.
     tunnel_domain: str = ""
+    # Image builds: the names their steps may reach (empty: the Debian mirror and PyPI) and
+    # the pip index they use (empty: pip's default).
+    build_allow_domains: tuple[str, ...] = ()
+    pip_index_url: str = ""
 
     @classmethod
     def load(
@@ -88,6 +92,9 @@ class ServerConfig:
         )
         env_dns = os.environ.get("STOCKADE_DNS_UPSTREAM", "")
         cfg.dns_upstreams = dns_upstreams or tuple(u for u in env_dns.split(",") if u.strip())
+        env_allow = os.environ.get("STOCKADE_BUILD_ALLOW_DOMAINS", "")
+        cfg.build_allow_domains = tuple(d.strip() for d in env_allow.split(",") if d.strip())
+        cfg.pip_index_url = os.environ.get("STOCKADE_PIP_INDEX_URL", "").strip()
         cfg.tunnel_domain = (
             tunnel_domain
             if tunnel_domain is not None

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from ...errors import AuthenticationError
 from ..config import ServerConfig
+from ..images.builder import ImageBuilder
 from ..images.catalog import ImageCatalog
 from ..service.execs import ExecService
 from ..service.files import FileService
@@ -26,6 +27,7 @@ class Services:
     execs: ExecService
     files: FileService
     pools: PoolManager
+    builder: ImageBuilder
 
 
 def services(conn: HTTPConnection) -> Services:

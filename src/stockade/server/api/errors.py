@@ -132,12 +132,21 @@ class JsonByDefault:
         if (
             scope["type"] == "http"
             and scope["method"] in ("POST", "PUT", "PATCH")
-            and not scope["path"].endswith(self.exempt_suffix)
+            and not _is_upload(scope, self.exempt_suffix)
         ):
             headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
             headers.append((b"content-type", b"application/json"))
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
+
+
+# Streamed uploads of raw bytes: file contents, and the files of an image's copy steps.
+_UPLOAD_PREFIX = "/v1/images/contexts/"
+
+
+def _is_upload(scope: Scope, suffix: str) -> bool:
+    path: str = scope["path"]
+    return scope["method"] == "PUT" and (path.endswith(suffix) or path.startswith(_UPLOAD_PREFIX))
 
 
 class BodyLimit:
@@ -149,9 +158,7 @@ class BodyLimit:
         self.exempt_suffix = exempt_suffix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (
-            scope["method"] == "PUT" and scope["path"].endswith(self.exempt_suffix)
-        ):
+        if scope["type"] != "http" or _is_upload(scope, self.exempt_suffix):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

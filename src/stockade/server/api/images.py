@@ -4,20 +4,30 @@ their progress streamed as NDJSON events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ...errors import StockadeError
+from ...errors import InvalidArgumentError, StockadeError
+from ..images.builder import parse_spec
+from ..images.built import BuiltImage
 from ..images.oci import RegistryAuth, parse_reference
+from ..images.tags import parse_tag
 from .deps import Services, services
 from .schemas import ImageList, ImageOut, PullImage
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_CONTEXT_LIMIT = 4 << 30
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 Svc = Annotated[Services, Depends(services)]
@@ -27,7 +37,71 @@ Svc = Annotated[Services, Depends(services)]
 async def list_images(svc: Svc) -> ImageList:
     base = [ImageOut.of(svc.images.info(n)) for n in svc.images.names()]
     pulled = [ImageOut.of_pulled(i) for i in await asyncio.to_thread(svc.images.pulled)]
-    return ImageList(images=[*base, *pulled])
+    named = []
+    for name, (image_id, _when) in sorted(svc.images.tags.all().items()):
+        built = svc.images.built(image_id)
+        if built is not None:
+            named.append(ImageOut.of_built(built, name))
+    return ImageList(images=[*base, *named, *pulled])
+
+
+@router.put(
+    "/contexts/{digest}",
+    status_code=204,
+    summary="Upload the files of a copy step (a tar named by its sha256)",
+)
+async def put_context(digest: str, request: Request, svc: Svc) -> Response:
+    path = svc.builder.context_path(digest)
+    if path.exists():
+        return Response(status_code=204)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as out:  # noqa: ASYNC230  (chunks are written as they come)
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > _CONTEXT_LIMIT:
+                    raise InvalidArgumentError(
+                        f"the files of a copy step are over {_CONTEXT_LIMIT >> 30} GiB"
+                    )
+                h.update(chunk)
+                out.write(chunk)
+        if f"sha256:{h.hexdigest()}" != digest:
+            raise InvalidArgumentError(
+                f"the upload's sha256 is sha256:{h.hexdigest()}, not {digest}; upload again"
+            )
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return Response(status_code=204)
+
+
+@router.head("/contexts/{digest}", summary="Whether the files of a copy step are uploaded")
+async def has_context(digest: str, svc: Svc) -> Response:
+    found = await asyncio.to_thread(svc.builder.context_path(digest).exists)
+    return Response(status_code=200 if found else 404)
+
+
+@router.post(
+    "/builds",
+    summary="Build an image from steps, streaming its log as NDJSON events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def build_steps(body: dict[str, Any], svc: Svc) -> StreamingResponse:
+    spec = parse_spec(body)
+    tag = body.get("tag")
+    if tag is not None:
+        if not isinstance(tag, str):
+            raise InvalidArgumentError("tag must be a string such as agent:v1")
+        parse_tag(tag)
+    return _stream(
+        lambda say: svc.builder.build(spec, say),
+        lambda built: _built_out(svc, built, tag),
+        what="the build",
+    )
 
 
 @router.post(
@@ -39,31 +113,50 @@ async def list_images(svc: Svc) -> ImageList:
 async def pull_image(body: PullImage, svc: Svc) -> StreamingResponse:
     parse_reference(body.ref)  # 422 for a malformed reference, before streaming starts
     auth = RegistryAuth(body.auth.username, body.auth.password) if body.auth else None
+    return _stream(
+        lambda say: svc.images.pull(body.ref, auth=auth, on_progress=say),
+        ImageOut.of_pulled,
+        what=f"pulling {body.ref}",
+    )
+
+
+def _stream(
+    work: Callable[[Callable[[str], None]], Coroutine[Any, Any, _T]],
+    done: Callable[[_T], ImageOut],
+    *,
+    what: str,
+) -> StreamingResponse:
+    """Run ``work`` (given a log function) while streaming its log lines as NDJSON ``log``
+    events, then a ``done`` event with the image, or an ``error`` event."""
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def events() -> AsyncIterator[bytes]:
-        task = asyncio.create_task(
-            svc.images.pull(body.ref, auth=auth, on_progress=lines.put_nowait)
-        )
+        task: asyncio.Task[_T] = asyncio.create_task(work(lines.put_nowait))
         task.add_done_callback(lambda _: lines.put_nowait(None))
         try:
             while (line := await lines.get()) is not None:
                 yield _line({"type": "log", "line": line})
-            image = await task
+            result = await task
+            out = done(result)
         except StockadeError as exc:
             yield _line({"type": "error", "error": exc.to_body()["error"]})
             return
         except Exception:
-            log.exception("pulling %s failed", body.ref)
-            message = f"pulling {body.ref} failed unexpectedly; the server log has details"
+            log.exception("%s failed", what)
+            message = f"{what} failed unexpectedly; the server log has details"
             yield _line({"type": "error", "error": {"code": "internal", "message": message}})
             return
         finally:
-            if not task.done():  # the client went away: stop pulling for it
+            if not task.done():  # the client went away: stop working for it
                 task.cancel()
-        yield _line({"type": "done", "image": ImageOut.of_pulled(image).model_dump()})
+        yield _line({"type": "done", "image": out.model_dump()})
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
+
+
+def _built_out(svc: Services, built: BuiltImage, tag: str | None) -> ImageOut:
+    name = svc.images.tags.set(tag, built.id) if tag else built.id
+    return ImageOut.of_built(built, name)
 
 
 @router.post(

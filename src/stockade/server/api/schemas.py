@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..images.built import BuiltImage
 from ..images.catalog import ImageInfo
 from ..images.oci import PulledImage
 from ..network.policy import NetworkPolicy
@@ -234,7 +235,7 @@ class ImageOut(BaseModel):
     description: str
     ready: bool
     size_mib: int | None
-    kind: Literal["base", "registry"] = "base"
+    kind: Literal["base", "registry", "built"] = "base"
     digest: str | None = Field(default=None, description="The manifest digest of a registry image.")
     pinned: str | None = Field(
         default=None,
@@ -244,6 +245,18 @@ class ImageOut(BaseModel):
     @classmethod
     def of(cls, i: ImageInfo) -> ImageOut:
         return cls(name=i.name, description=i.description, ready=i.ready, size_mib=i.size_mib)
+
+    @classmethod
+    def of_built(cls, image: BuiltImage, name: str) -> ImageOut:
+        return cls(
+            name=name,
+            description=f"built at {_iso(image.created_at)}",
+            ready=True,
+            size_mib=None,
+            kind="built",
+            digest=None,
+            pinned=image.id,
+        )
 
     @classmethod
     def of_pulled(cls, image: PulledImage) -> ImageOut:

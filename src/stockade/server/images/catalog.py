@@ -33,9 +33,12 @@ from pathlib import Path
 
 from ...errors import NotFoundError, ServerError
 from ..runtime import proc
+from .built import BuiltImage, load_built
 from .mirror import debian_mirror
-from .oci import ImageConfig, LayerStore, PulledImage, RegistryAuth, parse_reference, pull
+from .oci import LayerStore, PulledImage, RegistryAuth, parse_reference, pull
 from .oci.image import pulled_images
+from .resolved import ResolvedImage
+from .tags import TagStore
 
 __all__ = ["BaseImage", "BuildJob", "ImageCatalog", "ImageInfo", "ResolvedImage", "is_reference"]
 
@@ -88,32 +91,9 @@ class ImageInfo:
     size_mib: int | None
 
 
-@dataclass(frozen=True)
-class ResolvedImage:
-    """What a sandbox needs of its image: the layers (top-first, for ``lowerdir``) and the
-    defaults of the image's config."""
-
-    lowerdirs: tuple[Path, ...]
-    env: dict[str, str]
-    workdir: str | None
-
-    @classmethod
-    def of_pulled(cls, image: PulledImage) -> ResolvedImage:
-        return cls(tuple(image.lowerdirs), _env_map(image.config), image.config.working_dir or None)
-
-
 def is_reference(image: str) -> bool:
     """Whether ``image`` names a registry image rather than a base image."""
     return any(c in image for c in ":/@")
-
-
-def _env_map(config: ImageConfig) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in config.env:
-        key, sep, value = item.partition("=")
-        if sep and key:
-            env[key] = value
-    return env
 
 
 class BuildJob:
@@ -158,8 +138,13 @@ class BuildJob:
 class ImageCatalog:
     """Knows the images, builds missing ones once, and hands out their layer paths."""
 
-    def __init__(self, cache_dir: Path, *, mirror: str | None = None) -> None:
+    def __init__(
+        self, cache_dir: Path, *, mirror: str | None = None, data_dir: Path | None = None
+    ) -> None:
         self.root = cache_dir / "images"
+        # Built images (see builder.py) and the names given to them.
+        self.builds = cache_dir / "layers" / "builds"
+        self.tags = TagStore((data_dir or cache_dir) / "image-tags.json")
         self.root.mkdir(parents=True, exist_ok=True)
         self._debs = cache_dir / "debs"
         self._mirror = mirror
@@ -205,16 +190,36 @@ class ImageCatalog:
         self._tasks[name] = asyncio.create_task(self._build(name, job), name=f"build-{name}")
         return job
 
+    def built(self, image: str) -> BuiltImage | None:
+        """A built image by ID (``img-…``) or by name (``agent:v1``; ``agent`` = latest)."""
+        if image.startswith("img-"):
+            return load_built(self.builds, image)
+        if image in BASE_IMAGES:
+            return None  # the base image wins over a tag of the same bare name
+        image_id = self.tags.get(image)
+        return load_built(self.builds, image_id) if image_id else None
+
     def check(self, image: str) -> None:
         """Raise for an image name or reference that cannot be valid, before any work."""
-        if is_reference(image):
+        if image.startswith("img-") or self.tags.get(image):
+            if self.built(image) is None:
+                raise NotFoundError(
+                    f"image {image!r} does not exist (any more); `stockade image ls` lists them"
+                )
+        elif is_reference(image):
             parse_reference(image)
         else:
             self._base(image)
 
     async def resolve(self, image: str) -> ResolvedImage:
-        """The layers and defaults of ``image``: a base image (built on first use) or a
-        registry reference (pulled on first use, anonymously; see :meth:`pull`)."""
+        """The layers and defaults of ``image``: a built image (by ID or name), a base image
+        (built on first use) or a registry reference (pulled on first use, anonymously; see
+        :meth:`pull`)."""
+        built = self.built(image)
+        if built is not None:
+            return built.resolved()
+        if image.startswith("img-"):
+            self.check(image)
         if not is_reference(image):
             info = await self.ensure(image)
             return ResolvedImage(info.layers, {}, None)

@@ -33,6 +33,17 @@ DEFAULT_ENV: dict[str, str] = {
 IDLE_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait $!; done"]
 
 
+# Root in a sandbox gets what root gets in a Docker container (less NET_RAW), inside the
+# gVisor kernel: enough for apt (which drops to its _apt user), chown, useradd and su.
+# Without capabilities root could not even change a file's owner.
+_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+    "CAP_KILL", "CAP_AUDIT_WRITE",
+)  # fmt: skip
+_CAPABILITY_SETS = ("bounding", "effective", "permitted")
+
+
 def max_processes(memory_mib: int) -> int:
     return max(64, min(4096, memory_mib // 2))
 
@@ -70,6 +81,7 @@ class ProcessSpec:
             "env": [f"{k}={v}" for k, v in self.env.items()],
             "cwd": self.cwd,
             "rlimits": _rlimits(self.max_processes),
+            "capabilities": {k: list(_CAPABILITIES) for k in _CAPABILITY_SETS},
             "noNewPrivileges": True,
         }
 

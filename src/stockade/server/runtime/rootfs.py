@@ -49,7 +49,7 @@ class RootFS:
         await asyncio.to_thread(_make_sparse, self.image, disk_mib * 1024 * 1024)
         try:
             # No journal and lazy init: mkfs + mount take ~25 ms and nothing is written upfront.
-            await proc.run(
+            await _retried(
                 [
                     "mkfs.ext4", "-q", "-F", "-m", "0",
                     "-E", "lazy_itable_init=1,lazy_journal_init=1",
@@ -72,6 +72,19 @@ class RootFS:
         except BaseException:
             await self.destroy()
             raise
+
+    async def capture_upper(self, dest: Path) -> None:
+        """Copy the sandbox's writes (the overlay's upper directory) to ``dest``, as a layer.
+
+        Call it once the sandbox has stopped. The overlay is unmounted first so that the
+        upper directory is complete; the copy keeps owners, modes, times, whiteouts (0/0
+        character devices) and the opaque-directory marks, and drops overlayfs's private
+        bookkeeping, which would mean nothing under another overlay.
+        """
+        if await asyncio.to_thread(os.path.ismount, self.merged):
+            await proc.run(["umount", str(self.merged)])
+        await proc.run(["cp", "-a", "--sparse=always", str(self.upper), str(dest)])
+        await asyncio.to_thread(_strip_overlay_xattrs, dest)
 
     def is_mounted(self) -> bool:
         return os.path.ismount(self.merged) and os.path.ismount(self.disk)
@@ -106,6 +119,35 @@ async def _mount(args: Sequence[str], attempts: int = 4) -> None:
         except proc.CommandError:
             if await asyncio.to_thread(os.path.ismount, args[-1]):
                 return  # the failed attempt had mounted it after all
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+_KEEP_XATTRS = frozenset({"trusted.overlay.opaque"})
+
+
+def _strip_overlay_xattrs(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))]:
+            try:
+                names = os.listxattr(name, follow_symlinks=False)
+            except OSError:
+                continue
+            for attr in names:
+                if attr.startswith("trusted.overlay.") and attr not in _KEEP_XATTRS:
+                    with contextlib.suppress(OSError):
+                        os.removexattr(name, attr, follow_symlinks=False)
+
+
+async def _retried(argv: Sequence[str], attempts: int = 3) -> None:
+    """A host tool that, under a burst of parallel creates, now and then exits 255 without
+    a word (mke2fs checking the mount table while it changes) and works when run again."""
+    for attempt in range(attempts):
+        try:
+            await proc.run(argv)
+            return
+        except proc.CommandError:
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.05 * (attempt + 1))

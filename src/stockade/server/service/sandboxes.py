@@ -184,6 +184,17 @@ class SandboxService:
         )
         return await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
 
+    async def create_over(
+        self, req: CreateRequest, lowerdirs: Sequence[Path], *, tags: Mapping[str, str]
+    ) -> SandboxRecord:
+        """A sandbox over explicit layers (an image being built): ``req.image`` only names it."""
+        record = SandboxRecord(
+            id=new_id("sb"), image=req.image, cpu=req.cpu, memory=req.memory, disk=req.disk,
+            timeout=req.timeout, env=dict(req.env), workdir=req.workdir, tags=dict(tags),
+            created_at=time.time(), access_token=_access_token(),
+        )  # fmt: skip
+        return await self._boot(record, lowerdirs, pooled=False, policy=req.policy)
+
     async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
         """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).
 
@@ -483,16 +494,26 @@ class SandboxService:
     # -------------------------------------------------------------------- terminate
 
     async def terminate(
-        self, sandbox_id: str, *, reason: str = "terminated", message: str | None = None
+        self,
+        sandbox_id: str,
+        *,
+        reason: str = "terminated",
+        message: str | None = None,
+        capture: Path | None = None,
     ) -> SandboxRecord:
-        """End a sandbox (idempotent: an ended one is returned as it is)."""
+        """End a sandbox (idempotent: an ended one is returned as it is).
+
+        ``capture``: copy the sandbox's writes there first, as an image layer (builds).
+        """
         async with self._lock(sandbox_id):
             found = await self.store.get_sandbox(sandbox_id)
             record = found if found is not None else await self.get(sandbox_id)
             if not record.alive:
+                if capture is not None:
+                    raise SandboxTerminatedError(describe_end(record))
                 return record
             self._unwatch(sandbox_id)
-            await self._cleanup(sandbox_id)
+            await self._cleanup(sandbox_id, capture=capture)
             record.status = "terminated"
             record.reason = reason
             record.message = message
@@ -502,7 +523,7 @@ class SandboxService:
         self._deadline_changed.set()
         return record
 
-    async def _cleanup(self, sandbox_id: str) -> None:
+    async def _cleanup(self, sandbox_id: str, *, capture: Path | None = None) -> None:
         """Remove the runsc sandbox and the root filesystem; tolerate either being gone."""
         self._drop_link(sandbox_id, f"sandbox {sandbox_id} ended")
         try:
@@ -523,7 +544,12 @@ class SandboxService:
                 await self.network.release(slot)
             except Exception:
                 log.exception("removing the network of sandbox %s", sandbox_id)
-        await RootFS(self.sandbox_dir(sandbox_id)).destroy_keeping(("output.log",))
+        rootfs = RootFS(self.sandbox_dir(sandbox_id))
+        try:
+            if capture is not None:
+                await rootfs.capture_upper(capture)
+        finally:
+            await rootfs.destroy_keeping(("output.log",))
 
     # ------------------------------------------------------- watching for the end
 

@@ -1,0 +1,66 @@
+"""Built images as stored: ``<cache>/layers/builds/<key>.json`` names an image's layers
+(top-first) and config. Written by the builder, read by the catalog to start sandboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .resolved import ResolvedImage
+
+__all__ = ["BuiltImage", "load_built"]
+
+
+@dataclass
+class BuiltImage:
+    """A built image: its layers (top-first, for ``lowerdir``) and config."""
+
+    key: str
+    lowerdirs: list[Path]
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    created_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return f"img-{self.key[:16]}"
+
+    def resolved(self) -> ResolvedImage:
+        return ResolvedImage(tuple(self.lowerdirs), dict(self.env), self.workdir)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "lowerdirs": [str(p) for p in self.lowerdirs], "env": self.env,
+            "workdir": self.workdir, "user": self.user, "entrypoint": self.entrypoint,
+            "cmd": self.cmd, "created_at": self.created_at,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuiltImage:
+        return cls(
+            key=str(data["key"]), lowerdirs=[Path(p) for p in data["lowerdirs"]],
+            env=dict(data.get("env") or {}), workdir=data.get("workdir"),
+            user=data.get("user"), entrypoint=data.get("entrypoint"), cmd=data.get("cmd"),
+            created_at=float(data.get("created_at") or 0.0),
+        )  # fmt: skip
+
+
+def load_built(builds: Path, image_id: str) -> BuiltImage | None:
+    """A built image by ID (``img-<16 hex>``) or full key, if all its layers still exist."""
+    key = image_id.removeprefix("img-")
+    if not re.fullmatch(r"[0-9a-f]{16,64}", key):
+        return None
+    for path in sorted(builds.glob(f"{key}*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            image = BuiltImage.from_json(json.loads(path.read_text()))
+            if all(p.is_dir() for p in image.lowerdirs):
+                return image
+    return None
