@@ -23,6 +23,7 @@ import httpx
 from stockade import Sandbox
 
 from .baseline import RawRunsc
+from .images import image_rows
 from .network import network_rows
 from .server import Server
 
@@ -143,6 +144,7 @@ def main() -> None:
             sb.terminate()
             raw.delete(sid)
         rows += network_rows(work, runs, _time)
+        rows += image_rows(runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -167,6 +169,8 @@ def main() -> None:
     print("byte; exec is `runsc exec true`; file is `runsc exec` of cat with stdin / stdout.")
     print("--no-network = the same create on a server whose sandboxes have no network;")
     print("direct = the same request from the host straight to the sandbox's address.")
+    print("last changed = the same build with its last step changed (that step rebuilt);")
+    print("base image = the same create from the 1 GB image's base, `debian`.")
 
 
 if __name__ == "__main__":

@@ -294,7 +294,8 @@ class ImageInfo:
     size_mib: int | None = None
     kind: str = "base"
     digest: str | None = None
-    pinned: str | None = None  # registry/repository@digest
+    pinned: str | None = None  # registry/repository@digest, or a built image's img-… ID
+    created_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
@@ -311,8 +312,10 @@ class ImageInfo:
             kind=_str(data, "kind", "base"),
             digest=_opt_str(data, "digest"),
             pinned=_opt_str(data, "pinned"),
+            created_at=_time(data, "created_at"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The record in the API's JSON shape."""
-        return dataclasses.asdict(self)
+        """The record in the API's JSON shape (times as ISO 8601 strings)."""
+        result: dict[str, Any] = _to_json(dataclasses.asdict(self))
+        return result

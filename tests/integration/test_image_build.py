@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade import BuildError, Client, Image, InvalidArgumentError, Sandbox
+from stockade import BuildError, Client, Image, InvalidArgumentError, NotFoundError, Sandbox
 
 from .conftest import LiveServer
 from .helpers import unique
@@ -198,3 +198,63 @@ def test_export_of_a_built_image(server: LiveServer, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout)["config"]  # fmt: skip
     assert "E=1" in config["Env"] and config["WorkingDir"] == "/w"
+
+
+def test_the_image_user_runs_later_steps_and_the_sandboxs_commands(server: LiveServer) -> None:
+    img = (
+        Image.from_name("debian")
+        .run_commands(f"useradd -m -u 1234 builder && echo {unique('u')}")
+        .user("builder")
+        .run_commands("whoami > /home/builder/who")
+    )
+    with Sandbox.create(image=img, timeout=60) as sb:
+        r = sb.run("id -u; id -g; cat /home/builder/who; touch /root/x 2>&1 || echo denied")
+        assert r.stdout.splitlines()[:3] == ["1234", "1234", "builder"], r.stdout
+        assert "denied" in r.stdout
+    with pytest.raises(InvalidArgumentError, match="nobody-here"):
+        Sandbox.create(image=Image.from_name("debian").user("nobody-here").run_commands("true"))
+
+
+def test_rm_and_gc_never_pull_files_from_under_a_sandbox(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a server with a cache of its own (layers and builds), so that collecting garbage
+    cannot touch what other servers on this machine keep."""
+    import secrets
+
+    from .helpers import force_cleanup
+
+    shared = Path("/var/cache/stockade")
+    tmp = tmp_path_factory.mktemp("gc")
+    cache = tmp / "cache"
+    cache.mkdir()
+    for part in ("images", "agent", "bin", "debs"):
+        (cache / part).symlink_to(shared / part)
+    live = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
+    live.extra_args = ["--cache-dir", str(cache)]
+    live.start()
+    try:
+        with Client(live.url, live.token) as client:
+            img = Image.from_name("debian").run_commands("head -c 3000000 /dev/urandom > /blob")
+            info = client.build(img, tag="keep:v1")
+            listed = {i.name: i for i in client.images()}
+            assert listed["keep:v1"].size_mib is not None and listed["keep:v1"].created_at
+            client.build(Image.from_name("debian").run_commands("echo unnamed > /u"))
+            removed, freed = client.gc_images(min_age=0)
+            assert removed >= 2 and freed > 0  # the unnamed build went, with its layer
+            sb = Sandbox.create(image="keep:v1", client=client, timeout=120)
+            try:
+                client.delete_image("keep:v1")
+                assert "keep:v1" not in {i.name for i in client.images()}
+                assert client.gc_images(min_age=0) == (0, 0)  # its layer is mounted: kept
+                assert sb.run("wc -c < /blob").stdout.strip() == "3000000"
+            finally:
+                sb.terminate()
+            removed, freed = client.gc_images(min_age=0)
+            assert removed >= 1 and freed >= 3_000_000
+            with pytest.raises(NotFoundError):
+                Sandbox.create(image=info.pinned or "", client=client, timeout=60)
+    finally:
+        live.terminate_all()
+        live.stop()
+        force_cleanup(tmp, live.data_dir)

@@ -305,19 +305,22 @@ def test_a_server_without_networking_says_why(tmp_path_factory: pytest.TempPathF
 # -------------------------------------------------------------------------- teardown
 
 
-def _kernel_objects() -> tuple[int, int, int]:
-    netns = len(
-        subprocess.run(["ip", "netns", "list"], capture_output=True, check=True).stdout.splitlines()
-    )
-    links = len(
-        json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, check=True).stdout)
-    )
-    rules = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, check=True).stdout
-    return netns, links, rules.count(b"# handle")
+def _kernel_objects(server: LiveServer) -> tuple[int, int, int]:
+    """The server's namespaces, links and nft rules (only its own block's: other servers on
+    this host come and go on their own)."""
+    block = json.loads((server.data_dir / "network.json").read_text())["block"]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    spaces = [line for line in netns.stdout.splitlines() if line.startswith(f"stockade-{block}-")]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, check=True).stdout)
+    ours = [link for link in links if str(link.get("ifname", "")).startswith(f"sk{block}-")]
+    rules = subprocess.run(
+        ["nft", "-a", "list", "table", "inet", f"stockade_{block}"], capture_output=True, check=True
+    ).stdout
+    return len(spaces), len(ours), rules.count(b"# handle")
 
 
 def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
-    before = _kernel_objects()
+    before = _kernel_objects(server)
     errors: list[BaseException] = []
 
     def churn(n: int) -> None:
@@ -335,7 +338,7 @@ def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
     for t in threads:
         t.join(600)
     assert not errors, errors
-    assert _kernel_objects() == before
+    assert _kernel_objects(server) == before
 
 
 # --------------------------------------------------------------------------- restarts

@@ -9,6 +9,7 @@ config with Env and WorkingDir, which the sandbox must honour.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -184,6 +185,6 @@ def test_cli_pulls_and_runs(server: LiveServer, registries: Registries) -> None:
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "from-image\n"
-    ls = subprocess.run([cli, "image", "ls"], capture_output=True, text=True, timeout=60,
-                        check=False)  # fmt: skip
-    assert ref in ls.stdout
+    ls = subprocess.run([cli, "image", "ls", "--json"], capture_output=True, text=True,
+                        timeout=60, check=False)  # fmt: skip
+    assert ref in {i["name"] for i in json.loads(ls.stdout)}

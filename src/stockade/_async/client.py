@@ -171,6 +171,17 @@ class AsyncClient:
                     raise _protocol.error_from_event(event.get("error"))
         raise ServerError("the build ended without a result; see the server log")
 
+    async def delete_image(self, name: str) -> None:
+        """Delete a named image (``name:tag``) or forget a pulled one. Its layers stay until
+        :meth:`gc_images`, so running sandboxes of it are unaffected."""
+        await self.request("DELETE", _base.image_path(name).replace("%2F", "/"))
+
+    async def gc_images(self, *, min_age: float = 60.0) -> tuple[int, int]:
+        """Remove the layers no image or sandbox needs; returns (entries removed, bytes
+        freed). Entries younger than ``min_age`` seconds are kept."""
+        data = await self.request("POST", "/v1/images/gc", params={"min_age": str(min_age)})
+        return int(data["removed"]), int(data["freed_bytes"])
+
     async def pull_image(
         self,
         ref: str,

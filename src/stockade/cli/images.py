@@ -14,7 +14,14 @@ from rich.table import Table
 from rich.text import Text
 
 from stockade import Client, ImageInfo
-from stockade.cli._common import CliState, pass_state, print_json, stderr_console, stdout_console
+from stockade.cli._common import (
+    CliState,
+    age,
+    pass_state,
+    print_json,
+    stderr_console,
+    stdout_console,
+)
 
 # How many of the builder's latest log lines stay on screen under the spinner.
 _TAIL_LINES = 6
@@ -83,19 +90,21 @@ def images(state: CliState, as_json: bool) -> None:
 
 def _table(found: list[ImageInfo]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "READY", "SIZE", "DIGEST", "DESCRIPTION"):
+    for column in ("NAME", "KIND", "READY", "SIZE", "AGE", "ID / DIGEST", "DESCRIPTION"):
         table.add_column(column, no_wrap=column != "DESCRIPTION")
     for info in found:
         size = f"{info.size_mib} MiB" if info.size_mib is not None else "-"
         ready = Text("yes", style="green") if info.ready else Text("no (built on first use)")
-        digest = info.digest[:19] + "…" if info.digest else "-"
-        table.add_row(info.name, ready, size, digest, info.description)
+        ident = info.digest[:19] + "…" if info.digest else (info.pinned or "-")
+        when = age(info.created_at) if info.created_at else "-"
+        table.add_row(info.name, info.kind, ready, size, when, ident, info.description)
     return table
 
 
 @click.group("image")
 def image() -> None:
-    """Registry images: pull them, list them."""
+    """Images: build them from code or a Dockerfile, pull them from registries, list,
+    export, delete and garbage-collect them."""
 
 
 @image.command("pull")
@@ -118,6 +127,32 @@ def image_pull(state: CliState, ref: str, username: str | None) -> None:
     click.echo(info.pinned or info.name)
 
 
+@image.command("rm")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@pass_state
+def image_rm(state: CliState, names: tuple[str, ...]) -> None:
+    """Delete named images (name:tag) or forget pulled ones; `image gc` frees the space."""
+    client = state.client()
+    for name in names:
+        client.delete_image(name)
+        click.echo(name)
+
+
+@image.command("gc")
+@click.option(
+    "--min-age",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Keep layers younger than this many seconds (builds in progress).",
+)
+@pass_state
+def image_gc(state: CliState, min_age: float) -> None:
+    """Remove the layers no image or running sandbox needs, and report the space freed."""
+    removed, freed = state.client().gc_images(min_age=min_age)
+    click.echo(f"removed {removed} layers and files, freed {freed / (1 << 20):.1f} MiB")
+
+
 @image.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
@@ -134,3 +169,6 @@ def image_ls(state: CliState, as_json: bool) -> None:
 from stockade.cli.image_export import export as _export  # noqa: E402
 
 image.add_command(_export)
+from stockade.cli.image_build import build as _build  # noqa: E402
+
+image.add_command(_build)

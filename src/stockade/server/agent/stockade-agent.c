@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <limits.h>
 #include <poll.h>
 #include <pty.h>
@@ -946,6 +947,7 @@ typedef struct {
     int pty;
     struct winsize ws;
     int entry; /* the entrypoint: stdin empty, stdout and stderr to the agent's log */
+    long uid, gid; /* run as this user and group (-1: as the agent, root) */
 } spawn_req;
 
 typedef struct {
@@ -989,6 +991,11 @@ __attribute__((noreturn)) static void child(const spawn_req *r, int fd0, int fd1
         child_fail(ep, STAGE_SETUP, errno, r);
     /* Every other descriptor of the agent is close-on-exec; these three become 0, 1, 2. */
     if (dup2(fd0, 0) < 0 || dup2(fd1, 1) < 0 || dup2(fd2, 2) < 0)
+        child_fail(ep, STAGE_SETUP, errno, r);
+    /* The image's USER: group first, while still root; no supplementary groups. */
+    if (r->gid >= 0 && (setgroups(0, NULL) < 0 || setgid((gid_t)r->gid) < 0))
+        child_fail(ep, STAGE_SETUP, errno, r);
+    if (r->uid >= 0 && setuid((uid_t)r->uid) < 0)
         child_fail(ep, STAGE_SETUP, errno, r);
     if (r->cwd && chdir(r->cwd) < 0)
         child_fail(ep, STAGE_CHDIR, errno, r);
@@ -1167,16 +1174,21 @@ static void do_exec(uint32_t ch, const jv *req)
     char **argv = string_vector(req, "argv", &argc);
     char **envp = string_vector(req, "env", &envc);
     const jv *cwd = jget(req, "cwd");
-    long cols, rows;
+    long cols, rows, uid, gid;
     int pty;
     spawn_req r;
     memset(&r, 0, sizeof r);
     if (!argv || !argc || !envp || (cwd && !cstring_ok(cwd)) || jbool(req, "pty", 0, &pty) ||
-        jint(req, "cols", 0, 65535, 80, &cols) || jint(req, "rows", 0, 65535, 24, &rows)) {
+        jint(req, "cols", 0, 65535, 80, &cols) || jint(req, "rows", 0, 65535, 24, &rows) ||
+        jint(req, "uid", -1, 2147483647L, -1, &uid) ||
+        jint(req, "gid", -1, 2147483647L, -1, &gid)) {
         emit_bad(ch, "bad EXEC request (argv: non-empty list of strings, env: list "
-                   "of strings, cwd: string, pty: bool, cols/rows: 0..65535)", NULL, 0);
+                   "of strings, cwd: string, pty: bool, cols/rows: 0..65535, uid/gid: "
+                   "0..2^31-1)", NULL, 0);
         goto out;
     }
+    r.uid = uid;
+    r.gid = gid;
     r.argv = argv;
     r.envp = envp;
     r.cwd = cwd ? cwd->s : "/";
@@ -2182,6 +2194,7 @@ static void start_entrypoint(char **argv)
     r.argv = argv;
     r.envp = environ;
     r.entry = 1;
+    r.uid = r.gid = -1;
     spawn_res res;
     int e = spawn(&r, &res);
     if (e) {

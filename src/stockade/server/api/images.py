@@ -16,10 +16,13 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ...errors import InvalidArgumentError, StockadeError
+from ...errors import ConflictError, InvalidArgumentError, NotFoundError, StockadeError
 from ..images.builder import parse_spec
 from ..images.built import BuiltImage
+from ..images.catalog import is_reference
+from ..images.gc import collect
 from ..images.oci import RegistryAuth, parse_reference
+from ..images.oci.image import forget_pulled
 from ..images.tags import parse_tag
 from .deps import Services, services
 from .schemas import ImageList, ImageOut, PullImage
@@ -43,6 +46,28 @@ async def list_images(svc: Svc) -> ImageList:
         if built is not None:
             named.append(ImageOut.of_built(built, name))
     return ImageList(images=[*base, *named, *pulled])
+
+
+@router.post("/gc", summary="Remove the layers no image or sandbox needs")
+async def collect_garbage(svc: Svc, min_age: float = 60.0) -> dict[str, int]:
+    if not 0 <= min_age <= 86400 * 365:
+        raise InvalidArgumentError("min_age must be between 0 and 31536000 seconds")
+    result = await asyncio.to_thread(collect, svc.images, min_age=min_age)
+    return {"removed": result.removed, "freed_bytes": result.freed}
+
+
+@router.delete("/{name:path}", summary="Delete a named image (name:tag) or a pulled one")
+async def delete_image(name: str, svc: Svc) -> dict[str, str]:
+    """Only the name goes: the layers stay until `image gc`, so a running sandbox of the
+    image never loses its files."""
+    if name in svc.images.names():
+        raise ConflictError(f"{name!r} is a base image; base images cannot be deleted")
+    if svc.images.tags.get(name) is not None:
+        image_id = svc.images.tags.remove(name if ":" in name else f"{name}:latest")
+        return {"deleted": name, "image": image_id or ""}
+    if is_reference(name) and await asyncio.to_thread(forget_pulled, svc.images.layers, name):
+        return {"deleted": name, "image": name}
+    raise NotFoundError(f"image {name!r} does not exist; `stockade image ls` lists the images")
 
 
 @router.put(

@@ -239,8 +239,9 @@ class ImageOut(BaseModel):
     digest: str | None = Field(default=None, description="The manifest digest of a registry image.")
     pinned: str | None = Field(
         default=None,
-        description="`registry/repository@digest`: creating from this never asks the registry.",
+        description="`registry/repository@digest` or `img-…`: what sandboxes are created from.",
     )
+    created_at: str | None = Field(default=None, description="When it was built or pulled.")
 
     @classmethod
     def of(cls, i: ImageInfo) -> ImageOut:
@@ -250,12 +251,13 @@ class ImageOut(BaseModel):
     def of_built(cls, image: BuiltImage, name: str) -> ImageOut:
         return cls(
             name=name,
-            description=f"built at {_iso(image.created_at)}",
+            description=f"built image {image.id}",
             ready=True,
-            size_mib=None,
+            size_mib=image.size // (1024 * 1024),
             kind="built",
             digest=None,
             pinned=image.id,
+            created_at=_iso(image.created_at),
         )
 
     @classmethod

@@ -244,7 +244,7 @@ class ImageBuilder:
         self, spec: BuildSpec, on_log: Callable[[str], None], started: float
     ) -> BuiltImage:
         base, key = await self._base(spec, on_log)
-        image = BuiltImage(key, list(base.lowerdirs), dict(base.env), base.workdir)
+        image = BuiltImage(key, list(base.lowerdirs), dict(base.env), base.workdir, user=base.user)
         total = len(spec.steps)
         for index, step in enumerate(spec.steps):
             key = _chain(key, step)
@@ -265,6 +265,7 @@ class ImageBuilder:
         image.created_at = time.time()
         out = self.builds / f"{key}.json"
         if not out.exists():
+            image.size = await asyncio.to_thread(tree_size, image.lowerdirs)
             _write_json(out, image.to_json())
         else:
             image = BuiltImage.from_json(json.loads(out.read_text()))
@@ -361,7 +362,7 @@ class ImageBuilder:
             workdir=image.workdir, tags={}, entrypoint=None, policy=self.policy,
         )  # fmt: skip
         record = await self.sandboxes.create_over(
-            req, image.lowerdirs, tags={"stockade.build": image.key[:16]}
+            req, image.lowerdirs, tags={"stockade.build": image.key[:16]}, user=image.user
         )
         captured = False
         try:
@@ -474,6 +475,21 @@ def _chain(parent: str, step: Mapping[str, Any]) -> str:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tree_size(roots: Sequence[Path]) -> int:
+    """Bytes in the regular files under ``roots`` (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_blocks * 512
+    return total
 
 
 def _is_dir(path: Path) -> bool:

@@ -28,19 +28,20 @@ class BuiltImage:
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
     created_at: float = 0.0
+    size: int = 0  # bytes in all its layers
 
     @property
     def id(self) -> str:
         return f"img-{self.key[:16]}"
 
     def resolved(self) -> ResolvedImage:
-        return ResolvedImage(tuple(self.lowerdirs), dict(self.env), self.workdir)
+        return ResolvedImage(tuple(self.lowerdirs), dict(self.env), self.workdir, self.user)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key, "lowerdirs": [str(p) for p in self.lowerdirs], "env": self.env,
             "workdir": self.workdir, "user": self.user, "entrypoint": self.entrypoint,
-            "cmd": self.cmd, "created_at": self.created_at,
+            "cmd": self.cmd, "created_at": self.created_at, "size": self.size,
         }  # fmt: skip
 
     @classmethod
@@ -50,6 +51,7 @@ class BuiltImage:
             env=dict(data.get("env") or {}), workdir=data.get("workdir"),
             user=data.get("user"), entrypoint=data.get("entrypoint"), cmd=data.get("cmd"),
             created_at=float(data.get("created_at") or 0.0),
+            size=int(data.get("size") or 0),
         )  # fmt: skip
 
 

@@ -18,10 +18,16 @@ class ResolvedImage:
     lowerdirs: tuple[Path, ...]
     env: dict[str, str]
     workdir: str | None
+    user: str | None = None  # the image's USER: name, uid, name:group or uid:gid
 
     @classmethod
     def of_pulled(cls, image: PulledImage) -> ResolvedImage:
-        return cls(tuple(image.lowerdirs), _env_map(image.config), image.config.working_dir or None)
+        return cls(
+            tuple(image.lowerdirs),
+            _env_map(image.config),
+            image.config.working_dir or None,
+            image.config.user or None,
+        )
 
 
 def _env_map(config: ImageConfig) -> dict[str, str]:

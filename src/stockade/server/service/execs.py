@@ -236,6 +236,8 @@ class ExecService:
                 "pty": pty_size is not None,
                 "cols": cols,
                 "rows": rows,
+                # The image's USER; absent: root.
+                **({"uid": record.uid, "gid": record.gid} if record.uid is not None else {}),
             }
         )
         return session

@@ -44,6 +44,7 @@ from ..runtime.rootfs import RootFS
 from ..runtime.runsc import Runsc
 from ..state.records import SandboxRecord
 from ..state.store import Store
+from .users import resolve_user
 
 __all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
 
@@ -182,10 +183,16 @@ class SandboxService:
             ports=[{"port": port, "public": public} for port, public in req.ports],
             access_token=_access_token(),
         )
-        return await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
+        record = await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
+        return await self._take_user(record, image.user)
 
     async def create_over(
-        self, req: CreateRequest, lowerdirs: Sequence[Path], *, tags: Mapping[str, str]
+        self,
+        req: CreateRequest,
+        lowerdirs: Sequence[Path],
+        *,
+        tags: Mapping[str, str],
+        user: str | None = None,
     ) -> SandboxRecord:
         """A sandbox over explicit layers (an image being built): ``req.image`` only names it."""
         record = SandboxRecord(
@@ -193,7 +200,42 @@ class SandboxService:
             timeout=req.timeout, env=dict(req.env), workdir=req.workdir, tags=dict(tags),
             created_at=time.time(), access_token=_access_token(),
         )  # fmt: skip
-        return await self._boot(record, lowerdirs, pooled=False, policy=req.policy)
+        record = await self._boot(record, lowerdirs, pooled=False, policy=req.policy)
+        return await self._take_user(record, user)
+
+    async def _take_user(self, record: SandboxRecord, user: str | None) -> SandboxRecord:
+        """Run the sandbox's commands as the image's USER, looked up in the image's own
+        /etc/passwd and /etc/group (read inside the sandbox, so a symlink in the image
+        cannot point the lookup at the host's files)."""
+        if not user or user in ("root", "0", "0:0") or record.status != "running":
+            return record
+        try:
+            passwd = await self._agent_read(record.id, "/etc/passwd")
+            group = await self._agent_read(record.id, "/etc/group")
+            uid, gid = resolve_user(user, passwd, group)
+        except Exception:
+            await self.terminate(record.id, reason="error", message=f"bad image user {user!r}")
+            raise
+        async with self._lock(record.id):
+            record.user, record.uid, record.gid = user, uid, gid
+            await self.store.put_sandbox(record)
+        return record
+
+    async def _agent_read(self, sandbox_id: str, path: str, limit: int = 1 << 20) -> str:
+        """A small text file of the sandbox, read through its agent ("" if missing)."""
+        link = await self.link(sandbox_id)
+        ch = link.open()
+        data = b""
+        try:
+            await ch.send_json(FrameType.FILE_READ, {"path": path})
+            frame = await ch.recv()
+            while frame.type == FrameType.DATA and len(data) < limit:
+                data += frame.payload
+                ch.grant(len(frame.payload))
+                frame = await ch.recv()
+        finally:
+            ch.close()
+        return data.decode(errors="replace")
 
     async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
         """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).

@@ -49,6 +49,10 @@ class SandboxRecord:
     ports: list[dict[str, Any]] = field(default_factory=list)
     # Grants access to the sandbox's non-public exposed ports (and nothing else).
     access_token: str | None = None
+    # The image's USER, which commands run as (None: root).
+    user: str | None = None
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def alive(self) -> bool:

@@ -283,6 +283,17 @@ def pulled_images(store: LayerStore) -> list[PulledImage]:
     return [image for _, image in found]
 
 
+def forget_pulled(store: LayerStore, ref_text: str) -> bool:
+    """Forget that ``ref_text`` was pulled (its layers stay until garbage collection)."""
+    ref = parse_reference(ref_text)
+    path = _Records(store).ref_path(ref)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class _Records:
     """The pulled-image JSON files (see the module docstring). Written atomically."""
 
@@ -348,6 +359,9 @@ class _Records:
             return [p for p in self._refs.iterdir() if p.suffix == ".json"]
         except OSError:
             return []
+
+    def ref_path(self, ref: Reference) -> Path:
+        return self._ref_path(ref)
 
     def _ref_path(self, ref: Reference) -> Path:
         key = hashlib.sha256(str(ref).encode()).hexdigest()

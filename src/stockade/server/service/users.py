@@ -1,0 +1,44 @@
+"""An image's USER (``name``, ``uid``, ``name:group``, ``uid:gid``) as numeric IDs, looked up
+in the image's own /etc/passwd and /etc/group, as Docker and runc do."""
+
+from __future__ import annotations
+
+from ...errors import InvalidArgumentError
+
+__all__ = ["resolve_user"]
+
+
+def _table(text: str) -> list[list[str]]:
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(spec: str, passwd: str, group: str) -> tuple[int, int]:
+    """``(uid, gid)`` for ``spec``. A numeric uid needs no passwd entry (its group is then
+    0, as in runc); a name must have one. Raises InvalidArgumentError naming what is missing.
+    """
+    user, _, grp = spec.partition(":")
+    users = _table(passwd)
+    if user.isdigit():
+        uid = int(user)
+        entry = next((u for u in users if len(u) > 3 and u[2] == user), None)
+        gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    else:
+        entry = next((u for u in users if len(u) > 3 and u[0] == user), None)
+        if entry is None or not entry[2].isdigit() or not entry[3].isdigit():
+            raise InvalidArgumentError(
+                f"the image's user {user!r} is not in its /etc/passwd; use a uid instead"
+            )
+        uid, gid = int(entry[2]), int(entry[3])
+    if grp:
+        if grp.isdigit():
+            gid = int(grp)
+        else:
+            found = next((g for g in _table(group) if len(g) > 2 and g[0] == grp), None)
+            if found is None or not found[2].isdigit():
+                raise InvalidArgumentError(
+                    f"the image's group {grp!r} is not in its /etc/group; use a gid instead"
+                )
+            gid = int(found[2])
+    if uid > 2**31 - 1 or gid > 2**31 - 1:
+        raise InvalidArgumentError(f"user {spec!r} is out of range")
+    return uid, gid
