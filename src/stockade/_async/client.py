@@ -120,16 +120,9 @@ class AsyncClient:
             image = await client.build_image("python", on_log=print)
             assert image.ready
         """
-        async with self.ndjson("POST", _base.image_path(name, "/build")) as events:
-            async for event in events:
-                kind = event["type"]
-                if kind == "log" and on_log is not None:
-                    on_log(str(event.get("line", "")))
-                elif kind == "done":
-                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
-                elif kind == "error":
-                    raise _protocol.error_from_event(event.get("error"))
-        raise ServerError(f"the build of image {name!r} ended without a result; see the server log")
+        return await self._image_events(
+            _base.image_path(name, "/build"), None, on_log, f"the build of image {name!r}"
+        )
 
     async def build(
         self,
@@ -160,16 +153,7 @@ class AsyncClient:
             body["tag"] = tag
         if timeout is not None:
             body["timeout"] = timeout
-        async with self.ndjson("POST", "/v1/images/builds", json=body) as events:
-            async for event in events:
-                kind = event["type"]
-                if kind == "log" and on_log is not None:
-                    on_log(str(event.get("line", "")))
-                elif kind == "done":
-                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
-                elif kind == "error":
-                    raise _protocol.error_from_event(event.get("error"))
-        raise ServerError("the build ended without a result; see the server log")
+        return await self._image_events("/v1/images/builds", body, on_log, "the build")
 
     async def delete_image(self, name: str) -> None:
         """Delete a named image (``name:tag``) or forget a pulled one. Its layers stay until
@@ -200,7 +184,18 @@ class AsyncClient:
         body: dict[str, object] = {"ref": ref}
         if auth is not None:
             body["auth"] = {"username": auth[0], "password": auth[1]}
-        async with self.ndjson("POST", "/v1/images/pull", json=body) as events:
+        return await self._image_events("/v1/images/pull", body, on_log, f"pulling {ref!r}")
+
+    async def _image_events(
+        self,
+        path: str,
+        body: object,
+        on_log: Callable[[str], object] | None,
+        what: str,
+    ) -> ImageInfo:
+        """POST to an image operation that streams NDJSON ``log`` events and ends with
+        ``done`` (the image) or ``error``."""
+        async with self.ndjson("POST", path, json=body) as events:
             async for event in events:
                 kind = event["type"]
                 if kind == "log" and on_log is not None:
@@ -209,7 +204,7 @@ class AsyncClient:
                     return _base.parse(ImageInfo.from_json, event.get("image"), "image")
                 elif kind == "error":
                     raise _protocol.error_from_event(event.get("error"))
-        raise ServerError(f"pulling {ref!r} ended without a result; see the server log")
+        raise ServerError(f"{what} ended without a result; see the server log")
 
     # -- the transport, used by sandboxes, files and processes ---------------------------
 

@@ -122,16 +122,9 @@ class Client:
             image = client.build_image("python", on_log=print)
             assert image.ready
         """
-        with self.ndjson("POST", _base.image_path(name, "/build")) as events:
-            for event in events:
-                kind = event["type"]
-                if kind == "log" and on_log is not None:
-                    on_log(str(event.get("line", "")))
-                elif kind == "done":
-                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
-                elif kind == "error":
-                    raise _protocol.error_from_event(event.get("error"))
-        raise ServerError(f"the build of image {name!r} ended without a result; see the server log")
+        return self._image_events(
+            _base.image_path(name, "/build"), None, on_log, f"the build of image {name!r}"
+        )
 
     def build(
         self,
@@ -162,16 +155,7 @@ class Client:
             body["tag"] = tag
         if timeout is not None:
             body["timeout"] = timeout
-        with self.ndjson("POST", "/v1/images/builds", json=body) as events:
-            for event in events:
-                kind = event["type"]
-                if kind == "log" and on_log is not None:
-                    on_log(str(event.get("line", "")))
-                elif kind == "done":
-                    return _base.parse(ImageInfo.from_json, event.get("image"), "image")
-                elif kind == "error":
-                    raise _protocol.error_from_event(event.get("error"))
-        raise ServerError("the build ended without a result; see the server log")
+        return self._image_events("/v1/images/builds", body, on_log, "the build")
 
     def delete_image(self, name: str) -> None:
         """Delete a named image (``name:tag``) or forget a pulled one. Its layers stay until
@@ -202,7 +186,18 @@ class Client:
         body: dict[str, object] = {"ref": ref}
         if auth is not None:
             body["auth"] = {"username": auth[0], "password": auth[1]}
-        with self.ndjson("POST", "/v1/images/pull", json=body) as events:
+        return self._image_events("/v1/images/pull", body, on_log, f"pulling {ref!r}")
+
+    def _image_events(
+        self,
+        path: str,
+        body: object,
+        on_log: Callable[[str], object] | None,
+        what: str,
+    ) -> ImageInfo:
+        """POST to an image operation that streams NDJSON ``log`` events and ends with
+        ``done`` (the image) or ``error``."""
+        with self.ndjson("POST", path, json=body) as events:
             for event in events:
                 kind = event["type"]
                 if kind == "log" and on_log is not None:
@@ -211,7 +206,7 @@ class Client:
                     return _base.parse(ImageInfo.from_json, event.get("image"), "image")
                 elif kind == "error":
                     raise _protocol.error_from_event(event.get("error"))
-        raise ServerError(f"pulling {ref!r} ended without a result; see the server log")
+        raise ServerError(f"{what} ended without a result; see the server log")
 
     # -- the transport, used by sandboxes, files and processes ---------------------------
 
