@@ -107,9 +107,12 @@ def create_body(
     outbound_cidr_allowlist: Sequence[str] | None = None,
     outbound_domain_allowlist: Sequence[str] | None = None,
     ports: Sequence[int | Mapping[str, Any]] | None = None,
+    image_entrypoint: bool = False,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sandboxes``; unset values are left to the server's defaults."""
     body: dict[str, Any] = {"image": image}
+    if image_entrypoint:
+        body["image_entrypoint"] = True
     body.update(
         network_body(
             block_network=block_network,

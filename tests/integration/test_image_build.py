@@ -258,3 +258,19 @@ def test_rm_and_gc_never_pull_files_from_under_a_sandbox(
         live.terminate_all()
         live.stop()
         force_cleanup(tmp, live.data_dir)
+
+
+def test_a_built_images_entrypoint_and_cmd(server: LiveServer) -> None:
+    img = (
+        Image.from_name("debian")
+        .run_commands(f"echo {unique('e')}")
+        .entrypoint(["/bin/sh", "-c"])
+        .cmd(["echo built; exit 4"])
+    )
+    sb = Sandbox.create(image=img, image_entrypoint=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while sb.info().status == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = sb.info()
+    assert (info.reason, info.exit_code) == ("exited", 4), info
+    assert sb.logs() == "built\n"

@@ -86,6 +86,8 @@ def _build(work: Path, host: str) -> None:
     run_tool(
         "umoci", "config", "--image", f"{layout}:v1", "--config.env", "FOO=from-image",
         "--config.env", "PATH=/bin", "--config.workingdir", "/data",
+        "--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c",
+        "--config.cmd", "echo main $FOO in $(pwd); exit 3",
     )  # fmt: skip
     run_tool("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:v1",
              f"docker://{host}/it/busybox:v1")  # fmt: skip
@@ -188,3 +190,20 @@ def test_cli_pulls_and_runs(server: LiveServer, registries: Registries) -> None:
     ls = subprocess.run([cli, "image", "ls", "--json"], capture_output=True, text=True,
                         timeout=60, check=False)  # fmt: skip
     assert ref in {i["name"] for i in json.loads(ls.stdout)}
+
+
+def test_the_image_entrypoint_runs_when_asked(server: LiveServer, registries: Registries) -> None:
+    img = Image.from_registry(registries.ref("it/busybox:v1"))
+    # By default the sandbox idles: the image's Cmd is not its main process.
+    with Sandbox.create(image=img, timeout=60) as idle:
+        assert idle.run("echo up").stdout == "up\n"
+    sb = Sandbox.create(image=img, image_entrypoint=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while sb.info().status == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = sb.info()
+    assert (info.reason, info.exit_code) == ("exited", 3), info
+    assert info.entrypoint == ["/bin/sh", "-c", "echo main $FOO in $(pwd); exit 3"]
+    assert sb.logs() == "main from-image in /data\n"
+    with pytest.raises(InvalidArgumentError, match="no Entrypoint or Cmd"):
+        Sandbox.create(image="debian", image_entrypoint=True)

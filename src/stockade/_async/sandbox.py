@@ -103,6 +103,7 @@ class AsyncSandbox:
         outbound_cidr_allowlist: Sequence[str] | None = None,
         outbound_domain_allowlist: Sequence[str] | None = None,
         ports: Sequence[int | Mapping[str, object]] | None = None,
+        image_entrypoint: bool = False,
         on_image_log: Callable[[str], object] | None = None,
         client: AsyncClient | None = None,
         url: str | None = None,
@@ -123,9 +124,11 @@ class AsyncSandbox:
         those. :meth:`set_network` changes it later. ``ports`` are served through the
         server (see :meth:`tunnel`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
 
-        ``image`` is a base image's name or an :class:`~stockade.Image`; a registry image
-        (``Image.from_registry(...)``) is pulled first, once, and ``on_image_log`` gets the
-        pull's progress lines.
+        ``image`` is an image's name or an :class:`~stockade.Image`: one with steps is built
+        first (or found in the cache), a registry image is pulled first, and
+        ``on_image_log`` gets their progress lines. The image's Env, WorkingDir and User
+        apply; its Entrypoint and Cmd run as the main process with ``image_entrypoint=True``
+        (as ``docker run`` would), otherwise the sandbox idles until commands come.
 
         Example::
 
@@ -147,6 +150,7 @@ class AsyncSandbox:
             outbound_cidr_allowlist=outbound_cidr_allowlist,
             outbound_domain_allowlist=outbound_domain_allowlist,
             ports=ports,
+            image_entrypoint=image_entrypoint,
         )
         data = await client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)

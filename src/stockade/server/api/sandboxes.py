@@ -40,6 +40,8 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
     check_create_ranges(body.cpu, body.memory, body.disk, body.timeout)
     if body.workdir is not None and not body.workdir.startswith("/"):
         raise InvalidArgumentError(f"workdir {body.workdir!r} must be an absolute path")
+    if body.image_entrypoint and body.entrypoint is not None:
+        raise InvalidArgumentError("pass either entrypoint or image_entrypoint=True, not both")
     if body.entrypoint is not None and not body.entrypoint:
         raise InvalidArgumentError(
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
@@ -54,6 +56,7 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
         image=body.image, cpu=body.cpu, memory=body.memory, disk=body.disk,
         timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
         entrypoint=body.entrypoint, policy=policy, ports=_ports(body.ports),
+        image_entrypoint=body.image_entrypoint,
     )  # fmt: skip
     record = await svc.pools.take(req)
     if record is None:

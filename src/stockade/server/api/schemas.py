@@ -68,6 +68,11 @@ class CreateSandbox(_Strict):
     entrypoint: list[str] | None = Field(
         None, description="Main process; its output is the sandbox log."
     )
+    image_entrypoint: bool = Field(
+        False,
+        description="Run the image's Entrypoint + Cmd as the main process (like `docker run`); "
+        "by default a sandbox idles until its commands come.",
+    )
     block_network: bool = Field(False, description="Loopback only: no traffic in or out.")
     outbound_cidr_allowlist: list[str] | None = Field(
         None, description="Only these IPv4 ranges may be reached."

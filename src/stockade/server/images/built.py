@@ -35,7 +35,10 @@ class BuiltImage:
         return f"img-{self.key[:16]}"
 
     def resolved(self) -> ResolvedImage:
-        return ResolvedImage(tuple(self.lowerdirs), dict(self.env), self.workdir, self.user)
+        return ResolvedImage(
+            tuple(self.lowerdirs), dict(self.env), self.workdir, self.user,
+            (*(self.entrypoint or ()), *(self.cmd or ())),
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {

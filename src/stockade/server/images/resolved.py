@@ -19,14 +19,18 @@ class ResolvedImage:
     env: dict[str, str]
     workdir: str | None
     user: str | None = None  # the image's USER: name, uid, name:group or uid:gid
+    # The image's ENTRYPOINT + CMD: what `image_entrypoint=True` runs as the main process.
+    command: tuple[str, ...] = ()
 
     @classmethod
     def of_pulled(cls, image: PulledImage) -> ResolvedImage:
+        config = image.config
         return cls(
             tuple(image.lowerdirs),
-            _env_map(image.config),
-            image.config.working_dir or None,
-            image.config.user or None,
+            _env_map(config),
+            config.working_dir or None,
+            config.user or None,
+            (*config.entrypoint, *config.cmd),
         )
 
 

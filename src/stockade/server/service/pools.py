@@ -49,6 +49,7 @@ class PoolSpec:
         return (
             req.image == self.image
             and req.entrypoint is None
+            and not req.image_entrypoint
             and (req.cpu, req.memory, req.disk) == (self.cpu, self.memory, self.disk)
         )
 

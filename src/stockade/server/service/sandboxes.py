@@ -64,6 +64,8 @@ class CreateRequest:
     entrypoint: Sequence[str] | None
     policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     ports: Sequence[tuple[int, bool]] = ()  # (port, public)
+    # Run the image's ENTRYPOINT + CMD as the main process (as `docker run` does).
+    image_entrypoint: bool = False
 
 
 def new_id(prefix: str) -> str:
@@ -167,6 +169,14 @@ class SandboxService:
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
         image = await self.images.resolve(req.image)
+        entrypoint = req.entrypoint
+        if req.image_entrypoint:
+            if not image.command:
+                raise InvalidArgumentError(
+                    f"image {req.image!r} has no Entrypoint or Cmd to run; pass entrypoint= "
+                    "instead of image_entrypoint=True"
+                )
+            entrypoint = image.command
         record = SandboxRecord(
             id=new_id("sb"),
             image=req.image,
@@ -178,7 +188,7 @@ class SandboxService:
             env={**image.env, **req.env},
             workdir=req.workdir or image.workdir,
             tags=dict(req.tags),
-            entrypoint=list(req.entrypoint) if req.entrypoint else None,
+            entrypoint=list(entrypoint) if entrypoint else None,
             created_at=time.time(),
             ports=[{"port": port, "public": public} for port, public in req.ports],
             access_token=_access_token(),
