@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...errors import BuildError, InvalidArgumentError, NotFoundError
+from ...errors import BuildError, InvalidArgumentError, NotFoundError, StockadeError
 from ..config import ServerConfig
 from ..network.policy import NetworkPolicy
 from ..service.execs import ExecService, ExitInfo, OutputChunk
@@ -259,7 +259,14 @@ class ImageBuilder:
                 on_log(f"{label} (cached)")
             else:
                 on_log(label)
-                await self._make_layer(key, layer, image, step, on_log, spec)
+                try:
+                    await self._make_layer(key, layer, image, step, on_log, spec)
+                except (StockadeError, TimeoutError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    # A host-side failure (a mount, a copy): say which step, keep the detail.
+                    log.exception("building %s failed", label)
+                    raise BuildError(f"{label} failed on the host: {exc}") from exc
             image.lowerdirs.insert(0, layer)
         image.key = key
         image.created_at = time.time()

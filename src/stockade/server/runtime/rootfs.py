@@ -82,7 +82,11 @@ class RootFS:
         bookkeeping, which would mean nothing under another overlay.
         """
         if await asyncio.to_thread(os.path.ismount, self.merged):
-            await proc.run(["umount", str(self.merged)])
+            done = await proc.run(["umount", str(self.merged)], check=False)
+            if done.returncode != 0:
+                # A runsc process on its way out may hold it a moment longer. Nothing writes
+                # through it any more: detach it and copy the upper directory as it is.
+                await proc.run(["umount", "-l", str(self.merged)], check=False)
         await proc.run(["cp", "-a", "--sparse=always", str(self.upper), str(dest)])
         await asyncio.to_thread(_strip_overlay_xattrs, dest)
 
