@@ -142,11 +142,26 @@ def dns_upstream() -> Iterator[str]:
                     os.environ[k] = v
 
 
+SHARED_CACHE = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade")
+
+
+def private_cache(root: Path) -> Path:
+    """A cache directory of a test server's own: the machine's base images, agent and
+    runsc (read-only to the tests), but its own layer store, builds and pulled images, so
+    that tests neither leave images behind on the machine nor see the machine's."""
+    cache = root / "cache"
+    cache.mkdir()
+    for part in ("images", "agent", "bin", "debs"):
+        (cache / part).symlink_to(SHARED_CACHE / part)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[LiveServer]:
     _require_runsc_host()
     tmp = Path(tempfile.mkdtemp(prefix="stockade-test-"))
     live = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
+    live.extra_args = ["--cache-dir", str(private_cache(tmp))]
     live.start()
     # The SDK and CLI under test find the server through the environment, as users do.
     saved = {k: os.environ.get(k) for k in ("STOCKADE_URL", "STOCKADE_TOKEN")}

@@ -14,14 +14,14 @@ import pytest
 
 from stockade import BuildError, Client, Image, InvalidArgumentError, NotFoundError, Sandbox
 
-from .conftest import LiveServer
+from .conftest import LiveServer, private_cache
 from .helpers import unique
 
 pytestmark = pytest.mark.runsc
 
 
 def _layers(server: LiveServer) -> set[str]:
-    cache = Path("/var/cache/stockade/layers")
+    cache = server.data_dir.parent / "cache" / "layers"
     return {p.name for p in cache.glob("build-*")}
 
 
@@ -224,14 +224,9 @@ def test_rm_and_gc_never_pull_files_from_under_a_sandbox(
 
     from .helpers import force_cleanup
 
-    shared = Path("/var/cache/stockade")
     tmp = tmp_path_factory.mktemp("gc")
-    cache = tmp / "cache"
-    cache.mkdir()
-    for part in ("images", "agent", "bin", "debs"):
-        (cache / part).symlink_to(shared / part)
     live = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
-    live.extra_args = ["--cache-dir", str(cache)]
+    live.extra_args = ["--cache-dir", str(private_cache(tmp))]
     live.start()
     try:
         with Client(live.url, live.token) as client:

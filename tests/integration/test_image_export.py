@@ -40,7 +40,6 @@ CLI = Path(sys.executable).parent / "stockade"
 # stops reading leaves the server with most of it still to send.
 BIG = 24 * 1024 * 1024
 BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-EXPORTS = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade") / "exports"
 
 
 @dataclass(frozen=True)
@@ -170,15 +169,18 @@ def _layer_names(archive: Path) -> list[list[str]]:
         return names
 
 
-def _export_fds(pid: int) -> list[str]:
-    """What the server's open descriptors into the exports directory point at."""
+def _export_fds(server: LiveServer) -> list[str]:
+    """What the server's open descriptors into its exports directory point at."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    exports = server.data_dir.parent / "cache" / "exports"
     targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue  # closed meanwhile
-        if target.startswith(f"{EXPORTS}/"):
+        if target.startswith(f"{exports}/"):
             targets.append(target)
     return targets
 
@@ -226,8 +228,7 @@ def test_http_export_by_digest(
         assert r.headers["content-disposition"] == 'attachment; filename="export-latest.tar"'
         r.read()
     assert server.proc is not None
-    pid = server.proc.pid
-    wait_for(lambda: not _export_fds(pid) or None, timeout=10, what="the exports to be closed")
+    wait_for(lambda: not _export_fds(server) or None, timeout=10, what="the exports to be closed")
 
 
 def test_base_image_export(server: LiveServer, tmp_path: Path) -> None:
@@ -245,7 +246,6 @@ def test_base_image_export(server: LiveServer, tmp_path: Path) -> None:
 
 def test_a_client_gone_mid_download_frees_the_file(server: LiveServer, pushed: Pushed) -> None:
     assert server.proc is not None
-    pid = server.proc.pid
     with (
         httpx.Client(base_url=server.url, headers=server.headers, timeout=50) as client,
         client.stream("GET", "/v1/images/export", params={"ref": pushed.ref}) as r,
@@ -254,10 +254,10 @@ def test_a_client_gone_mid_download_frees_the_file(server: LiveServer, pushed: P
         assert int(r.headers["content-length"]) > BIG
         next(r.iter_raw())
         # Unlinked as soon as it was opened: only the descriptor keeps it.
-        (target,) = _export_fds(pid)
+        (target,) = _export_fds(server)
         assert target.endswith(" (deleted)"), target
     # Most of the body is unread when the connection closes.
-    wait_for(lambda: not _export_fds(pid) or None, timeout=10, what="the export to be closed")
+    wait_for(lambda: not _export_fds(server) or None, timeout=10, what="the export to be closed")
 
 
 def test_unknown_and_malformed_refs(server: LiveServer, http: httpx.Client, tmp_path: Path) -> None:

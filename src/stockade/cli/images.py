@@ -91,7 +91,9 @@ def images(state: CliState, as_json: bool) -> None:
 def _table(found: list[ImageInfo]) -> Table:
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "KIND", "READY", "SIZE", "AGE", "ID / DIGEST", "DESCRIPTION"):
-        table.add_column(column, no_wrap=column != "DESCRIPTION")
+        # The short columns never shrink; long names and descriptions give way.
+        short = column in ("KIND", "READY", "SIZE", "AGE")
+        table.add_column(column, no_wrap=column != "DESCRIPTION", min_width=9 if short else None)
     for info in found:
         size = f"{info.size_mib} MiB" if info.size_mib is not None else "-"
         ready = Text("yes", style="green") if info.ready else Text("no (built on first use)")
