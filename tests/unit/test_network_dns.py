@@ -31,7 +31,11 @@ from stockade.server.network.policy import NetworkPolicy
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 SANDBOX = "127.0.0.1"
 
-pytestmark = pytest.mark.skipif(not Path(DNSMASQ).exists(), reason="needs dnsmasq")
+
+@pytest.fixture(autouse=True)
+def _dnsmasq_installed() -> None:
+    if not Path(DNSMASQ).exists():
+        pytest.fail("these tests need dnsmasq (apt-get install dnsmasq-base; make test does it)")
 
 
 def free_port() -> int:

@@ -31,10 +31,16 @@ from stockade.server.runtime import proc
 IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL
 
 NFT = shutil.which("nft") or "/usr/sbin/nft"
+
+
 # nft -c still talks to the kernel (netlink), which needs CAP_NET_ADMIN.
-needs_nft = pytest.mark.skipif(
-    not os.path.exists(NFT) or os.geteuid() != 0, reason="needs nft and root"
-)
+@pytest.fixture
+def _nft() -> None:
+    if not os.path.exists(NFT) or os.geteuid() != 0:
+        pytest.fail("these tests need nft and root (apt-get install nftables; make test)")
+
+
+needs_nft = pytest.mark.usefixtures("_nft")
 
 OPEN = NetworkPolicy()
 BLOCKED = NetworkPolicy.parse(block_network=True)

@@ -26,9 +26,14 @@ from stockade.server.images.oci.export import export_layout
 from stockade.server.images.oci.image import ImageConfig
 from stockade.server.images.oci.layers import OPAQUE_XATTR, LayerStore
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="unpacking layers makes device nodes and trusted xattrs (root)"
-)
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "unpacking layers makes device nodes and trusted xattrs: run as root (make test)"
+        )
+
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -201,6 +201,8 @@ class ImageCatalog:
 
     def check(self, image: str) -> None:
         """Raise for an image name or reference that cannot be valid, before any work."""
+        if image in BASE_IMAGES:
+            return  # the common case, answered without reading the names file
         if image.startswith("img-") or self.tags.get(image):
             if self.built(image) is None:
                 raise NotFoundError(
