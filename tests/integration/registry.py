@@ -3,9 +3,11 @@ the tools that build and push images to it (umoci, skopeo)."""
 
 from __future__ import annotations
 
+import io
 import secrets
 import socket
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +75,19 @@ def start_registry(work: Path, name: str, storage: Path, auth: str = "") -> Regi
             registry.stop()
             raise AssertionError(f"registry {name} did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
+
+
+def opaque_layer(path: Path) -> Path:
+    """A layer tar in which ``data/`` becomes opaque (hiding what lower layers put there)
+    and holds one new file, ``data/new``. Written by hand: umoci never writes one."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("data", None), ("data/.wh..wh..opq", b""), ("data/new", b"new\n")):
+            info = tarfile.TarInfo(name)
+            info.mtime = int(time.time())
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return path

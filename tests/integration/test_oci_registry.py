@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -47,7 +46,7 @@ from stockade.server.images.oci import (
     pull,
 )
 
-from .registry import Registry, free_port, run_tool, start_registry
+from .registry import Registry, free_port, opaque_layer, run_tool, start_registry
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(60)]
 
@@ -232,17 +231,7 @@ def _build_and_push(work: Path, host: str, storage: Path) -> tuple[Path, str, st
     run_tool("umoci", "repack", "--image", f"{layout}:v1", bundle2)
 
     # Layer 3 (hand-made, as umoci never writes one): data/ becomes opaque, with a new file.
-    opaque = work / "opaque.tar"
-    with tarfile.open(opaque, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("data", None), ("data/.wh..wh..opq", b""), ("data/new", b"new\n")):
-            info = tarfile.TarInfo(name)
-            info.mtime = int(time.time())
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+    opaque = opaque_layer(work / "opaque.tar")
     run_tool("umoci", "raw", "add-layer", "--image", f"{layout}:v1", opaque)
     run_tool(
         "umoci", "config", "--image", f"{layout}:v1",

@@ -8,12 +8,10 @@ config with Env and WorkingDir, which the sandbox must honour.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from stockade import (
 )
 
 from .conftest import LiveServer
-from .registry import Registry, free_port, run_tool, start_registry
+from .registry import Registry, free_port, opaque_layer, run_tool, start_registry
 
 pytestmark = pytest.mark.runsc
 
@@ -71,17 +69,7 @@ def _build(work: Path, host: str) -> None:
     run_tool("umoci", "unpack", "--image", f"{layout}:v1", bundle2)
     (bundle2 / "rootfs/etc/hello").unlink()  # a whiteout in layer 2
     run_tool("umoci", "repack", "--image", f"{layout}:v1", bundle2)
-    opaque = work / "opaque.tar"
-    with tarfile.open(opaque, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("data", None), ("data/.wh..wh..opq", b""), ("data/new", b"new\n")):
-            info = tarfile.TarInfo(name)
-            info.mtime = int(time.time())
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+    opaque = opaque_layer(work / "opaque.tar")
     run_tool("umoci", "raw", "add-layer", "--image", f"{layout}:v1", opaque)
     run_tool(
         "umoci", "config", "--image", f"{layout}:v1", "--config.env", "FOO=from-image",

@@ -44,7 +44,7 @@ from ..config import ServerConfig
 from ..network.policy import NetworkPolicy
 from ..service.execs import ExecService, ExitInfo, OutputChunk
 from ..service.sandboxes import CreateRequest, SandboxService
-from .built import BuiltImage, load_built
+from .built import BuiltImage
 from .catalog import ImageCatalog, ResolvedImage, is_reference
 from .mirror import debian_mirror
 from .oci import RegistryAuth
@@ -219,9 +219,6 @@ class ImageBuilder:
 
     # ------------------------------------------------------------------ lookups
 
-    def load(self, image_id: str) -> BuiltImage | None:
-        return load_built(self.builds, image_id)
-
     def context_path(self, digest: str) -> Path:
         if not _CONTEXT_RE.match(digest):
             raise InvalidArgumentError("a context is named by its sha256: sha256:<64 hex>")
@@ -260,7 +257,7 @@ class ImageBuilder:
             else:
                 on_log(label)
                 try:
-                    await self._make_layer(key, layer, image, step, on_log, spec)
+                    await self._make_layer(key, layer, image, step, on_log)
                 except (StockadeError, TimeoutError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
@@ -315,7 +312,6 @@ class ImageBuilder:
         image: BuiltImage,
         step: Mapping[str, Any],
         on_log: Callable[[str], None],
-        spec: BuildSpec,
     ) -> None:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
