@@ -15,9 +15,6 @@ from .addressing import Block
 __all__ = ["NETNS_DIR", "Links"]
 
 NETNS_DIR = Path("/run/netns")
-# iproute2 now and then exits 255 without a word while many namespaces and links change at
-# once (as mount(8) and mke2fs do, see runtime/rootfs.py); run again, it succeeds.
-_ATTEMPTS = 3
 
 
 class Links:
@@ -31,19 +28,10 @@ class Links:
         """The interface that carries the services address (DNS, egress proxy): an empty
         bridge, because the kernels we run on often lack the dummy driver."""
         b = self.block
-        for attempt in range(_ATTEMPTS):
-            try:
-                if not _exists(f"/sys/class/net/{b.dummy}"):
-                    await proc.run(["ip", "link", "add", b.dummy, "type", "bridge"], timeout=30)
-                await proc.run(
-                    ["ip", "addr", "replace", f"{b.services_ip}/32", "dev", b.dummy], timeout=30
-                )
-                await proc.run(["ip", "link", "set", b.dummy, "up"], timeout=30)
-                return
-            except proc.CommandError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))
+        if not _exists(f"/sys/class/net/{b.dummy}"):
+            await proc.run(["ip", "link", "add", b.dummy, "type", "bridge"], timeout=30)
+        await proc.run(["ip", "addr", "replace", f"{b.services_ip}/32", "dev", b.dummy], timeout=30)
+        await proc.run(["ip", "link", "set", b.dummy, "up"], timeout=30)
 
     async def remove_services(self) -> None:
         await proc.run(["ip", "link", "del", self.block.dummy], check=False, timeout=30)
@@ -65,18 +53,14 @@ class Links:
             "link set eth0 up",
             f"route add default via {b.host_ip(slot)}",
         ])  # fmt: skip
-        for attempt in range(_ATTEMPTS):
-            try:
-                await proc.run(["ip", "-batch", "-"], input=host.encode() + b"\n", timeout=30)
-                await proc.run(
-                    ["ip", "-n", ns, "-batch", "-"], input=inside.encode() + b"\n", timeout=30
-                )
-                return
-            except Exception:
-                await self.destroy(slot)
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+        try:
+            await proc.run(["ip", "-batch", "-"], input=host.encode() + b"\n", timeout=30)
+            await proc.run(
+                ["ip", "-n", ns, "-batch", "-"], input=inside.encode() + b"\n", timeout=30
+            )
+        except Exception:
+            await self.destroy(slot)
+            raise
 
     async def destroy(self, slot: int) -> None:
         """Remove the namespace and the veth; tolerates either being gone already."""

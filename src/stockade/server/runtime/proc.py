@@ -9,14 +9,18 @@ recorded in :data:`OWNED_PIDS` until asyncio has reaped it.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-__all__ = ["OWNED_PIDS", "CommandError", "Completed", "run", "spawn"]
+__all__ = ["OWNED_PIDS", "SPAWN_LOCK", "CommandError", "Completed", "run", "spawn"]
 
-# PIDs of children that asyncio waits for itself. Read by the reaper on the loop thread.
+# PIDs of children that asyncio waits for itself; the reaper leaves them alone.
 OWNED_PIDS: set[int] = set()
+# Held from a child's fork until its PID is in OWNED_PIDS, and by the reaper while it
+# collects orphans, so that it never sees a child of ours before it is registered.
+SPAWN_LOCK = threading.Lock()
 
 _File = int | IO[bytes] | None
 
@@ -48,18 +52,28 @@ async def spawn(
     start_new_session: bool = False,
     preexec_fn: object = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` and record its PID so the reaper does not steal its exit status."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        env=env,
-        start_new_session=start_new_session,
-        preexec_fn=preexec_fn,  # type: ignore[arg-type]
-        close_fds=True,
-    )
-    OWNED_PIDS.add(proc.pid)
+    """Start ``argv`` and record its PID so the reaper does not steal its exit status.
+
+    The child may exit before ``create_subprocess_exec`` returns; without SPAWN_LOCK the
+    reaper could collect it in that window, and asyncio would then report exit status 255
+    for a command that succeeded.
+    """
+    if not SPAWN_LOCK.acquire(blocking=False):
+        await asyncio.to_thread(SPAWN_LOCK.acquire)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=start_new_session,
+            preexec_fn=preexec_fn,  # type: ignore[arg-type]
+            close_fds=True,
+        )
+        OWNED_PIDS.add(proc.pid)
+    finally:
+        SPAWN_LOCK.release()
     return proc
 
 

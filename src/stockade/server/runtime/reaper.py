@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 
-from .proc import OWNED_PIDS
+from .proc import OWNED_PIDS, SPAWN_LOCK
 
 __all__ = ["Reaper"]
 
@@ -69,6 +69,10 @@ class Reaper:
                 await self._task
 
     def reap_now(self) -> int:
+        with SPAWN_LOCK:  # no child of ours is between its fork and OWNED_PIDS meanwhile
+            return self._reap()
+
+    def _reap(self) -> int:
         me = os.getpid()
         reaped = 0
         for pid in _zombie_children(me):

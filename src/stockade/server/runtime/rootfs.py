@@ -49,7 +49,7 @@ class RootFS:
         await asyncio.to_thread(_make_sparse, self.image, disk_mib * 1024 * 1024)
         try:
             # No journal and lazy init: mkfs + mount take ~25 ms and nothing is written upfront.
-            await _retried(
+            await proc.run(
                 [
                     "mkfs.ext4", "-q", "-F", "-m", "0",
                     "-E", "lazy_itable_init=1,lazy_journal_init=1",
@@ -142,19 +142,6 @@ def _strip_overlay_xattrs(root: Path) -> None:
                 if attr.startswith("trusted.overlay.") and attr not in _KEEP_XATTRS:
                     with contextlib.suppress(OSError):
                         os.removexattr(name, attr, follow_symlinks=False)
-
-
-async def _retried(argv: Sequence[str], attempts: int = 3) -> None:
-    """A host tool that, under a burst of parallel creates, now and then exits 255 without
-    a word (mke2fs checking the mount table while it changes) and works when run again."""
-    for attempt in range(attempts):
-        try:
-            await proc.run(argv)
-            return
-        except proc.CommandError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _make_sparse(path: Path, size: int) -> None:
