@@ -77,6 +77,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Base images (built once per cache directory; later runs find them ready).
+# Base images and the built-in code-interpreter image, whose wheels the host's pip
+# downloads (built once per cache directory; later runs find them ready).
 say "base images"
-STOCKADE_CACHE_DIR="$CACHE_DIR" "$VENV/bin/python" -m stockade.server.images.prebuild debian python
+STOCKADE_CACHE_DIR="$CACHE_DIR" "$VENV/bin/python" -m stockade.server.images.prebuild debian python code-interpreter

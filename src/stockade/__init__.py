@@ -29,6 +29,7 @@ from stockade.errors import (
     DigestMismatchError,
     ImageNotFoundError,
     InvalidArgumentError,
+    KernelUnavailableError,
     NotFoundError,
     RegistryAuthError,
     RegistryError,
@@ -42,6 +43,7 @@ from stockade.errors import (
     UnsupportedImageError,
     error_from_body,
 )
+from stockade.execution import CodeContext, Execution, ExecutionError, Logs, Result
 from stockade.image import Image
 from stockade.models import FileInfo, ImageInfo, NetworkInfo, PortInfo, SandboxInfo
 
@@ -60,17 +62,22 @@ __all__ = [
     "AuthenticationError",
     "BuildError",
     "Client",
+    "CodeContext",
     "CommandError",
     "CommandResult",
     "CommandTimeoutError",
     "ConflictError",
     "DigestMismatchError",
+    "Execution",
+    "ExecutionError",
     "FileInfo",
     "Files",
     "Image",
     "ImageInfo",
     "ImageNotFoundError",
     "InvalidArgumentError",
+    "KernelUnavailableError",
+    "Logs",
     "NetworkInfo",
     "NotFoundError",
     "PortInfo",
@@ -78,6 +85,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachableError",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "SandboxTerminatedError",

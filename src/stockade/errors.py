@@ -7,7 +7,8 @@ Every error Stockade raises derives from one root::
     ├── NotFoundError              404 not_found
     ├── InvalidArgumentError       400 bad_request, 413 payload_too_large, 422 invalid_argument
     ├── ConflictError              409 conflict
-    │   └── SandboxTerminatedError 409 sandbox_terminated
+    │   ├── SandboxTerminatedError 409 sandbox_terminated
+    │   └── KernelUnavailableError 409 kernel_unavailable
     ├── StockadeTimeoutError       504 timeout, and an exec that ran past its `timeout`
     │   └── CommandTimeoutError    (stockade.commands) `run()` past its timeout; has the output
     ├── CommandError               (stockade.commands) `run(check=True)` exited non-zero
@@ -31,6 +32,7 @@ __all__ = [
     "DigestMismatchError",
     "ImageNotFoundError",
     "InvalidArgumentError",
+    "KernelUnavailableError",
     "NotFoundError",
     "RegistryAuthError",
     "RegistryError",
@@ -108,6 +110,14 @@ class SandboxTerminatedError(ConflictError):
     """The sandbox is no longer running; the message says how it ended."""
 
     code = "sandbox_terminated"
+    status = 409
+
+
+class KernelUnavailableError(ConflictError):
+    """The sandbox's image has no kernel for the code's language; the message names an
+    image that has one (``code-interpreter``)."""
+
+    code = "kernel_unavailable"
     status = 409
 
 
@@ -209,6 +219,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "invalid_argument": InvalidArgumentError,
     "conflict": ConflictError,
     "sandbox_terminated": SandboxTerminatedError,
+    "kernel_unavailable": KernelUnavailableError,
     "timeout": StockadeTimeoutError,
     "internal": ServerError,
     "image_not_found": ImageNotFoundError,

@@ -147,11 +147,15 @@ SHARED_CACHE = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade
 
 def private_cache(root: Path) -> Path:
     """A cache directory of a test server's own: the machine's base images, agent and
-    runsc (read-only to the tests), but its own layer store, builds and pulled images, so
-    that tests neither leave images behind on the machine nor see the machine's."""
+    runsc (read-only to the tests) and wheelhouses (downloaded once for all), but its own
+    layer store, builds and pulled images, so that tests neither leave images behind on
+    the machine nor see the machine's. A built-in image (code-interpreter) is thus built
+    again by each test server, from the machine's wheels."""
     cache = root / "cache"
     cache.mkdir()
-    for part in ("images", "agent", "bin", "debs"):
+    # `make test` has downloaded the wheels; without it the first server to need them does.
+    (SHARED_CACHE / "wheelhouse").mkdir(parents=True, exist_ok=True)
+    for part in ("images", "agent", "bin", "debs", "wheelhouse"):
         (cache / part).symlink_to(SHARED_CACHE / part)
     return cache
 

@@ -9,7 +9,9 @@ import pytest
 
 import stockade
 
-PUBLIC_MODULES = ["stockade.commands", "stockade.errors", "stockade.models"]
+PUBLIC_MODULES = [
+    "stockade.commands", "stockade.errors", "stockade.execution", "stockade.models",
+]  # fmt: skip
 
 
 def test_all_names_are_exported() -> None:

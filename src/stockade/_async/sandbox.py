@@ -1,4 +1,4 @@
-"""The handle to one sandbox: create, find, exec, run, files, logs, terminate."""
+"""The handle to one sandbox: create, find, exec, run, run code, files, logs, terminate."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import codecs
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 
-from stockade import _base, _protocol
+from stockade import _base, _protocol, execution
 from stockade._async.client import AsyncClient
 from stockade._async.files import AsyncFiles
 from stockade._async.process import AsyncProcess, cut_short
 from stockade.commands import CommandResult, CommandTimeoutError
-from stockade.errors import InvalidArgumentError
+from stockade.errors import (
+    InvalidArgumentError,
+    SandboxTerminatedError,
+    StockadeConnectionError,
+    StockadeError,
+)
+from stockade.execution import CodeContext, Execution, ExecutionError, Result
 from stockade.image import Image
 from stockade.models import SandboxInfo
 
@@ -44,6 +50,26 @@ async def _image_ref(
         return image.name
     pulled = await client.pull_image(image.name, auth=image.auth, on_log=on_log)
     return pulled.pinned or image.name
+
+
+async def _code_cut_short(client: AsyncClient, sandbox_id: str, why: str) -> StockadeError:
+    """The error for a code run whose stream ended without its ``end`` event: like
+    :func:`cut_short`, it names the sandbox's end when that is the cause."""
+    name = f"the code run in sandbox {sandbox_id}"
+    try:
+        data = await client.request("GET", _base.sandbox_path(sandbox_id))
+        info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+    except StockadeError as exc:
+        return StockadeConnectionError(
+            f"the connection to {name} ended before the code finished ({why}), "
+            f"and checking the sandbox failed too: {exc}"
+        )
+    if not info.running:
+        return SandboxTerminatedError(f"{name} was cut short: {_base.ended_message(info)}")
+    return StockadeConnectionError(
+        f"the connection to {name} ended before the code finished ({why}); "
+        "list the code contexts to see whether its kernel is still busy"
+    )
 
 
 class AsyncSandbox:
@@ -390,6 +416,116 @@ class AsyncSandbox:
         if exited.timed_out:
             raise CommandTimeoutError(argv, sandbox_id=self.id, timeout=timeout, result=result)
         return result.check() if check else result
+
+    # -- code interpreter --------------------------------------------------------------
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        language: str | None = None,
+        context: CodeContext | str | None = None,
+        timeout: float | None = None,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        on_result: Callable[[Result], object] | None = None,
+        on_error: Callable[[ExecutionError], object] | None = None,
+    ) -> Execution:
+        """Run ``code`` in a stateful Jupyter kernel in the sandbox and return what it
+        printed, displayed and raised, as an :class:`~stockade.Execution`.
+
+        Variables, imports and the working directory persist between calls to the same
+        context. ``context`` is a :class:`~stockade.CodeContext` or its ID; without one,
+        the sandbox's default context for ``language`` (``"python"`` unless given) runs
+        the code, started on first use. The image needs the kernel: use
+        ``image="code-interpreter"`` (otherwise :class:`~stockade.KernelUnavailableError`).
+
+        An exception in the code is returned as ``error``, not raised. Past ``timeout``
+        seconds the code is interrupted (``error.name == "KeyboardInterrupt"``,
+        ``timed_out``) and the context keeps its state. The callbacks get each piece of
+        output, result and error while the code runs.
+
+        Example::
+
+            await sb.run_code("import pandas as pd; df = pd.DataFrame({'a': [1, 2]})")
+            ex = await sb.run_code("df", on_stdout=print)
+            print(ex.results[0].html, ex.error)
+        """
+        body = execution.run_body(code, language=language, context=context, timeout=timeout)
+        builder = execution.ExecutionBuilder(
+            on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error
+        )
+        # ndjson() streams without a read timeout: a cell may run quietly for as long as
+        # its own `timeout` (or forever without one), like a command under run().
+        path = _base.sandbox_path(self.id, "/code/run")
+        async with self.client.ndjson("POST", path, json=body) as events:
+            async for event in events:
+                if builder.feed(event):
+                    break  # the last event: do not wait for the server to end the stream
+        if not builder.ended:
+            raise await _code_cut_short(self.client, self.id, "the server closed the stream")
+        return builder.execution()
+
+    async def create_code_context(
+        self, language: str = "python", *, cwd: str | None = None
+    ) -> CodeContext:
+        """Start a new code context (a kernel of its own) for ``language``, working in
+        ``cwd`` (by default the sandbox's working directory).
+
+        Example::
+
+            ctx = await sb.create_code_context(language="bash", cwd="/tmp")
+            ex = await sb.run_code("echo $PWD", context=ctx)
+        """
+        data = await self.client.request(
+            "POST",
+            _base.sandbox_path(self.id, execution.contexts_path()),
+            json=execution.context_body(language, cwd),
+            timeout=_base.LONG_TIMEOUT,  # a kernel starts in seconds, more on a busy host
+        )
+        return _base.parse(CodeContext.from_json, data, "code context")
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts, the default ones included once started.
+
+        Example::
+
+            for ctx in await sb.list_code_contexts():
+                print(ctx.id, ctx.language, ctx.status)
+        """
+        data = await self.client.request(
+            "GET", _base.sandbox_path(self.id, execution.contexts_path())
+        )
+        return [
+            _base.parse(CodeContext.from_json, item, "code context")
+            for item in _base.field_list(data, "contexts", "code context list")
+        ]
+
+    async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
+        """Replace the context's kernel with a fresh one (same ID, language and cwd); its
+        variables and imports are gone. This revives a ``dead`` context.
+
+        Example::
+
+            ctx = await sb.restart_code_context(ctx)
+        """
+        data = await self.client.request(
+            "POST",
+            _base.sandbox_path(self.id, execution.contexts_path(context, "/restart")),
+            timeout=_base.LONG_TIMEOUT,
+        )
+        return _base.parse(CodeContext.from_json, data, "code context")
+
+    async def remove_code_context(self, context: CodeContext | str) -> None:
+        """Stop the context's kernel and forget the context.
+
+        Example::
+
+            await sb.remove_code_context(ctx)
+        """
+        await self.client.request(
+            "DELETE", _base.sandbox_path(self.id, execution.contexts_path(context))
+        )
 
     # -- logs --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import click
 
 from stockade import StockadeError, __version__
 from stockade.cli._common import CliState, print_error
+from stockade.cli.code import code, code_context
 from stockade.cli.files import cp
 from stockade.cli.images import image, images
 from stockade.cli.network import expose, network
@@ -62,8 +63,8 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 
 for _command in (
-    serve, images, create, ls, info, rm, logs, run, exec_, shell, cp, network, expose,
-    port_forward, image,
+    serve, images, create, ls, info, rm, logs, run, exec_, shell, code, code_context, cp,
+    network, expose, port_forward, image,
 ):  # fmt: skip
     cli.add_command(_command)
 

@@ -54,6 +54,14 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     help="Serve exposed ports at http://PORT-ID.DOMAIN (a wildcard DNS name for this server) "
     "[env: STOCKADE_TUNNEL_DOMAIN; default: path URLs /proxy/ID/PORT/].",
 )
+@click.option(
+    "--code-output-limit",
+    type=click.IntRange(min=1024),
+    default=None,
+    metavar="BYTES",
+    help="The most output one run_code returns; the rest is dropped with a marker "
+    "[env: STOCKADE_CODE_OUTPUT_LIMIT; default: 16 MiB].",
+)
 def serve(
     host: str,
     port: int,
@@ -63,6 +71,7 @@ def serve(
     no_network: bool,
     dns_upstreams: tuple[str, ...],
     tunnel_domain: str | None,
+    code_output_limit: int | None,
 ) -> None:
     """Run the Stockade server in the foreground (as root).
 
@@ -87,4 +96,5 @@ def serve(
         network=False if no_network else None,
         dns_upstreams=dns_upstreams,
         tunnel_domain=tunnel_domain,
+        code_output_limit=code_output_limit,
     )

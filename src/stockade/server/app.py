@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from .._version import __version__
-from .api import execs, files, image_export, images, pools, sandboxes
+from .api import code, execs, files, image_export, images, pools, sandboxes
 from .api.deps import Services, require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from .api.schemas import ErrorBody
+from .code.service import CodeService
 from .config import ServerConfig
 from .images.builder import ImageBuilder, build_policy, pip_env
 from .images.catalog import ImageCatalog
+from .images.recipes import add_recipes
 from .network import ingress
 from .network.manager import NetworkManager
 from .runtime.reaper import Reaper
@@ -57,6 +59,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         sandbox_service = SandboxService(config, store, catalog, reaper, network)
         exec_service = ExecService(sandbox_service)
         pool_manager = PoolManager(sandbox_service, parse_pool_specs(config.pools))
+        builder = ImageBuilder(
+            config.cache_dir,
+            catalog,
+            sandbox_service,
+            exec_service,
+            policy=build_policy(config),
+            step_env=pip_env(config.pip_index_url),
+        )
+        add_recipes(catalog, builder)
         app.state.services = Services(
             config=config,
             images=catalog,
@@ -64,13 +75,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             execs=exec_service,
             files=FileService(exec_service),
             pools=pool_manager,
-            builder=ImageBuilder(
-                config.cache_dir,
-                catalog,
+            builder=builder,
+            code=CodeService(
                 sandbox_service,
                 exec_service,
-                policy=build_policy(config),
-                step_env=pip_env(config.pip_index_url),
+                config.data_dir / "kernels",
+                output_limit=config.code_output_limit,
             ),
         )
         await sandbox_service.start()
@@ -81,6 +91,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             await pool_manager.stop()
+            await app.state.services.code.stop()
             # Sandboxes keep running: a restarted server picks them up again.
             await sandbox_service.stop()
             await store.close()
@@ -101,6 +112,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(images.router, dependencies=auth)
     app.include_router(image_export.router, dependencies=auth)
     app.include_router(pools.router, dependencies=auth)
+    app.include_router(code.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.

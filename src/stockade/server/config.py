@@ -64,6 +64,8 @@ class ServerConfig:
     # the pip index they use (empty: pip's default).
     build_allow_domains: tuple[str, ...] = ()
     pip_index_url: str = ""
+    # The most output one run_code may return (bytes); the rest is dropped with a marker.
+    code_output_limit: int = 16 * 1024 * 1024
 
     @classmethod
     def load(
@@ -77,6 +79,7 @@ class ServerConfig:
         network: bool | None = None,
         dns_upstreams: tuple[str, ...] | None = None,
         tunnel_domain: str | None = None,
+        code_output_limit: int | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -100,6 +103,18 @@ class ServerConfig:
             if tunnel_domain is not None
             else os.environ.get("STOCKADE_TUNNEL_DOMAIN", "")
         ).strip(".")
+        env_limit = os.environ.get("STOCKADE_CODE_OUTPUT_LIMIT", "").strip()
+        if code_output_limit is not None:
+            cfg.code_output_limit = code_output_limit
+        elif env_limit:
+            try:
+                cfg.code_output_limit = int(env_limit)
+            except ValueError:
+                raise ConfigError(
+                    f"STOCKADE_CODE_OUTPUT_LIMIT={env_limit!r} is not a number of bytes"
+                ) from None
+        if cfg.code_output_limit < 1024:
+            raise ConfigError("the code output limit must be at least 1024 bytes")
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from ...errors import AuthenticationError
+from ..code.service import CodeService
 from ..config import ServerConfig
 from ..images.builder import ImageBuilder
 from ..images.catalog import ImageCatalog
@@ -28,6 +29,7 @@ class Services:
     files: FileService
     pools: PoolManager
     builder: ImageBuilder
+    code: CodeService
 
 
 def services(conn: HTTPConnection) -> Services:

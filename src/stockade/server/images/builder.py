@@ -17,6 +17,11 @@ upper directory) become the layer. A failed step fails the build with the exit c
 last lines of output, and leaves no layer behind. Concurrent builds of the same image share
 the work: one builds each layer, the others wait for it (a lock per layer key, both in this
 process and across processes sharing the cache).
+
+A ``pip_install`` step of a built-in image (see recipes.py) may name a wheelhouse (see
+wheelhouse.py): its sandbox also mounts those wheels, downloaded by the host's pip, at
+``/opt/stockade/wheels``, and pip installs from there alone, with no network. The wheels
+are not part of the layer. Users' build requests cannot name a wheelhouse.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ from ..config import ServerConfig
 from ..network.policy import NetworkPolicy
 from ..service.execs import ExecService, ExitInfo, OutputChunk
 from ..service.sandboxes import CreateRequest, SandboxService
-from .built import BuiltImage
-from .catalog import ImageCatalog, ResolvedImage, is_reference
+from .built import BuiltImage, load_built
+from .catalog import BASE_IMAGES, ImageCatalog, ResolvedImage, is_reference
 from .mirror import debian_mirror
 from .oci import RegistryAuth
+from .wheelhouse import WHEELS_DIR, Wheelhouse, ensure_wheelhouse
 
 __all__ = [
     "BuildError",
@@ -156,6 +162,11 @@ def _check_step(index: int, step: object) -> Mapping[str, Any]:
     if op == "run":
         return {"op": op, "commands": strings("commands")}
     if op in ("apt_install", "pip_install"):
+        if "wheelhouse" in step:
+            raise InvalidArgumentError(
+                f"{where} ({op}): wheelhouse is for the server's own images, not a field of "
+                "a build request"
+            )
         packages = strings("packages")
         for p in packages:
             if p.startswith("-") or any(c.isspace() for c in p):
@@ -205,6 +216,7 @@ class ImageBuilder:
         policy: NetworkPolicy,
         step_env: Mapping[str, str] | None = None,
     ) -> None:
+        self.cache_dir = cache_dir
         self.root = cache_dir / "layers"
         self.contexts = cache_dir / "contexts"
         self.builds = self.root / "builds"
@@ -216,8 +228,40 @@ class ImageBuilder:
         self.policy = policy
         self.step_env = dict(step_env or {})
         self._locks: dict[str, asyncio.Lock] = {}
+        # The only wheelhouses a step may name (by directory name): the server's own.
+        self._wheelhouses: dict[str, Wheelhouse] = {}
+
+    def add_wheelhouse(self, wheelhouse: Wheelhouse) -> None:
+        """Let steps name ``wheelhouse`` (``{"op": "pip_install", "wheelhouse":
+        wheelhouse.dirname, ...}``); it is downloaded when such a step first runs."""
+        self._wheelhouses[wheelhouse.dirname] = wheelhouse
 
     # ------------------------------------------------------------------ lookups
+
+    def cached(self, spec: BuildSpec) -> BuiltImage | None:
+        """The image ``spec`` builds if it was built before and all its layers are here;
+        ``None`` otherwise. Builds and downloads nothing: for a base image or a built
+        image as the base only (a registry base gives ``None``)."""
+        built = self.catalog.built(spec.base)
+        if built is not None:
+            key = built.key
+        elif spec.base in BASE_IMAGES:
+            stamp = self._base_stamp(spec.base)
+            if stamp is None:
+                return None
+            key = _sha(f"base:{spec.base}:{stamp}")
+        else:
+            return None
+        for step in spec.steps:
+            key = _chain(key, step)
+        return load_built(self.builds, key)
+
+    def _base_stamp(self, name: str) -> str | None:
+        # The base's build marker: a rebuilt base image is a new base for every layer on it.
+        marker = self.catalog.root / name / "complete"
+        with contextlib.suppress(OSError):
+            return str(marker.stat().st_mtime_ns)
+        return None
 
     def context_path(self, digest: str) -> Path:
         if not _CONTEXT_RE.match(digest):
@@ -286,6 +330,9 @@ class ImageBuilder:
                 f"python_version {spec.python_version!r} is not available: the "
                 f"debian_slim base provides {', '.join(PYTHON_VERSIONS)}"
             )
+        if self.catalog.is_recipe(spec.base):
+            made = await self.catalog.made(spec.base, on_log)
+            return made.resolved(), made.key
         built = self.catalog.built(spec.base)
         if built is not None:
             return built.resolved(), built.key
@@ -300,9 +347,7 @@ class ImageBuilder:
         if spec.base.startswith("img-"):
             raise NotFoundError(f"image {spec.base} does not exist (any more); build it again")
         info = await self.catalog.ensure(spec.base)
-        # The base's build marker: a rebuilt base image is a new base for every layer on it.
-        marker = self.catalog.root / spec.base / "complete"
-        stamp = f"{marker.stat().st_mtime_ns}" if marker.exists() else "0"
+        stamp = self._base_stamp(spec.base) or "0"
         return ResolvedImage(info.layers, {}, None), _sha(f"base:{spec.base}:{stamp}")
 
     async def _make_layer(
@@ -364,8 +409,13 @@ class ImageBuilder:
             disk=_STEP_DISK_MIB, timeout=_DEFAULT_TIMEOUT, env={**image.env, **self.step_env},
             workdir=image.workdir, tags={}, entrypoint=None, policy=self.policy,
         )  # fmt: skip
+        lowerdirs = list(image.lowerdirs)
+        if step.get("wheelhouse") is not None:
+            # Below the image's layers: the wheels are seen by this step's sandbox only,
+            # and never end up in the layer, which is the sandbox's writes alone.
+            lowerdirs.append(await self._wheelhouse(str(step["wheelhouse"]), on_log))
         record = await self.sandboxes.create_over(
-            req, image.lowerdirs, tags={"stockade.build": image.key[:16]}, user=image.user
+            req, lowerdirs, tags={"stockade.build": image.key[:16]}, user=image.user
         )
         captured = False
         try:
@@ -379,6 +429,12 @@ class ImageBuilder:
             if not captured:
                 with contextlib.suppress(Exception):
                     await self.sandboxes.terminate(record.id)
+
+    async def _wheelhouse(self, name: str, on_log: Callable[[str], None]) -> Path:
+        wheelhouse = self._wheelhouses.get(name)
+        if wheelhouse is None:
+            raise BuildError(f"the wheelhouse {name!r} is not one of this server's")
+        return await ensure_wheelhouse(self.cache_dir, wheelhouse, on_log=on_log)
 
     async def _exec(
         self, sandbox_id: str, command: str, workdir: str | None, on_log: Callable[[str], None]
@@ -416,6 +472,11 @@ def _commands(step: Mapping[str, Any]) -> list[str]:
         return [
             "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
             f"--no-install-recommends {packages} && rm -rf /var/lib/apt/lists/*"
+        ]
+    if step.get("wheelhouse") is not None:
+        return [
+            "python3 -m pip install --no-cache-dir --progress-bar off --no-index "
+            f"--find-links {WHEELS_DIR} {packages}"
         ]
     return [f"python3 -m pip install --no-cache-dir --progress-bar off {packages}"]
 
@@ -461,7 +522,7 @@ def _describe(step: Mapping[str, Any]) -> str:
     detail = {
         "run": lambda: " && ".join(step["commands"]),
         "apt_install": lambda: " ".join(step["packages"]),
-        "pip_install": lambda: " ".join(step["packages"]),
+        "pip_install": lambda: " ".join(step["packages"]) + _from_wheelhouse(step),
         "env": lambda: " ".join(f"{k}={v}" for k, v in step["vars"].items()),
         "workdir": lambda: str(step["path"]),
         "user": lambda: str(step["user"]),
@@ -470,6 +531,11 @@ def _describe(step: Mapping[str, Any]) -> str:
         "copy": lambda: f"{step['context'][:19]}… -> {step['dest']}",
     }[op]()
     return f"{op} {detail}"
+
+
+def _from_wheelhouse(step: Mapping[str, Any]) -> str:
+    name = step.get("wheelhouse")
+    return f" (from wheelhouse {name})" if name else ""
 
 
 def _chain(parent: str, step: Mapping[str, Any]) -> str:

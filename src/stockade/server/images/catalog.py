@@ -12,6 +12,10 @@ The base images come from debootstrap:
 - ``python``: the same plus python3, pip and venv, with the "externally managed" marker
   removed so that ``pip install`` works as it does in Modal's ``debian_slim``.
 
+Recipes (``code-interpreter``, see recipes.py) are named images that the image builder
+makes from steps on first use, like any built image; the server registers them with
+:meth:`ImageCatalog.add_recipe`, and their names resolve wherever a base image's does.
+
 Builds happen once per cache directory, on first need. Several servers may share one cache
 (the test suite does), so a build holds an exclusive file lock, writes into a temporary
 directory and renames it into place only when complete: no half-made image is ever seen.
@@ -22,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +43,15 @@ from .oci.image import pulled_images
 from .resolved import ResolvedImage
 from .tags import TagStore
 
-__all__ = ["BaseImage", "BuildJob", "ImageCatalog", "ImageInfo", "ResolvedImage", "is_reference"]
+__all__ = [
+    "BaseImage",
+    "BuildJob",
+    "ImageCatalog",
+    "ImageInfo",
+    "Recipe",
+    "ResolvedImage",
+    "is_reference",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +102,20 @@ class ImageInfo:
     size_mib: int | None
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A named image that the image builder makes on first use.
+
+    ``build`` makes it (or finds it made), passing its log lines on; ``lookup`` finds it
+    made without building anything (``None`` when it is not), cheaply and synchronously.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Callable[[str], None]], Awaitable[BuiltImage]]
+    lookup: Callable[[], BuiltImage | None]
+
+
 def is_reference(image: str) -> bool:
     """Whether ``image`` names a registry image rather than a base image."""
     return any(c in image for c in ":/@")
@@ -104,35 +129,39 @@ class BuildJob:
         self.lines: list[str] = []
         self.error: str | None = None
         self.done = False
-        self._changed = asyncio.Condition()
+        # Set, then replaced, on every change: a follower waits on the one it saw last.
+        self._changed = asyncio.Event()
+
+    def post(self, line: str) -> None:
+        """Add a log line; for callers that cannot await (the builder's log callback)."""
+        self.lines.append(line)
+        self._wake()
 
     async def add_line(self, line: str) -> None:
-        async with self._changed:
-            self.lines.append(line)
-            self._changed.notify_all()
+        self.post(line)
 
     async def finish(self, error: str | None) -> None:
-        async with self._changed:
-            self.error = error
-            self.done = True
-            self._changed.notify_all()
+        self.error = error
+        self.done = True
+        self._wake()
 
-    def _has_more(self, sent: int) -> bool:
-        return self.done or len(self.lines) > sent
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def follow(self) -> AsyncIterator[str]:
         """Yield every log line, past and future, until the build ends."""
         sent = 0
         while True:
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._has_more, sent))
-                new = self.lines[sent:]
-                done = self.done
+            changed = self._changed
+            new = self.lines[sent:]
+            done = self.done
             for line in new:
                 yield line
             sent += len(new)
             if done and sent >= len(self.lines):
                 return
+            await changed.wait()  # at once if anything changed while yielding
 
 
 class ImageCatalog:
@@ -150,16 +179,60 @@ class ImageCatalog:
         self._mirror = mirror
         self._jobs: dict[str, BuildJob] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._recipes: dict[str, Recipe] = {}
+        # Recipe images once made: resolving one again costs a dict lookup.
+        self._made: dict[str, BuiltImage] = {}
         # Layers of registry images, stored once each and shared by every image using them.
         self.layers = LayerStore(cache_dir / "layers")
 
     def names(self) -> list[str]:
-        return sorted(BASE_IMAGES)
+        """The base images, then the recipes."""
+        return [*sorted(BASE_IMAGES), *sorted(self._recipes)]
+
+    def add_recipe(self, recipe: Recipe) -> None:
+        """Make ``recipe.name`` an image name, built by ``recipe.build`` on first use."""
+        if recipe.name in BASE_IMAGES or recipe.name.startswith("img-"):
+            raise ValueError(f"{recipe.name!r} cannot name a recipe: it names another image")
+        if is_reference(recipe.name):
+            raise ValueError(f"{recipe.name!r} cannot name a recipe: it reads as a reference")
+        self._recipes[recipe.name] = recipe
+        self._made.pop(recipe.name, None)
+
+    def is_recipe(self, name: str) -> bool:
+        return name in self._recipes
+
+    def recipe_image(self, name: str) -> BuiltImage | None:
+        """A recipe's image if it is made (without building it); None otherwise."""
+        made = self._made.get(name)
+        if made is None:
+            made = self._recipes[name].lookup()
+            if made is not None:
+                self._made[name] = made
+        return made
+
+    async def made(self, name: str, on_log: Callable[[str], None] | None = None) -> BuiltImage:
+        """A recipe's image, built first when needed (once, however many ask meanwhile);
+        ``on_log`` gets the build's log lines."""
+        made = self.recipe_image(name)
+        if made is not None:
+            return made
+        await self.ensure(name, on_log)
+        made = self.recipe_image(name)
+        if made is None:
+            raise ServerError(f"image {name!r} was built but its layers are missing")
+        return made
 
     def _rootfs(self, name: str) -> Path:
         return self.root / name / "rootfs"
 
     def info(self, name: str) -> ImageInfo:
+        recipe = self._recipes.get(name)
+        if recipe is not None:
+            made = self.recipe_image(name)
+            if made is None:
+                return ImageInfo(name, recipe.description, False, (), None)
+            mib = made.size // (1024 * 1024)
+            return ImageInfo(name, recipe.description, True, tuple(made.lowerdirs), mib)
         base = self._base(name)
         rootfs = self._rootfs(name)
         ready = (self.root / name / "complete").exists()
@@ -181,7 +254,8 @@ class ImageCatalog:
 
     def start_build(self, name: str) -> BuildJob:
         """Start building ``name`` unless a build is already running; return the build."""
-        self._base(name)
+        if name not in self._recipes:
+            self._base(name)
         job = self._jobs.get(name)
         if job is not None and not job.done:
             return job
@@ -196,12 +270,14 @@ class ImageCatalog:
             return load_built(self.builds, image)
         if image in BASE_IMAGES:
             return None  # the base image wins over a tag of the same bare name
+        if image in self._recipes:
+            return self.recipe_image(image)  # and so does a recipe
         image_id = self.tags.get(image)
         return load_built(self.builds, image_id) if image_id else None
 
     def check(self, image: str) -> None:
         """Raise for an image name or reference that cannot be valid, before any work."""
-        if image in BASE_IMAGES:
+        if image in BASE_IMAGES or image in self._recipes:
             return  # the common case, answered without reading the names file
         if image.startswith("img-") or self.tags.get(image):
             if self.built(image) is None:
@@ -215,8 +291,10 @@ class ImageCatalog:
 
     async def resolve(self, image: str) -> ResolvedImage:
         """The layers and defaults of ``image``: a built image (by ID or name), a base image
-        (built on first use) or a registry reference (pulled on first use, anonymously; see
-        :meth:`pull`)."""
+        or a recipe (built on first use; a made recipe is then answered from memory) or a
+        registry reference (pulled on first use, anonymously; see :meth:`pull`)."""
+        if image in self._recipes:
+            return (await self.made(image)).resolved()
         built = self.built(image)
         if built is not None:
             return built.resolved()
@@ -242,14 +320,16 @@ class ImageCatalog:
         """The registry images pulled so far, newest first."""
         return pulled_images(self.layers)
 
-    async def ensure(self, name: str) -> ImageInfo:
-        """The image's info once it is built, building it first when needed."""
+    async def ensure(self, name: str, on_log: Callable[[str], None] | None = None) -> ImageInfo:
+        """The image's info once it is built, building it first when needed; ``on_log``
+        gets the build's log lines, from its start, if it builds."""
         info = self.info(name)
         if info.ready:
             return info
         job = self.start_build(name)
-        async for _ in job.follow():
-            pass
+        async for line in job.follow():
+            if on_log is not None:
+                on_log(line)
         if job.error:
             raise ServerError(f"building image {name!r} failed: {job.error}")
         return self.info(name)
@@ -257,7 +337,12 @@ class ImageCatalog:
     async def _build(self, name: str, job: BuildJob) -> None:
         error: str | None = None
         try:
-            await self._build_locked(name, job)
+            recipe = self._recipes.get(name)
+            if recipe is not None:
+                # The builder locks each layer it makes, across processes too.
+                self._made[name] = await recipe.build(job.post)
+            else:
+                await self._build_locked(name, job)
         except Exception as exc:  # reported to every listener, and logged
             log.exception("building image %s failed", name)
             error = str(exc)

@@ -1,11 +1,11 @@
 """``stockade image gc``: remove the layers no image or sandbox needs, and say how much.
 
-Kept: the layers of every named image, of every pulled registry image, and of every
-overlay mounted on this host (a running sandbox's image, whichever server started it);
-the base images are not layers of the store and are never touched. Everything else in the
-layer store goes: unnamed build results and the layers only they used, and the uploaded
-files of copy steps. Entries younger than ``min_age`` are kept, so a build running
-meanwhile keeps what it has just made.
+Kept: the layers of every named image, of the built-in images made from recipes, of every
+pulled registry image, and of every overlay mounted on this host (a running sandbox's
+image, whichever server started it); the base images are not layers of the store and are
+never touched. Everything else in the layer store goes: unnamed build results and the
+layers only they used, and the uploaded files of copy steps. Entries younger than
+``min_age`` are kept, so a build running meanwhile keeps what it has just made.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def collect(catalog: ImageCatalog, *, min_age: float = 60.0) -> GcResult:
         if built is not None:
             keep |= set(built.lowerdirs)
             kept_builds.add(built.key)
+    for name in catalog.names():
+        made = catalog.recipe_image(name) if catalog.is_recipe(name) else None
+        if made is not None:
+            keep |= set(made.lowerdirs)
+            kept_builds.add(made.key)
     for pulled in pulled_images(catalog.layers):
         keep |= set(pulled.layers)
     cutoff = time.time() - min_age

@@ -1,21 +1,46 @@
-"""Build the agent and the base images ahead of time.
+"""Build the agent, the base images and the built-in images ahead of time.
 
-``python -m stockade.server.images.prebuild NAME…``
+``python -m stockade.server.images.prebuild NAME…`` (no name: all of them)
 
 ``make run`` and ``make test`` use this so that the first sandbox does not wait for a
-debootstrap. Already-built images cost nothing.
+debootstrap or a build. Already-built images cost nothing.
+
+A built-in image (``code-interpreter``) is made by the image builder in gVisor sandboxes,
+as the server would make it; here by a builder of its own, with a throwaway data directory
+and no sandbox networking, so that it never meets a running server's sandboxes. Its wheels
+are downloaded first in any case: test servers build the image again in caches of their
+own, from the machine's wheels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from ..config import DEFAULT_CACHE_DIR
+from ..config import DEFAULT_CACHE_DIR, ServerConfig
+from ..network.manager import NetworkManager
 from ..runtime.agent_layer import ensure_agent_layer
+from ..runtime.reaper import Reaper
+from ..service.execs import ExecService
+from ..service.sandboxes import SandboxService
+from ..state.store import SQLiteStore
+from .builder import ImageBuilder, build_policy
 from .catalog import ImageCatalog
+from .recipes import RECIPE_NAMES, WHEELHOUSES, add_recipes
+from .wheelhouse import ensure_wheelhouse
+
+
+def _say(name: str) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(f"  [{name}] {line}", flush=True)
+
+    return say
 
 
 async def _prebuild(names: list[str]) -> int:
@@ -23,18 +48,63 @@ async def _prebuild(names: list[str]) -> int:
     layer = await ensure_agent_layer(cache)
     print(f"agent: {layer}")
     catalog = ImageCatalog(cache)
-    for name in names or catalog.names():
+    for name in names or [*catalog.names(), *RECIPE_NAMES]:
+        if name in RECIPE_NAMES:
+            if not await _prebuild_recipe(cache, catalog, name):
+                return 1
+            continue
         info = catalog.info(name)
         if info.ready:
             print(f"image {name}: ready ({info.size_mib} MiB)")
             continue
         job = catalog.start_build(name)
         async for line in job.follow():
-            print(f"  [{name}] {line}", flush=True)
+            _say(name)(line)
         if job.error:
             print(f"error: building image {name} failed: {job.error}", file=sys.stderr)
             return 1
     return 0
+
+
+async def _prebuild_recipe(cache: Path, catalog: ImageCatalog, name: str) -> bool:
+    say = _say(name)
+    try:
+        for wheelhouse in WHEELHOUSES.get(name, ()):
+            path = await ensure_wheelhouse(cache, wheelhouse, on_log=say)
+            print(f"wheelhouse {wheelhouse.dirname}: ready ({path})")
+        async with _builder(cache, catalog) as builder:
+            add_recipes(catalog, builder)
+            info = catalog.info(name)
+            if not info.ready:
+                info = await catalog.ensure(name, say)
+    except Exception as exc:
+        print(f"error: building image {name} failed: {exc}", file=sys.stderr)
+        return False
+    print(f"image {name}: ready ({info.size_mib} MiB)")
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _builder(cache: Path, catalog: ImageCatalog) -> AsyncIterator[ImageBuilder]:
+    data = Path(tempfile.mkdtemp(prefix="stockade-prebuild-"))
+    config = ServerConfig.load(data_dir=data, cache_dir=cache, network=False)
+    reaper = Reaper()
+    reaper.start()
+    store = SQLiteStore(config.db_path)
+    try:
+        network = NetworkManager(config.data_dir, config.cache_dir, enabled=False)
+        sandboxes = SandboxService(config, store, catalog, reaper, network)
+        await sandboxes.start()
+        try:
+            yield ImageBuilder(
+                cache, catalog, sandboxes, ExecService(sandboxes), policy=build_policy(config)
+            )
+        finally:
+            await sandboxes.stop()
+    finally:
+        await store.close()
+        await reaper.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def main() -> None:

@@ -1,0 +1,115 @@
+"""Code interpreter routes: run code in a kernel, and manage its contexts.
+
+See docs/code-interpreter.md for the NDJSON events of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import StockadeError
+from ..code.service import CodeContext
+from .deps import Services, services
+from .limits import check_range
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])
+Svc = Annotated[Services, Depends(services)]
+
+_MAX_TIMEOUT = 86400.0
+# Code is text typed or generated for one cell; the API's JSON body limit caps it too.
+_MAX_CODE = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunCode(_Strict):
+    code: str = Field(..., max_length=_MAX_CODE, description="The code of one cell.")
+    language: str | None = Field(
+        None, description="`python` or `bash`; default: the context's, else python."
+    )
+    context: str | None = Field(None, description="A context ID; default: the language's.")
+    timeout: float | None = Field(
+        None, description="Seconds; the cell is then interrupted (KeyboardInterrupt)."
+    )
+
+
+class NewContext(_Strict):
+    language: str = "python"
+    cwd: str | None = Field(None, description="The kernel's working directory.")
+
+
+class ContextOut(BaseModel):
+    id: str
+    language: str
+    cwd: str | None
+    default: bool
+    status: Literal["starting", "idle", "busy", "dead"]
+
+
+class ContextList(BaseModel):
+    contexts: list[ContextOut]
+
+
+def _out(ctx: CodeContext) -> ContextOut:
+    return ContextOut.model_validate(ctx.to_json())
+
+
+@router.post(
+    "/run",
+    summary="Run code in a stateful kernel, streaming its output as NDJSON events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def run_code(sandbox_id: str, body: RunCode, svc: Svc) -> StreamingResponse:
+    if body.timeout is not None:
+        check_range("timeout", body.timeout, 0.001, _MAX_TIMEOUT, " seconds")
+    ctx = await svc.code.prepare(sandbox_id, body.language, body.context)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for event in svc.code.run(ctx, body.code, timeout=body.timeout):
+                yield _line(event)
+        except StockadeError as err:
+            # Headers are gone already: the error travels as the stream's last event.
+            yield _line({"type": "error", **err.to_body()})
+
+    return StreamingResponse(events(), media_type="application/x-ndjson")
+
+
+@router.post("/contexts", status_code=201, response_model=ContextOut, summary="New context")
+async def create_context(sandbox_id: str, body: NewContext, svc: Svc) -> ContextOut:
+    return _out(await svc.code.create(sandbox_id, body.language, body.cwd))
+
+
+@router.get("/contexts", response_model=ContextList, summary="List contexts")
+async def list_contexts(sandbox_id: str, svc: Svc) -> ContextList:
+    return ContextList(contexts=[_out(c) for c in await svc.code.list(sandbox_id)])
+
+
+@router.post(
+    "/contexts/{context_id}/restart",
+    response_model=ContextOut,
+    summary="Restart a context's kernel (its state is lost)",
+)
+async def restart_context(sandbox_id: str, context_id: str, svc: Svc) -> ContextOut:
+    return _out(await svc.code.restart(sandbox_id, context_id))
+
+
+@router.delete(
+    "/contexts/{context_id}", status_code=204, response_class=Response, summary="Remove context"
+)
+async def remove_context(sandbox_id: str, context_id: str, svc: Svc) -> Response:
+    await svc.code.remove(sandbox_id, context_id)
+    return Response(status_code=204)
+
+
+def _line(obj: object) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()

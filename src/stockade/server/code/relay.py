@@ -1,0 +1,138 @@
+"""Byte relays from host Unix sockets to TCP ports on a sandbox's loopback.
+
+A kernel listens on 127.0.0.1 inside the sandbox, which the host cannot reach when the
+sandbox has no network (``block_network=True``, ``--no-network``) and should not depend
+on when it has one. Each relay is a Unix socket on the host; every connection to it
+starts a tiny program in the sandbox, through the agent like any command, that connects to
+the port and copies bytes both ways over its stdin and stdout. ZeroMQ on the host connects
+to the Unix socket as if it were the kernel, so jupyter_client speaks to the real kernel
+with nothing in between that parses its messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from ...errors import StockadeError
+from ..service.execs import ExecService, ExitInfo, OutputChunk
+
+__all__ = ["RELAY_PROGRAM", "UnixRelay"]
+
+log = logging.getLogger(__name__)
+
+# Runs inside the sandbox with the image's python3. It retries the connection while the
+# kernel is still starting, so the host can connect before the kernel listens.
+RELAY_PROGRAM = """\
+import os, socket, sys, threading, time
+port = int(sys.argv[1])
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", port))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(3)
+        time.sleep(0.02)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def up():
+    while True:
+        b = os.read(0, 262144)
+        if not b:
+            break
+        s.sendall(b)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+out = sys.stdout.buffer
+while True:
+    b = s.recv(262144)
+    if not b:
+        break
+    out.write(b)
+    out.flush()
+"""
+
+_READ = 262144
+
+
+class UnixRelay:
+    """A Unix socket at ``path`` whose connections reach ``port`` in the sandbox."""
+
+    def __init__(
+        self,
+        execs: ExecService,
+        sandbox_id: str,
+        port: int,
+        path: Path,
+        *,
+        connect_within: float = 60.0,
+    ) -> None:
+        self.execs = execs
+        self.sandbox_id = sandbox_id
+        self.port = port
+        self.path = path
+        self.connect_within = connect_within
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._pump(reader, writer)
+        except (StockadeError, OSError) as exc:
+            # The sandbox ended or the peer went away: ZeroMQ reconnects if it still wants to.
+            log.debug("relay to %s:%d ended: %s", self.sandbox_id, self.port, exc)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = await self.execs.start(
+            self.sandbox_id,
+            ["python3", "-c", RELAY_PROGRAM, str(self.port), str(self.connect_within)],
+        )
+
+        async def upstream() -> None:
+            while data := await reader.read(_READ):
+                await session.write_stdin(data)
+            await session.close_stdin()
+
+        feeder = asyncio.create_task(upstream())
+        try:
+            async for event in session.events():
+                if isinstance(event, OutputChunk) and event.stream == 1:
+                    writer.write(event.data)
+                    await writer.drain()
+                elif isinstance(event, OutputChunk):
+                    log.debug("relay %s:%d: %r", self.sandbox_id, self.port, event.data[:500])
+                elif isinstance(event, ExitInfo):
+                    break
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
+            await session.aclose()
