@@ -90,7 +90,10 @@ async def export_image(svc: Svc, ref: RefQ, tag: TagQ = None) -> StreamingRespon
 
 
 async def _source(catalog: ImageCatalog, ref: str) -> _Source:
-    if ref in catalog.names():
+    if catalog.is_recipe(ref):
+        # A built-in image made by the builder exports like any built image.
+        await catalog.made(ref)
+    elif ref in catalog.names():
         info = catalog.info(ref)
         if not info.ready:
             raise ConflictError(
