@@ -2,8 +2,9 @@
 
 Starts its own server (temporary data directory, the machine's image cache), then for each
 figure prints the median and p95 over ``--runs`` repetitions and the ratio Stockade/raw.
+``--only code`` measures the code-interpreter figures alone (bench/code.py).
 
-    python -m bench.run [--runs 20]
+    python -m bench.run [--runs 20] [--only code]
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import httpx
 from stockade import Sandbox
 
 from .baseline import RawRunsc
+from .code import code_legend, code_rows
 from .images import image_rows
 from .network import network_rows
 from .server import Server
 
 MiB = 1024 * 1024
+Row = tuple[str, list[float], list[float], str]
 
 
 def _p95(xs: list[float]) -> float:
@@ -46,111 +49,123 @@ def _time(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
     return out
 
 
+def _core_rows(server: Server, raw: RawRunsc, image: str, runs: int) -> list[Row]:
+    """Create, exec and file figures of ``image`` against raw runsc on its rootfs."""
+    rows: list[Row] = []
+    payload = os.urandom(MiB)
+
+    # 1. create → first output of `echo`, end to end through the SDK.
+    def stockade_create() -> None:
+        sb = Sandbox.create(image=image, timeout=120)
+        p = sb.exec("echo", "hi")
+        assert p.stdout.readline() == "hi\n"
+        p.wait()
+        created.append(sb)
+
+    created: list[Sandbox] = []
+    create_times = _time(stockade_create, runs)
+    for sb in created:
+        sb.terminate()
+    created.clear()
+
+    raw_ids: list[str] = []
+
+    def raw_create() -> None:
+        sid = raw.start()
+        raw.first_output(sid, "echo", "hi")
+        raw_ids.append(sid)
+
+    raw_create_times = _time(raw_create, runs)
+    for sid in raw_ids:
+        raw.delete(sid)
+    rows.append(("create → first output (echo)", create_times, raw_create_times, "raw"))
+
+    # 1b. the same from a warm pool (refills happen between runs, outside the timing).
+    headers = {"Authorization": f"Bearer {server.token}"}
+    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 2}, headers=headers)
+
+    def pool_ready() -> None:
+        for _ in range(600):
+            pools = httpx.get(f"{server.url}/v1/pools", headers=headers).json()["pools"]
+            if all(p["ready"] >= p["size"] for p in pools):
+                return
+            time.sleep(0.05)
+
+    warm: list[float] = []
+    for i in range(runs + 2):
+        pool_ready()
+        t0 = time.perf_counter()
+        stockade_create()
+        if i >= 2:
+            warm.append(time.perf_counter() - t0)
+    for sb in created:
+        sb.terminate()
+    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 0}, headers=headers)
+    rows.append(("create → first output, warm pool", warm, raw_create_times, "raw"))
+
+    # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
+    sb = Sandbox.create(image=image, timeout=600)
+    sid = raw.start()
+    try:
+        rows.append(
+            (
+                "exec round trip: true (WebSocket)",
+                _time(lambda: sb.exec("true").wait(), runs),
+                _time(lambda: raw.exec(sid, "true"), runs),
+                "raw",
+            )
+        )
+        rows.append(
+            (
+                "exec round trip: true (HTTP NDJSON)",
+                _time(lambda: sb.run(["true"]), runs),
+                _time(lambda: raw.exec(sid, "true"), runs),
+                "raw",
+            )
+        )
+
+        def sdk_file() -> None:
+            sb.files.write("/tmp/bench.bin", payload)
+            assert len(sb.files.read_bytes("/tmp/bench.bin")) == MiB
+
+        def raw_file() -> None:
+            raw.exec(sid, "sh", "-c", "cat > /tmp/bench.bin", stdin=payload)
+            assert len(raw.exec(sid, "cat", "/tmp/bench.bin")) == MiB
+
+        rows.append(
+            ("1 MiB file write + read", _time(sdk_file, runs), _time(raw_file, runs), "raw")
+        )
+    finally:
+        sb.terminate()
+        raw.delete(sid)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--image", default="debian")
+    ap.add_argument("--only", choices=["code"], help="measure this group of figures alone")
     args = ap.parse_args()
     runs: int = args.runs
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
     server = Server(work)
     cache = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade")
     raw = RawRunsc(server.runsc(), cache / "images" / args.image / "rootfs", work / "raw")
-    rows: list[tuple[str, list[float], list[float], str]] = []
-    payload = os.urandom(MiB)
+    rows: list[Row] = []
     try:
-        # 1. create → first output of `echo`, end to end through the SDK.
-        def stockade_create() -> None:
-            sb = Sandbox.create(image=args.image, timeout=120)
-            p = sb.exec("echo", "hi")
-            assert p.stdout.readline() == "hi\n"
-            p.wait()
-            created.append(sb)
-
-        created: list[Sandbox] = []
-        create_times = _time(stockade_create, runs)
-        for sb in created:
-            sb.terminate()
-        created.clear()
-
-        raw_ids: list[str] = []
-
-        def raw_create() -> None:
-            sid = raw.start()
-            raw.first_output(sid, "echo", "hi")
-            raw_ids.append(sid)
-
-        raw_create_times = _time(raw_create, runs)
-        for sid in raw_ids:
-            raw.delete(sid)
-        rows.append(("create → first output (echo)", create_times, raw_create_times, "raw"))
-
-        # 1b. the same from a warm pool (refills happen between runs, outside the timing).
-        headers = {"Authorization": f"Bearer {server.token}"}
-        httpx.put(f"{server.url}/v1/pools/{args.image}", json={"size": 2}, headers=headers)
-
-        def pool_ready() -> None:
-            for _ in range(600):
-                pools = httpx.get(f"{server.url}/v1/pools", headers=headers).json()["pools"]
-                if all(p["ready"] >= p["size"] for p in pools):
-                    return
-                time.sleep(0.05)
-
-        warm: list[float] = []
-        for i in range(runs + 2):
-            pool_ready()
-            t0 = time.perf_counter()
-            stockade_create()
-            if i >= 2:
-                warm.append(time.perf_counter() - t0)
-        for sb in created:
-            sb.terminate()
-        httpx.put(f"{server.url}/v1/pools/{args.image}", json={"size": 0}, headers=headers)
-        rows.append(("create → first output, warm pool", warm, raw_create_times, "raw"))
-
-        # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
-        sb = Sandbox.create(image=args.image, timeout=600)
-        sid = raw.start()
-        try:
-            rows.append(
-                (
-                    "exec round trip: true (WebSocket)",
-                    _time(lambda: sb.exec("true").wait(), runs),
-                    _time(lambda: raw.exec(sid, "true"), runs),
-                    "raw",
-                )
-            )
-            rows.append(
-                (
-                    "exec round trip: true (HTTP NDJSON)",
-                    _time(lambda: sb.run(["true"]), runs),
-                    _time(lambda: raw.exec(sid, "true"), runs),
-                    "raw",
-                )
-            )
-
-            def sdk_file() -> None:
-                sb.files.write("/tmp/bench.bin", payload)
-                assert len(sb.files.read_bytes("/tmp/bench.bin")) == MiB
-
-            def raw_file() -> None:
-                raw.exec(sid, "sh", "-c", "cat > /tmp/bench.bin", stdin=payload)
-                assert len(raw.exec(sid, "cat", "/tmp/bench.bin")) == MiB
-
-            rows.append(
-                ("1 MiB file write + read", _time(sdk_file, runs), _time(raw_file, runs), "raw")
-            )
-        finally:
-            sb.terminate()
-            raw.delete(sid)
-        rows += network_rows(work, runs, _time)
-        rows += image_rows(runs, _time)
+        if args.only is None:
+            rows += _core_rows(server, raw, args.image, runs)
+            rows += network_rows(work, runs, _time)
+            rows += image_rows(runs, _time)
+        rows += code_rows(work, server.runsc(), cache, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nStockade vs raw runsc — {runs} runs each, image {args.image!r} (times in ms)\n")
+    what = "code interpreter" if args.only else f"{runs} runs each, image {args.image!r}"
+    print(f"\nStockade vs raw runsc — {what} (times in ms)\n")
     head = (
         f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'vs':>13} {'p50':>9} {'p95':>8} "
         f"{'ratio':>7}"
@@ -165,12 +180,14 @@ def main() -> None:
         )
         if "100 MB" in name:
             print(f"{'':<38} {100 / m:>9.0f} MB/s {'':>22} {100 / r:>6.0f} MB/s")
-    print("\nraw = raw runsc: create is `runsc run --detach` + `runsc exec echo hi` to first")
-    print("byte; exec is `runsc exec true`; file is `runsc exec` of cat with stdin / stdout.")
-    print("--no-network = the same create on a server whose sandboxes have no network;")
-    print("direct = the same request from the host straight to the sandbox's address.")
-    print("last changed = the same build with its last step changed (that step rebuilt);")
-    print("base image = the same create from the 1 GB image's base, `debian`.")
+    if args.only is None:
+        print("\nraw = raw runsc: create is `runsc run --detach` + `runsc exec echo hi` to first")
+        print("byte; exec is `runsc exec true`; file is `runsc exec` of cat with stdin / stdout.")
+        print("--no-network = the same create on a server whose sandboxes have no network;")
+        print("direct = the same request from the host straight to the sandbox's address.")
+        print("last changed = the same build with its last step changed (that step rebuilt);")
+        print("base image = the same create from the 1 GB image's base, `debian`.")
+    print(code_legend(runs))
 
 
 if __name__ == "__main__":

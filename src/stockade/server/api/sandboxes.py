@@ -62,6 +62,7 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
     if record is None:
         await svc.pools.make_room(req.memory)
         record = await svc.sandboxes.create(req)
+    svc.code.prewarm(record.id, record.image)
     return _out(svc, record)
 
 

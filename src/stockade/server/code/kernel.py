@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +119,10 @@ class Kernel:
         zmq_context: zmq.asyncio.Context,
         runtime_root: Path,
         image: str,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.execs = execs
+        self._on_exit = on_exit
         self.sandbox_id = sandbox_id
         self.language = language
         self.cwd = cwd
@@ -261,6 +263,8 @@ class Kernel:
             if not self.death:
                 self.death = "ended"
             self.died.set()
+            if self._on_exit is not None:
+                self._on_exit()
 
     async def _read_iopub(self, client: AsyncKernelClient) -> None:
         while True:

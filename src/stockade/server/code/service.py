@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from ...errors import InvalidArgumentError, NotFoundError
+from ..images.recipes import CODE_INTERPRETER
 from ..service.execs import ExecService
 from ..service.sandboxes import SandboxService, new_id
 from .kernel import LANGUAGES, Kernel
@@ -88,8 +89,13 @@ class CodeService:
         self._zmq.setsockopt(zmq.LINGER, 0)
         self._contexts: dict[str, dict[str, CodeContext]] = {}
         self._starting: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
         kernels = [c.kernel for cs in self._contexts.values() for c in cs.values() if c.kernel]
         self._contexts.clear()
         await asyncio.gather(*(k.shutdown() for k in kernels), return_exceptions=True)
@@ -107,6 +113,8 @@ class CodeService:
         return self._contexts.setdefault(sandbox_id, {})
 
     async def forget(self, sandbox_id: str) -> None:
+        for language in LANGUAGES:
+            self._starting.pop((sandbox_id, language), None)
         contexts = self._contexts.pop(sandbox_id, {}).values()
         kernels = [c.kernel for c in contexts if c.kernel is not None]
         await asyncio.gather(*(k.shutdown() for k in kernels), return_exceptions=True)
@@ -142,6 +150,7 @@ class CodeService:
         kernel = Kernel(
             self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
             zmq_context=self._zmq, runtime_root=self.runtime_root, image=record.image,
+            on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
         )  # fmt: skip
         ctx.kernel = kernel
         await kernel.start()
@@ -185,6 +194,53 @@ class CodeService:
                 if ctx.default and ctx.language == language:
                     return ctx
             return await self.create(sandbox_id, language, None, default=True)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._stopping:
+            work.close()
+            return
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, sandbox_id: str) -> None:
+        """After a kernel exits: drop the sandbox's contexts if the sandbox has ended."""
+        try:
+            await self.sandboxes.get_running(sandbox_id)
+        except Exception:
+            await self.forget(sandbox_id)
+
+    def prewarm(self, sandbox_id: str, image: str) -> None:
+        """Start the default python context of a new sandbox of the code-interpreter
+        image (or one built from it) now, so that its first run_code finds a kernel
+        ready, as E2B's sandboxes do."""
+        if not self._has_kernel(image):
+            return
+        self._background(self._prewarm(sandbox_id))
+
+    async def _prewarm(self, sandbox_id: str) -> None:
+        try:
+            await self._default(sandbox_id, "python")
+        except Exception as exc:  # the run_code that needs it reports the reason
+            log.info("no kernel started ahead in %s: %s", sandbox_id, exc)
+
+    def _has_kernel(self, image: str) -> bool:
+        catalog = self.sandboxes.images
+        if not catalog.is_recipe(CODE_INTERPRETER):
+            return False
+        interpreter = catalog.recipe_image(CODE_INTERPRETER)
+        if interpreter is None:
+            return False
+        if image == CODE_INTERPRETER:
+            return True
+        try:
+            built = catalog.built(image)
+        except Exception:
+            return False
+        # Built on top of it: its layers are the interpreter's, with more above them.
+        return built is not None and all(
+            layer in built.lowerdirs for layer in interpreter.lowerdirs
+        )
 
     # ----------------------------------------------------------------------- run
 
