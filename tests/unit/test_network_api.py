@@ -194,6 +194,16 @@ class FakePools:
         return None
 
 
+class FakeCode:
+    """The code interpreter's hook at create: these images have no kernel to start."""
+
+    def __init__(self) -> None:
+        self.prewarmed: list[tuple[str, str]] = []
+
+    def prewarm(self, sandbox_id: str, image: str) -> None:
+        self.prewarmed.append((sandbox_id, image))
+
+
 @pytest.fixture
 def fake() -> FakeSandboxes:
     return FakeSandboxes()
@@ -210,7 +220,7 @@ async def api(fake: FakeSandboxes, config: ServerConfig) -> AsyncIterator[httpx.
     install_error_handlers(app)
     app.include_router(sandboxes.router, dependencies=[Depends(require_token)])
     app.state.services = SimpleNamespace(
-        config=config, images=FakeImages(), pools=FakePools(), sandboxes=fake
+        config=config, images=FakeImages(), pools=FakePools(), sandboxes=fake, code=FakeCode()
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKEN}"}

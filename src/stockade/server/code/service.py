@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ...errors import InvalidArgumentError, NotFoundError
+from ...errors import InvalidArgumentError, NotFoundError, ServerError
 from ..images.recipes import CODE_INTERPRETER
 from ..service.execs import ExecService
 from ..service.sandboxes import SandboxService, new_id
@@ -36,6 +36,7 @@ DEFAULT_OUTPUT_LIMIT = 16 * 1024 * 1024
 # the output cap: one print of a gigabyte must not land in the server's memory, while one
 # a little over the cap still comes back truncated rather than lost.
 _MESSAGE_FACTOR = 4
+_PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -147,13 +148,21 @@ class CodeService:
     async def _start_kernel(self, ctx: CodeContext) -> None:
         record = await self.sandboxes.get_running(ctx.sandbox_id)
         ctx.ready.clear()
-        kernel = Kernel(
-            self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
-            zmq_context=self._zmq, runtime_root=self.runtime_root, image=record.image,
-            on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
-        )  # fmt: skip
-        ctx.kernel = kernel
-        await kernel.start()
+        for attempt in range(_PORT_ATTEMPTS):
+            kernel = Kernel(
+                self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
+                zmq_context=self._zmq, runtime_root=self.runtime_root, image=record.image,
+                on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
+            )  # fmt: skip
+            ctx.kernel = kernel
+            try:
+                await kernel.start()
+                break
+            except ServerError as exc:
+                # Its random ports can meet one in use in the sandbox (an outgoing
+                # connection's, say): new ones will do.
+                if "Address already in use" not in exc.message or attempt + 1 == _PORT_ATTEMPTS:
+                    raise
         ctx.ready.set()
 
     async def list(self, sandbox_id: str) -> list[CodeContext]:
