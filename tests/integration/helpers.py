@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import select
 import shutil
 import subprocess
 import threading
@@ -217,3 +219,24 @@ def _remove_network_block(data_dir: Path) -> None:
     subprocess.run(
         ["nft", "delete", "table", "inet", f"stockade_{block}"], capture_output=True, check=False
     )
+
+
+def read_until(fd: int, needle: re.Pattern[bytes], seen: bytearray, limit: float) -> bool:
+    """Read a terminal's output into ``seen`` until ``needle`` matches it, the other side
+    closes, or ``limit`` seconds pass; whether it matched."""
+    deadline = time.monotonic() + limit
+    while not needle.search(seen):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side closed
+            return bool(needle.search(seen))
+        if not chunk:
+            return bool(needle.search(seen))
+        seen += chunk
+    return True

@@ -14,7 +14,7 @@ from pathlib import Path
 from stockade import Sandbox
 
 from .conftest import LiveServer
-from .helpers import unique, wait_ended
+from .helpers import read_until, unique, wait_ended
 
 STOCKADE = Path(sys.executable).parent / "stockade"
 _ID = re.compile(r"^sb-[0-9a-f]+$")
@@ -167,25 +167,6 @@ def test_logs_of_an_entrypoint_sandbox(server: LiveServer) -> None:
         Sandbox.from_id(sandbox_id).terminate()
 
 
-def _read_until(fd: int, needle: re.Pattern[bytes], seen: bytearray, limit: float) -> bool:
-    deadline = time.monotonic() + limit
-    while not needle.search(seen):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other side closed
-            return bool(needle.search(seen))
-        if not chunk:
-            return bool(needle.search(seen))
-        seen += chunk
-    return True
-
-
 def _drain(fd: int, seen: bytearray, limit: float) -> None:
     """Read until the other side closes (or ``limit`` passes)."""
     deadline = time.monotonic() + limit
@@ -217,9 +198,9 @@ def test_shell_through_a_pty(sb: Sandbox) -> None:
     seen = bytearray()
     try:
         # Wait for the shell to show up (its prompt), then type.
-        assert _read_until(master, re.compile(rb"[#$] ?$|#"), seen, 30), bytes(seen)
+        assert read_until(master, re.compile(rb"[#$] ?$|#"), seen, 30), bytes(seen)
         os.write(master, b"echo $((6*7)); stty size\n")
-        assert _read_until(master, re.compile(rb"30 100\r?\n"), seen, 30), bytes(seen)
+        assert read_until(master, re.compile(rb"30 100\r?\n"), seen, 30), bytes(seen)
         assert re.search(rb"[\r\n]42\r?\n", seen), bytes(seen)
         os.write(master, b"exit 3\n")
         _drain(master, seen, 10)

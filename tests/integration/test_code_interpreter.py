@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import signal
 import struct
 import subprocess
@@ -37,6 +36,7 @@ from stockade import (
 )
 
 from .conftest import LiveServer
+from .helpers import read_until
 
 # The image build happens in a fixture, outside the tests' own time limit.
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(240, func_only=True)]
@@ -479,27 +479,6 @@ def test_cli_contexts(ci: Sandbox) -> None:
     assert unavailable.returncode == 1 and "error:" in unavailable.stderr
 
 
-def _read_until(fd: int, pattern: bytes, seen: bytearray, limit: float = 30) -> bool:
-    """Read the terminal into ``seen`` until ``pattern`` (a regex) matches it."""
-    needle = re.compile(pattern, re.DOTALL)
-    deadline = time.monotonic() + limit
-    while not needle.search(seen):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other side closed
-            return bool(needle.search(seen))
-        if not chunk:
-            return bool(needle.search(seen))
-        seen += chunk
-    return True
-
-
 def test_cli_prompt_through_a_pty(ci: Sandbox) -> None:
     master, slave = os.openpty()
     proc = subprocess.Popen(
@@ -517,7 +496,7 @@ def test_cli_prompt_through_a_pty(ci: Sandbox) -> None:
         seen.clear()
         if typed:
             os.write(master, typed)
-        assert _read_until(master, expect, seen, limit), bytes(seen)
+        assert read_until(master, re.compile(expect, re.DOTALL), seen, limit), bytes(seen)
 
     try:
         step(b"", rb"Ctrl-D exits.*>>> $", 60)
