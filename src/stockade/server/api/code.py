@@ -5,7 +5,6 @@ See docs/code-interpreter.md for the NDJSON events of a run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import StockadeError
 from ..code.service import CodeContext
+from . import ndjson
 from .deps import Services, services
 from .limits import check_range
 
@@ -76,10 +76,10 @@ async def run_code(sandbox_id: str, body: RunCode, svc: Svc) -> StreamingRespons
     async def events() -> AsyncIterator[bytes]:
         try:
             async for event in svc.code.run(ctx, body.code, timeout=body.timeout):
-                yield _line(event)
+                yield ndjson.line(event)
         except StockadeError as err:
             # Headers are gone already: the error travels as the stream's last event.
-            yield _line({"type": "error", **err.to_body()})
+            yield ndjson.line({"type": "error", **err.to_body()})
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
@@ -110,6 +110,3 @@ async def remove_context(sandbox_id: str, context_id: str, svc: Svc) -> Response
     await svc.code.remove(sandbox_id, context_id)
     return Response(status_code=204)
 
-
-def _line(obj: object) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()

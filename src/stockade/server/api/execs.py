@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ...errors import InvalidArgumentError, StockadeError
 from ..service.execs import ExecSession, ExitInfo, OutputChunk
 from ..service.files import check_path
+from . import ndjson
 from .deps import Services, check_token, services
 from .errors import error_response
 from .limits import check_range
@@ -83,26 +84,24 @@ async def exec_ndjson(sandbox_id: str, body: ExecRequest, svc: Svc) -> Streaming
     async def events() -> AsyncIterator[bytes]:
         feeder = asyncio.create_task(feed())
         try:
-            yield _line({"type": "started"})
+            yield ndjson.line({"type": "started"})
             try:
                 async for event in session.events():
                     if isinstance(event, OutputChunk):
                         name = "stdout" if event.stream == 1 else "stderr"
-                        yield _line({"type": name, "data": base64.b64encode(event.data).decode()})
+                        data = base64.b64encode(event.data).decode()
+                        yield ndjson.line({"type": name, "data": data})
                     else:
-                        yield _line(exit_event(event))
+                        yield ndjson.line(exit_event(event))
             except StockadeError as err:
                 # Headers are gone already: the error travels as the stream's last event.
-                yield _line({"type": "error", **err.to_body()})
+                yield ndjson.line({"type": "error", **err.to_body()})
         finally:
             feeder.cancel()
             await session.aclose()
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
-
-def _line(obj: object) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
 async def _send_error(ws: WebSocket, err: StockadeError) -> None:

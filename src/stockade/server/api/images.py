@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -24,6 +23,7 @@ from ..images.gc import collect
 from ..images.oci import RegistryAuth, parse_reference
 from ..images.oci.image import forget_pulled
 from ..images.tags import parse_tag
+from . import ndjson
 from .deps import Services, services
 from .schemas import ImageList, ImageOut, PullImage
 
@@ -160,21 +160,21 @@ def _stream(
         task.add_done_callback(lambda _: lines.put_nowait(None))
         try:
             while (line := await lines.get()) is not None:
-                yield _line({"type": "log", "line": line})
+                yield ndjson.line({"type": "log", "line": line})
             result = await task
             out = done(result)
         except StockadeError as exc:
-            yield _line({"type": "error", "error": exc.to_body()["error"]})
+            yield ndjson.line({"type": "error", "error": exc.to_body()["error"]})
             return
         except Exception:
             log.exception("%s failed", what)
             message = f"{what} failed unexpectedly; the server log has details"
-            yield _line({"type": "error", "error": {"code": "internal", "message": message}})
+            yield ndjson.line({"type": "error", "error": {"code": "internal", "message": message}})
             return
         finally:
             if not task.done():  # the client went away: stop working for it
                 task.cancel()
-        yield _line({"type": "done", "image": out.model_dump()})
+        yield ndjson.line({"type": "done", "image": out.model_dump()})
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
@@ -197,14 +197,13 @@ async def build_image(name: str, svc: Svc) -> StreamingResponse:
         if not info.ready:
             job = svc.images.start_build(name)
             async for line in job.follow():
-                yield _line({"type": "log", "line": line})
+                yield ndjson.line({"type": "log", "line": line})
             if job.error:
-                yield _line({"type": "error", "error": {"code": "internal", "message": job.error}})
+                error = {"code": "internal", "message": job.error}
+                yield ndjson.line({"type": "error", "error": error})
                 return
-        yield _line({"type": "done", "image": ImageOut.of(svc.images.info(name)).model_dump()})
+        done = ImageOut.of(svc.images.info(name)).model_dump()
+        yield ndjson.line({"type": "done", "image": done})
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
-
-def _line(obj: object) -> bytes:
-    return (json.dumps(obj) + "\n").encode()

@@ -10,7 +10,6 @@ starts afresh on the next run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -47,7 +46,6 @@ class CodeContext:
     cwd: str | None
     default: bool
     kernel: Kernel | None = None
-    busy: int = 0
     created_at: float = field(default_factory=time.time)
     # One run at a time; held across a restart too.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -59,7 +57,7 @@ class CodeContext:
             return "starting"
         if self.kernel.died.is_set():
             return "dead"
-        return "busy" if self.busy else "idle"
+        return "busy" if self.lock.locked() else "idle"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -280,18 +278,8 @@ class CodeService:
         self, ctx: CodeContext, code: str, *, timeout: float | None
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of one run (docs/code-interpreter.md)."""
-        ctx.busy += 1
-        try:
-            async with ctx.lock:
-                kernel = ctx.kernel
-                assert kernel is not None
-                async for event in kernel.execute(code, timeout=timeout, limit=self.output_limit):
-                    if event["type"] == "end":
-                        event = {**event, "context": ctx.id}
-                    yield event
-        finally:
-            ctx.busy -= 1
-            with contextlib.suppress(Exception):
-                if ctx.kernel is not None and ctx.kernel.died.is_set():
-                    log.info("kernel of %s in %s died: %s", ctx.id, ctx.sandbox_id,
-                             ctx.kernel.death)  # fmt: skip
+        async with ctx.lock:
+            kernel = ctx.kernel
+            assert kernel is not None
+            async for event in kernel.execute(code, timeout=timeout, limit=self.output_limit):
+                yield {**event, "context": ctx.id} if event["type"] == "end" else event
