@@ -148,7 +148,8 @@ class Result:
         known = [name for name, mime in _FORMATS.items() if mime in self.data]
         return known + [mime for mime in self.data if mime not in _MIME_NAMES]
 
-    # Jupyter's display protocol: a Result shown in a notebook renders like the original.
+    # Jupyter's display protocol: a Result shown in a notebook renders like the original
+    # (the bundle carries every format, so no per-format _repr_*_ methods are needed).
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {
@@ -156,33 +157,6 @@ class Result:
             for mime, value in self.data.items()
             if (not include or mime in include) and (not exclude or mime not in exclude)
         }
-
-    def _repr_html_(self) -> str | None:
-        return self.html
-
-    def _repr_markdown_(self) -> str | None:
-        return self.markdown
-
-    def _repr_svg_(self) -> str | None:
-        return self.svg
-
-    def _repr_png_(self) -> str | None:
-        return self.png
-
-    def _repr_jpeg_(self) -> str | None:
-        return self.jpeg
-
-    def _repr_pdf_(self) -> str | None:
-        return self.pdf
-
-    def _repr_latex_(self) -> str | None:
-        return self.latex
-
-    def _repr_json_(self) -> Any:
-        return self.json
-
-    def _repr_javascript_(self) -> str | None:
-        return self.javascript
 
 
 @dataclass(frozen=True)

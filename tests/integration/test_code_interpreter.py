@@ -240,7 +240,7 @@ def test_pandas_dataframe_gives_html_and_text(ci: Sandbox, ctx: CodeContext) -> 
     assert result.text is not None
     assert result.text.split() == ["a", "b", "0", "1", "x", "1", "2", "y"]
     assert {"text", "html"} <= set(result.formats())
-    assert result._repr_html_() == result.html
+    assert result._repr_mimebundle_()["text/html"] == result.html
 
 
 def test_error_is_data(ci: Sandbox, ctx: CodeContext) -> None:

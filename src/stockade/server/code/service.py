@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from ...errors import InvalidArgumentError, NotFoundError, ServerError
+from ..images.catalog import BASE_IMAGES
 from ..images.recipes import CODE_INTERPRETER
 from ..service.execs import ExecService
 from ..service.sandboxes import SandboxService, new_id
@@ -233,8 +234,8 @@ class CodeService:
 
     def _has_kernel(self, image: str) -> bool:
         catalog = self.sandboxes.images
-        if not catalog.is_recipe(CODE_INTERPRETER):
-            return False
+        if image in BASE_IMAGES or not catalog.is_recipe(CODE_INTERPRETER):
+            return False  # the common case, answered without touching a file
         interpreter = catalog.recipe_image(CODE_INTERPRETER)
         if interpreter is None:
             return False
