@@ -124,6 +124,18 @@ class ServerConfig:
         return self.data_dir / "sandboxes"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir / "volumes"
+
+    def volume_mount(self, volume_id: str) -> Path:
+        """The host directory a volume's files live in (its mounted disk); sandboxes bind it."""
+        return self.volumes_dir / volume_id / "mnt"
+
+    @property
     def runsc_root(self) -> Path:
         return self.data_dir / "runsc"
 

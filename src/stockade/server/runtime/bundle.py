@@ -96,13 +96,16 @@ def container_spec(
     cgroups_path: str,
     netns: Path | None = None,
     etc_files: Mapping[str, Path] | None = None,
+    volumes: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """The config.json of a sandbox's root container.
 
     ``netns``: the network namespace to join (a networked sandbox); without it the
     sandbox gets a fresh one with loopback only. ``etc_files``: host files bind-mounted
     read-only over files of the image, e.g. ``/etc/resolv.conf`` pointing at the server's
-    DNS forwarder.
+    DNS forwarder. ``volumes``: mount path → host directory, bind-mounted read-write;
+    gVisor's gofer serves them, so the sandbox resolves every symlink and ``..`` inside
+    its own view and cannot leave the directory.
     """
     network: dict[str, str] = {"type": "network"}
     if netns is not None:
@@ -110,6 +113,10 @@ def container_spec(
     binds = [
         {"destination": dest, "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
         for dest, src in (etc_files or {}).items()
+    ]
+    binds += [
+        {"destination": dest, "type": "bind", "source": str(src), "options": ["rbind", "rw"]}
+        for dest, src in sorted((volumes or {}).items())
     ]
     return {
         "ociVersion": "1.0.2",

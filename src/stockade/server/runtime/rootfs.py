@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import proc
 
-__all__ = ["RootFS"]
+__all__ = ["RootFS", "make_disk", "mount_disk"]
 
 
 class RootFS:
@@ -46,19 +46,8 @@ class RootFS:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.disk.mkdir(exist_ok=True)
         self.merged.mkdir(exist_ok=True)
-        await asyncio.to_thread(_make_sparse, self.image, disk_mib * 1024 * 1024)
         try:
-            # No journal and lazy init: mkfs + mount take ~25 ms and nothing is written upfront.
-            await proc.run(
-                [
-                    "mkfs.ext4", "-q", "-F", "-m", "0",
-                    "-E", "lazy_itable_init=1,lazy_journal_init=1",
-                    "-O", "^has_journal",
-                    str(self.image),
-                ]
-            )  # fmt: skip
-            async with _LOOP_SETUP:
-                await _mount(["-o", "loop,noatime", str(self.image), str(self.disk)])
+            await make_disk(self.image, self.disk, disk_mib)
             self.upper.mkdir(exist_ok=True)
             self.work.mkdir(exist_ok=True)
             lower = ":".join(str(p) for p in layers)
@@ -106,6 +95,33 @@ class RootFS:
                     # A dying runsc may still hold it; detach now, the kernel frees it later.
                     await proc.run(["umount", "-l", str(mnt)], check=False)
         await asyncio.to_thread(_remove_except, self.dir, frozenset(keep))
+
+
+async def make_disk(image: Path, mountpoint: Path, size_mib: int) -> None:
+    """Make ``image`` a sparse ext4 file of ``size_mib`` and loop-mount it at ``mountpoint``.
+
+    A filesystem of its own is how a size limit is enforced without host quotas: writes
+    past it fail with ENOSPC for the writer alone, and the host keeps only what was written.
+    """
+    await asyncio.to_thread(_make_sparse, image, size_mib * 1024 * 1024)
+    # No journal and lazy init: mkfs + mount take ~25 ms and nothing is written upfront.
+    await proc.run(
+        [
+            "mkfs.ext4", "-q", "-F", "-m", "0",
+            "-E", "lazy_itable_init=1,lazy_journal_init=1",
+            "-O", "^has_journal",
+            str(image),
+        ]
+    )  # fmt: skip
+    await mount_disk(image, mountpoint)
+
+
+async def mount_disk(image: Path, mountpoint: Path) -> None:
+    """Loop-mount an existing disk image (idempotent)."""
+    if await asyncio.to_thread(os.path.ismount, mountpoint):
+        return
+    async with _LOOP_SETUP:
+        await _mount(["-o", "loop,noatime", str(image), str(mountpoint)])
 
 
 # mount(8) picks a free loop device and then claims it; two at once can pick the same one.

@@ -50,6 +50,7 @@ class PoolSpec:
             req.image == self.image
             and req.entrypoint is None
             and not req.image_entrypoint
+            and not req.volumes  # mounts are fixed when a sandbox boots
             and (req.cpu, req.memory, req.disk) == (self.cpu, self.memory, self.disk)
         )
 

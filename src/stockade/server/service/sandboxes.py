@@ -66,6 +66,11 @@ class CreateRequest:
     ports: Sequence[tuple[int, bool]] = ()  # (port, public)
     # Run the image's ENTRYPOINT + CMD as the main process (as `docker run` does).
     image_entrypoint: bool = False
+    # Mount path → volume ID (checked and resolved by the caller: VolumeService).
+    volumes: Mapping[str, str] = field(default_factory=dict)
+    idle_timeout: float = 0.0
+    on_timeout: str = "terminate"
+    auto_resume: bool = False
 
 
 def new_id(prefix: str) -> str:
@@ -192,6 +197,10 @@ class SandboxService:
             created_at=time.time(),
             ports=[{"port": port, "public": public} for port, public in req.ports],
             access_token=_access_token(),
+            volumes=dict(req.volumes),
+            idle_timeout=req.idle_timeout,
+            on_timeout=req.on_timeout,
+            auto_resume=req.auto_resume,
         )
         record = await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
         return await self._take_user(record, image.user)
@@ -281,6 +290,8 @@ class SandboxService:
             now = time.time()
             record.env, record.tags = dict(req.env), dict(req.tags)
             record.workdir, record.timeout = req.workdir, req.timeout
+            record.idle_timeout, record.on_timeout = req.idle_timeout, req.on_timeout
+            record.auto_resume = req.auto_resume
             record.status = "running"
             record.created_at = record.started_at = now
             record.expires_at = now + req.timeout
@@ -320,6 +331,7 @@ class SandboxService:
                     self._agent_layer = await ensure_agent_layer(self.config.cache_dir)
                 agent = self._agent_layer
                 # The agent's layer goes on top, so /.stockade/agent exists in any image.
+                record.layers = [str(p) for p in layers]
                 await rootfs.create((agent, *layers), record.disk)
                 netns, etc_files, launcher = await self._attach_network(record, policy)
                 spec = bundle.container_spec(
@@ -336,6 +348,9 @@ class SandboxService:
                     cgroups_path=cgroups.cgroup_path(record.id),
                     netns=netns,
                     etc_files=etc_files,
+                    volumes={
+                        path: self.config.volume_mount(vid) for path, vid in record.volumes.items()
+                    },
                 )
                 if record.workdir:
                     # The working directory must exist before the init starts in it.

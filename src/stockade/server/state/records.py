@@ -5,21 +5,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["ALIVE", "SandboxRecord"]
+__all__ = ["ALIVE", "SandboxRecord", "SnapshotRecord", "VolumeRecord"]
+
+class _Record:
+    """JSON (de)serialising shared by the records; unknown keys (a newer server's) are
+    ignored, so a record written by one version loads in another."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, raw: str) -> Self:
+        data: dict[str, Any] = json.loads(raw)
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 # Statuses in which a runsc sandbox may exist for the record.
 ALIVE = frozenset({"starting", "running", "pooled"})
 
 
 @dataclass
-class SandboxRecord:
+class SandboxRecord(_Record):
     """One sandbox, as stored after every state transition.
 
     status: starting → running → terminated | failed
             (a warm-pool sandbox: starting → pooled → running → …)
-    reason (once ended): terminated | timeout | oom | error | exited
+            running → paused → running (pause/resume; paused holds no runsc sandbox)
+    reason (once ended): terminated | timeout | idle | oom | error | exited
     """
 
     id: str
@@ -53,16 +68,52 @@ class SandboxRecord:
     user: str | None = None
     uid: int | None = None
     gid: int | None = None
+    # The image's layers (top-first, without the agent's) as mounted: snapshots and
+    # "what changed" need them even after the image's name has moved on.
+    layers: list[str] = field(default_factory=list)
+    # Volumes mounted into it: {"/data": "vol-…"} (mount path → volume ID).
+    volumes: dict[str, str] = field(default_factory=dict)
+    # Lifetimes: no exec, file or API activity for idle_timeout seconds also ends it (0 =
+    # never); on_timeout says whether either limit terminates or pauses it.
+    idle_timeout: float = 0.0
+    on_timeout: str = "terminate"
+    # A paused sandbox with auto_resume wakes by itself on its next exec, file or port call.
+    auto_resume: bool = False
+    paused_at: float | None = None
+    # The snapshot this sandbox was restored from (its "changes" baseline), if any.
+    snapshot: str | None = None
 
     @property
     def alive(self) -> bool:
         return self.status in ALIVE
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
 
-    @classmethod
-    def from_json(cls, raw: str) -> SandboxRecord:
-        data: dict[str, Any] = json.loads(raw)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+@dataclass
+class SnapshotRecord(_Record):
+    """A memory snapshot (``sn-…``): a runsc checkpoint plus a copy of the sandbox's writes.
+
+    It is recorded only once its directory is complete, so a record always means a whole
+    snapshot. ``sandbox`` is a frozen copy of the source's record: what a restore needs to
+    rebuild the same container (image layers, limits, env, network policy, volumes).
+    """
+
+    id: str
+    sandbox_id: str
+    created_at: float
+    size: int  # bytes on disk: checkpoint image + files
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+    def source(self) -> SandboxRecord:
+        return SandboxRecord.from_json(json.dumps(self.sandbox))
+
+
+@dataclass
+class VolumeRecord(_Record):
+    """A named persistent volume (``vol-…``), mountable by several sandboxes at once."""
+
+    id: str
+    name: str
+    created_at: float
+    size: int  # MiB: the most it may hold

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from .records import SandboxRecord
+from .records import SandboxRecord, SnapshotRecord, VolumeRecord
 
 __all__ = ["SQLiteStore", "Store"]
 
@@ -25,6 +25,15 @@ class Store(Protocol):
     async def put_sandbox(self, record: SandboxRecord) -> None: ...
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None: ...
     async def list_sandboxes(self, status: str | None = None) -> list[SandboxRecord]: ...
+    async def delete_sandbox(self, sandbox_id: str) -> None: ...
+    async def put_snapshot(self, record: SnapshotRecord) -> None: ...
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
+    async def list_snapshots(self) -> list[SnapshotRecord]: ...
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+    async def put_volume(self, record: VolumeRecord) -> None: ...
+    async def get_volume(self, volume_id: str) -> VolumeRecord | None: ...
+    async def list_volumes(self) -> list[VolumeRecord]: ...
+    async def delete_volume(self, volume_id: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -36,6 +45,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     data       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id         TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volumes (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL
+);
 """
 
 
@@ -79,8 +99,62 @@ class SQLiteStore:
                 ).fetchall()
         return [SandboxRecord.from_json(r[0]) for r in rows]
 
+    def _exec(self, sql: str, args: tuple[object, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(sql, args).fetchall()]
+
     async def put_sandbox(self, record: SandboxRecord) -> None:
         await asyncio.to_thread(self._put, record)
+
+    async def delete_sandbox(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    async def put_snapshot(self, record: SnapshotRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO snapshots(id, created_at, data) VALUES (?, ?, ?)",
+            (record.id, record.created_at, record.to_json()),
+        )
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        rows = await asyncio.to_thread(
+            self._rows, "SELECT data FROM snapshots WHERE id = ?", (snapshot_id,)
+        )
+        return SnapshotRecord.from_json(rows[0]) if rows else None
+
+    async def list_snapshots(self) -> list[SnapshotRecord]:
+        rows = await asyncio.to_thread(
+            self._rows, "SELECT data FROM snapshots ORDER BY created_at DESC"
+        )
+        return [SnapshotRecord.from_json(r) for r in rows]
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    async def put_volume(self, record: VolumeRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO volumes(id, name, created_at, data) VALUES (?, ?, ?, ?)",
+            (record.id, record.name, record.created_at, record.to_json()),
+        )
+
+    async def get_volume(self, volume_id: str) -> VolumeRecord | None:
+        """By ID (``vol-…``) or by name."""
+        rows = await asyncio.to_thread(
+            self._rows, "SELECT data FROM volumes WHERE id = ? OR name = ?", (volume_id, volume_id)
+        )
+        return VolumeRecord.from_json(rows[0]) if rows else None
+
+    async def list_volumes(self) -> list[VolumeRecord]:
+        rows = await asyncio.to_thread(self._rows, "SELECT data FROM volumes ORDER BY name")
+        return [VolumeRecord.from_json(r) for r in rows]
+
+    async def delete_volume(self, volume_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM volumes WHERE id = ?", (volume_id,))
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         return await asyncio.to_thread(self._get, sandbox_id)
