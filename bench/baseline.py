@@ -82,6 +82,35 @@ class RawRunsc:
         p.wait()
         return elapsed
 
+    def checkpoint(self, sid: str, image_path: Path, *, leave_running: bool = True) -> None:
+        """``runsc checkpoint`` of ``sid`` into ``image_path``, uncompressed as Stockade's;
+        without ``leave_running`` the sandbox stops once saved (a pause)."""
+        image_path.mkdir(parents=True, exist_ok=True)
+        keep = ["--leave-running"] if leave_running else []
+        subprocess.run(
+            self._argv("checkpoint", *keep, "--compression=none", f"--image-path={image_path}",
+                       sid),
+            stdin=subprocess.DEVNULL, capture_output=True, check=True,
+        )  # fmt: skip
+
+    def restore(self, image_path: Path) -> str:
+        """``runsc restore --detach`` of a checkpoint into a new sandbox (a new bundle over
+        the same rootfs, the same flags); returns its ID."""
+        sid = "raw-" + uuid.uuid4().hex[:10]
+        bundle = self._bundle(sid)
+        # Files, not pipes: the detached sandbox inherits these descriptors.
+        try:
+            with open(bundle / "out.log", "wb") as out:
+                subprocess.run(
+                    self._argv("restore", "--detach", f"--image-path={image_path}",
+                               f"--bundle={bundle}", sid),
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True,
+                )  # fmt: skip
+        except BaseException:
+            self.delete(sid)
+            raise
+        return sid
+
     def delete(self, sid: str) -> None:
         subprocess.run(self._argv("delete", "--force", sid), capture_output=True, check=False)
         shutil.rmtree(self.work / sid, ignore_errors=True)

@@ -2,9 +2,10 @@
 
 Starts its own server (temporary data directory, the machine's image cache), then for each
 figure prints the median and p95 over ``--runs`` repetitions and the ratio Stockade/raw.
-``--only code`` measures the code-interpreter figures alone (bench/code.py).
+``--only code`` measures the code-interpreter figures alone (bench/code.py), ``--only
+snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py).
 
-    python -m bench.run [--runs 20] [--only code]
+    python -m bench.run [--runs 20] [--only code|snapshots]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .code import code_legend, code_rows
 from .images import image_rows
 from .network import network_rows
 from .server import Server
+from .snapshots import snapshot_legend, snapshot_rows
 
 MiB = 1024 * 1024
 Row = tuple[str, list[float], list[float], str]
@@ -145,7 +147,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--image", default="debian")
-    ap.add_argument("--only", choices=["code"], help="measure this group of figures alone")
+    ap.add_argument(
+        "--only", choices=["code", "snapshots"], help="measure this group of figures alone"
+    )
     args = ap.parse_args()
     runs: int = args.runs
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
@@ -158,14 +162,22 @@ def main() -> None:
             rows += _core_rows(server, raw, args.image, runs)
             rows += network_rows(work, runs, _time)
             rows += image_rows(runs, _time)
-        rows += code_rows(work, server.runsc(), cache, runs, _time)
+        if args.only in (None, "snapshots"):
+            snap_raw = RawRunsc(
+                server.runsc(), cache / "images" / "python" / "rootfs", work / "raw-snapshots"
+            )
+            rows += snapshot_rows(server, snap_raw, "python", runs)
+        if args.only in (None, "code"):
+            rows += code_rows(work, server.runsc(), cache, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
-    what = "code interpreter" if args.only else f"{runs} runs each, image {args.image!r}"
-    print(f"\nStockade vs raw runsc — {what} (times in ms)\n")
+    what = {"code": "code interpreter", "snapshots": "snapshots, image 'python'"}.get(
+        args.only or "", f"{runs} runs each, image {args.image!r}"
+    )
+    print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")
     head = (
         f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'vs':>13} {'p50':>9} {'p95':>8} "
         f"{'ratio':>7}"
@@ -174,9 +186,10 @@ def main() -> None:
     print("-" * len(head))
     for name, ours, theirs, against in rows:
         m, r = statistics.median(ours), statistics.median(theirs)
+        unit = 1 if name.endswith("(MB)") else 1e3  # sizes come in MB, times in seconds
         print(
-            f"{name:<38} {m * 1e3:>12.1f} {_p95(ours) * 1e3:>8.1f} {against:>13} "
-            f"{r * 1e3:>9.1f} {_p95(theirs) * 1e3:>8.1f} {m / r:>6.2f}x"
+            f"{name:<38} {m * unit:>12.1f} {_p95(ours) * unit:>8.1f} {against:>13} "
+            f"{r * unit:>9.1f} {_p95(theirs) * unit:>8.1f} {m / r:>6.2f}x"
         )
         if "100 MB" in name:
             print(f"{'':<38} {100 / m:>9.0f} MB/s {'':>22} {100 / r:>6.0f} MB/s")
@@ -187,7 +200,10 @@ def main() -> None:
         print("direct = the same request from the host straight to the sandbox's address.")
         print("last changed = the same build with its last step changed (that step rebuilt);")
         print("base image = the same create from the 1 GB image's base, `debian`.")
-    print(code_legend(runs))
+    if args.only in (None, "snapshots"):
+        print(snapshot_legend(runs))
+    if args.only in (None, "code"):
+        print(code_legend(runs))
 
 
 if __name__ == "__main__":

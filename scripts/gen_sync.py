@@ -39,7 +39,9 @@ REPLACEMENTS = {
     "AsyncStreamReader": "StreamReader",
     "AsyncStreamWriter": "StreamWriter",
     "AsyncFiles": "Files",
+    "AsyncSnapshot": "Snapshot",
     "AsyncFileContent": "FileContent",
+    "AsyncVolume": "Volume",
     # the hand-written IO pairs in stockade._transport
     "AsyncWebSocket": "WebSocket",
     "AsyncCondition": "Condition",

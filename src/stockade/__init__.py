@@ -17,10 +17,21 @@ from stockade._async import (
     AsyncFiles,
     AsyncProcess,
     AsyncSandbox,
+    AsyncSnapshot,
     AsyncStreamReader,
     AsyncStreamWriter,
+    AsyncVolume,
 )
-from stockade._sync import Client, Files, Process, Sandbox, StreamReader, StreamWriter
+from stockade._sync import (
+    Client,
+    Files,
+    Process,
+    Sandbox,
+    Snapshot,
+    StreamReader,
+    StreamWriter,
+    Volume,
+)
 from stockade.commands import CommandError, CommandResult, CommandTimeoutError
 from stockade.errors import (
     AuthenticationError,
@@ -34,6 +45,7 @@ from stockade.errors import (
     RegistryAuthError,
     RegistryError,
     RegistryUnreachableError,
+    SandboxPausedError,
     SandboxTerminatedError,
     ServerError,
     StockadeConnectionError,
@@ -45,7 +57,16 @@ from stockade.errors import (
 )
 from stockade.execution import CodeContext, Execution, ExecutionError, Logs, Result
 from stockade.image import Image
-from stockade.models import FileInfo, ImageInfo, NetworkInfo, PortInfo, SandboxInfo
+from stockade.models import (
+    FileChange,
+    FileChanges,
+    FileInfo,
+    ImageInfo,
+    NetworkInfo,
+    PortInfo,
+    SandboxInfo,
+    SnapshotInfo,
+)
 
 try:
     __version__ = _metadata.version("stockade")
@@ -57,8 +78,10 @@ __all__ = [
     "AsyncFiles",
     "AsyncProcess",
     "AsyncSandbox",
+    "AsyncSnapshot",
     "AsyncStreamReader",
     "AsyncStreamWriter",
+    "AsyncVolume",
     "AuthenticationError",
     "BuildError",
     "Client",
@@ -70,6 +93,8 @@ __all__ = [
     "DigestMismatchError",
     "Execution",
     "ExecutionError",
+    "FileChange",
+    "FileChanges",
     "FileInfo",
     "Files",
     "Image",
@@ -88,8 +113,11 @@ __all__ = [
     "Result",
     "Sandbox",
     "SandboxInfo",
+    "SandboxPausedError",
     "SandboxTerminatedError",
     "ServerError",
+    "Snapshot",
+    "SnapshotInfo",
     "StockadeConnectionError",
     "StockadeError",
     "StockadeTimeoutError",
@@ -97,6 +125,7 @@ __all__ = [
     "StreamWriter",
     "UnsafeLayerError",
     "UnsupportedImageError",
+    "Volume",
     "__version__",
     "error_from_body",
 ]

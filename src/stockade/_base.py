@@ -80,6 +80,10 @@ def ws_url(base_url: str, path: str) -> str:
     return "ws://" + base_url[len("http://") :] + path
 
 
+def snapshot_path(snapshot_id: str) -> str:
+    return f"/v1/snapshots/{quote(snapshot_id, safe='')}"
+
+
 def sandbox_path(sandbox_id: str, suffix: str = "") -> str:
     """``/v1/sandboxes/{id}{suffix}`` with the ID escaped."""
     if not sandbox_id or not isinstance(sandbox_id, str):
@@ -90,6 +94,17 @@ def sandbox_path(sandbox_id: str, suffix: str = "") -> str:
 def image_path(name: str, suffix: str = "") -> str:
     """``/v1/images/{name}{suffix}`` with the name escaped."""
     return f"/v1/images/{quote(name, safe='')}{suffix}"
+
+
+class HasId(Protocol):
+    """Anything named by a server ID: a Volume, a Snapshot, an Image."""
+
+    @property
+    def id(self) -> str: ...
+
+
+def ref_id(obj: str | HasId) -> str:
+    return obj if isinstance(obj, str) else obj.id
 
 
 def create_body(
@@ -108,9 +123,20 @@ def create_body(
     outbound_domain_allowlist: Sequence[str] | None = None,
     ports: Sequence[int | Mapping[str, Any]] | None = None,
     image_entrypoint: bool = False,
+    volumes: Mapping[str, str] | None = None,
+    idle_timeout: float | None = None,
+    on_timeout: str | None = None,
+    auto_resume: bool = False,
+    snapshot: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sandboxes``; unset values are left to the server's defaults."""
     body: dict[str, Any] = {"image": image}
+    if volumes:
+        body["volumes"] = dict(volumes)
+    if auto_resume:
+        body["auto_resume"] = True
+    if snapshot is not None:
+        body["snapshot"] = snapshot
     if image_entrypoint:
         body["image_entrypoint"] = True
     body.update(
@@ -128,6 +154,8 @@ def create_body(
         "disk": disk,
         "timeout": timeout,
         "workdir": workdir,
+        "idle_timeout": idle_timeout,
+        "on_timeout": on_timeout,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     if env:

@@ -8,6 +8,7 @@ Every error Stockade raises derives from one root::
     ├── InvalidArgumentError       400 bad_request, 413 payload_too_large, 422 invalid_argument
     ├── ConflictError              409 conflict
     │   ├── SandboxTerminatedError 409 sandbox_terminated
+    │   ├── SandboxPausedError     409 sandbox_paused
     │   └── KernelUnavailableError 409 kernel_unavailable
     ├── StockadeTimeoutError       504 timeout, and an exec that ran past its `timeout`
     │   └── CommandTimeoutError    (stockade.commands) `run()` past its timeout; has the output
@@ -37,6 +38,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachableError",
+    "SandboxPausedError",
     "SandboxTerminatedError",
     "ServerError",
     "StockadeConnectionError",
@@ -110,6 +112,13 @@ class SandboxTerminatedError(ConflictError):
     """The sandbox is no longer running; the message says how it ended."""
 
     code = "sandbox_terminated"
+    status = 409
+
+
+class SandboxPausedError(ConflictError):
+    """The sandbox is paused: resume it first, or create it with ``auto_resume=True``."""
+
+    code = "sandbox_paused"
     status = 409
 
 
@@ -219,6 +228,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "invalid_argument": InvalidArgumentError,
     "conflict": ConflictError,
     "sandbox_terminated": SandboxTerminatedError,
+    "sandbox_paused": SandboxPausedError,
     "kernel_unavailable": KernelUnavailableError,
     "timeout": StockadeTimeoutError,
     "internal": ServerError,

@@ -11,9 +11,16 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["FileInfo", "ImageInfo", "SandboxInfo"]
+__all__ = [
+    "FileChange",
+    "FileChanges",
+    "FileInfo",
+    "ImageInfo",
+    "SandboxInfo",
+    "SnapshotInfo",
+]
 
 
 def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -41,6 +48,10 @@ def _num(data: Mapping[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{key} must be a number, got {value!r}")
     return float(value)
+
+
+def _opt_num(data: Mapping[str, Any], key: str) -> float | None:
+    return None if data.get(key) is None else _num(data, key, 0.0)
 
 
 def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
@@ -138,9 +149,9 @@ class PortInfo:
 class SandboxInfo:
     """A sandbox's record as the server last described it.
 
-    ``status`` is ``starting``, ``running``, ``terminated`` or ``failed``; once it has
-    ended, ``reason`` says why (``terminated``, ``timeout``, ``oom``, ``error`` or
-    ``exited``) and ``message`` gives the detail.
+    ``status`` is ``starting``, ``running``, ``paused``, ``terminated`` or ``failed``;
+    once it has ended, ``reason`` says why (``terminated``, ``timeout``, ``idle``, ``oom``,
+    ``error`` or ``exited``) and ``message`` gives the detail.
 
     Example::
 
@@ -171,6 +182,17 @@ class SandboxInfo:
     network: NetworkInfo | None = None
     ports: list[PortInfo] = field(default_factory=list)
     access_token: str | None = None
+    volumes: dict[str, str] = field(default_factory=dict)
+    idle_timeout: float | None = None
+    on_timeout: str = "terminate"
+    auto_resume: bool = False
+    paused_at: datetime | None = None
+    snapshot: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the sandbox is paused (its state is on disk; :meth:`resume` wakes it)."""
+        return self.status == "paused"
 
     @property
     def running(self) -> bool:
@@ -214,6 +236,12 @@ class SandboxInfo:
             network=NetworkInfo.from_json(network) if isinstance(network, Mapping) else None,
             ports=[PortInfo.from_json(p) for p in ports if isinstance(p, Mapping)],
             access_token=_opt_str(data, "access_token"),
+            volumes=_str_map(data, "volumes"),
+            idle_timeout=_opt_num(data, "idle_timeout"),
+            on_timeout=_str(data, "on_timeout", "terminate"),
+            auto_resume=bool(data.get("auto_resume", False)),
+            paused_at=_time(data, "paused_at"),
+            snapshot=_opt_str(data, "snapshot"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -318,4 +346,76 @@ class ImageInfo:
     def to_json(self) -> dict[str, Any]:
         """The record in the API's JSON shape (times as ISO 8601 strings)."""
         result: dict[str, Any] = _to_json(dataclasses.asdict(self))
+        return result
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A memory snapshot as the server describes it: ``size`` is bytes on disk (memory
+    checkpoint and files); ``sandbox_id`` is the sandbox it was taken of."""
+
+    id: str
+    sandbox_id: str
+    size: int
+    image: str = ""
+    name: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SnapshotInfo:
+        return cls(
+            id=_str(data, "id"),
+            sandbox_id=_str(data, "sandbox_id"),
+            size=int(_num(data, "size", 0)),
+            image=_str(data, "image", ""),
+            name=_opt_str(data, "name"),
+            created_at=_time(data, "created_at"),
+        )
+
+
+class FileChange(NamedTuple):
+    """A path that changed in a sandbox since its image (or a snapshot), and how:
+    ``kind`` is ``added``, ``modified`` or ``deleted``.
+
+    Example::
+
+        for path, kind in sb.files.changes():
+            print(kind[0].upper(), path)
+    """
+
+    path: str
+    kind: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileChange:
+        """Parse one entry of the API's ``changes`` list."""
+        return cls(path=_str(data, "path"), kind=_str(data, "kind"))
+
+
+class FileChanges(list[FileChange]):
+    """What :meth:`~stockade.Files.changes` returns: a list of :class:`FileChange`, in tree
+    order, with ``truncated`` set when it is incomplete (more than the 100 000 paths the
+    server lists changed, or directories nest more than 128 deep).
+
+    Example::
+
+        changes = sb.files.changes()
+        added = [path for path, kind in changes if kind == "added"]
+        if changes.truncated:
+            print("and more")
+    """
+
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileChanges:
+        """Parse the API's ``{"changes": [...], "truncated": bool}``."""
+        items = data["changes"]
+        if not isinstance(items, list):
+            raise TypeError(f"changes must be a list, got {items!r}")
+        truncated = data.get("truncated", False)
+        if not isinstance(truncated, bool):
+            raise TypeError(f"truncated must be a boolean, got {truncated!r}")
+        result = cls(FileChange.from_json(item) for item in items)
+        result.truncated = truncated
         return result

@@ -7,6 +7,7 @@ talk to it through the SDK, the CLI or plain HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -112,6 +113,29 @@ class LiveServer:
                     c.delete(f"/v1/sandboxes/{sb['id']}")
         except httpx.HTTPError:
             pass
+
+
+@contextlib.contextmanager
+def own_server(prefix: str) -> Iterator[LiveServer]:
+    """A server of the caller's own (a module that restarts or kills it, so that no other
+    module sees it go away), with its own data directory; everything it made is removed
+    afterwards, even when a test left it stopped or broken."""
+    _require_runsc_host()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            if server.proc is None:
+                server.start()  # a test may have left it stopped
+            server.terminate_all()
+        except RuntimeError:
+            pass  # it cannot start: force_cleanup removes what it left
+        finally:
+            server.stop()
+            force_cleanup(tmp, server.data_dir)
 
 
 def _require_runsc_host() -> None:

@@ -34,8 +34,8 @@ def test_the_code_interpreter_image_has_the_kernels_and_libraries(
         assert r.exit_code == 0, r.stderr
         assert r.stdout.strip().startswith("2.")
         r = sb.run(
-            "python3 -c 'import matplotlib; matplotlib.use(\"Agg\"); import matplotlib.pyplot as "
-            "plt; plt.plot([1, 2]); plt.savefig(\"/tmp/p.png\")' && head -c 4 /tmp/p.png | od -c"
+            'python3 -c \'import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as '
+            'plt; plt.plot([1, 2]); plt.savefig("/tmp/p.png")\' && head -c 4 /tmp/p.png | od -c'
         )
         assert r.exit_code == 0 and "P   N   G" in r.stdout, r.stderr
         # The kernels the code interpreter starts are there for python3.

@@ -7,9 +7,7 @@ go away.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,29 +17,14 @@ import pytest
 
 from stockade import Sandbox, SandboxInfo, SandboxTerminatedError
 
-from .conftest import LiveServer
-from .helpers import force_cleanup, pid_alive, runsc_state, unique, wait_for
+from .conftest import LiveServer, own_server
+from .helpers import pid_alive, runsc_state, unique, wait_for
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
-    if os.geteuid() != 0:
-        pytest.fail("integration tests drive runsc and must run as root (use `make test`)")
-    tmp = Path(tempfile.mkdtemp(prefix="stockade-restart-"))
-    server = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
-    try:
-        server.start()
+    with own_server("stockade-restart-") as server:
         yield server
-    finally:
-        try:
-            if server.proc is None:
-                server.start()  # a test may have left it stopped
-            server.terminate_all()
-        except RuntimeError:
-            pass  # it cannot start: force_cleanup removes what it left
-        finally:
-            server.stop()
-            force_cleanup(tmp, server.data_dir)
 
 
 def _kw(live: LiveServer) -> dict[str, Any]:

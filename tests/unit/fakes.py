@@ -55,6 +55,12 @@ def sandbox_record(sandbox_id: str, **overrides: Any) -> dict[str, Any]:
         "ports": [{"port": 8080, "public": False, "path": f"/proxy/{sandbox_id}/8080/",
                    "host": None}],
         "access_token": "sat_test",
+        "volumes": {},
+        "idle_timeout": None,
+        "on_timeout": "terminate",
+        "auto_resume": False,
+        "paused_at": None,
+        "snapshot": None,
     }  # fmt: skip
     record.update(overrides)
     return record

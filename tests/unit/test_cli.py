@@ -19,7 +19,8 @@ from tests.unit.fakes import TOKEN, FakeApi, FakeExecServer
 Invoke = Callable[..., Result]
 
 COMMANDS = ["serve", "images", "create", "ls", "info", "rm", "logs", "run", "exec", "shell", "code",
-            "code-context", "cp", "network", "expose", "port-forward", "image"]  # fmt: skip
+            "code-context", "cp", "network", "expose", "port-forward", "image", "snapshot",
+            "pause", "resume", "fork", "volume", "changes", "set-timeout"]  # fmt: skip
 
 
 @pytest.fixture
@@ -211,13 +212,18 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
-                    "tunnel_domain": None, "code_output_limit": 65536}  # fmt: skip
+                    "tunnel_domain": None, "code_output_limit": 65536,
+                    "retention": None}  # fmt: skip
     seen.clear()
     args = ["serve", "--no-network", "--dns-upstream", "127.0.0.1:5353",
             "--tunnel-domain", "sbx.example.com"]  # fmt: skip
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert seen["network"] is False and seen["dns_upstreams"] == ("127.0.0.1:5353",)
     assert seen["tunnel_domain"] == "sbx.example.com"
+    seen.clear()
+    assert CliRunner().invoke(cli, ["serve", "--retention", "3600"]).exit_code == 0
+    assert seen["retention"] == 3600
+    assert CliRunner().invoke(cli, ["serve", "--retention", "-1"]).exit_code == 2
     seen.clear()
     args = ["serve", "--pool", "python=4", "--pool", "debian=1"]
     assert CliRunner().invoke(cli, args).exit_code == 0

@@ -4,6 +4,7 @@ run events, and how a run that never gets its kernel is reported."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -73,7 +74,9 @@ async def test_a_kernel_that_never_started_reports_its_death(tmp_path: Path) -> 
 
 
 async def test_an_unknown_language_names_the_languages(tmp_path: Path) -> None:
-    service = CodeService(cast(Any, None), cast(Any, None), tmp_path)
+    service = CodeService(
+        cast(Any, SimpleNamespace(before_pause=[], after_pause=[])), cast(Any, None), tmp_path
+    )
     try:
         with pytest.raises(Exception, match="bash, python") as info:
             await service.create("sb-1", "cobol", None)

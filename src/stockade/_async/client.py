@@ -16,11 +16,11 @@ import httpx
 
 from stockade import _base, _config, _protocol
 from stockade._transport import AsyncWebSocket
-from stockade.errors import ServerError
+from stockade.errors import InvalidArgumentError, ServerError
 from stockade.image import Image, context_tar
 from stockade.models import ImageInfo
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "client_for"]
 
 
 class AsyncClient:
@@ -328,3 +328,15 @@ class AsyncClient:
         return await AsyncWebSocket.connect(
             _base.ws_url(self.url, path), headers=self._headers, action=f"GET {path}"
         )
+
+
+def client_for(client: AsyncClient | None, url: str | None, token: str | None) -> AsyncClient:
+    """The client a classmethod of the SDK talks through: ``client``, or a new one for
+    ``url``/``token`` (else the environment)."""
+    if client is None:
+        # An implicit client keeps no idle connections, so an object that is simply dropped
+        # leaves no socket behind; pass client= to reuse connections across calls.
+        return AsyncClient(url, token, keepalive=False)
+    if url is not None or token is not None:
+        raise InvalidArgumentError("pass either client= or url=/token=, not both")
+    return client

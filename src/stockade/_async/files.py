@@ -1,4 +1,5 @@
-"""Whole-file verbs on a sandbox's filesystem: write, read, list, stat, mkdir, remove.
+"""Whole-file verbs on a sandbox's filesystem: write, read, list, stat, mkdir, remove, and
+the list of what changed.
 
 Uploads and downloads stream in chunks of ``stockade._base.CHUNK_SIZE``, so a file of any
 size moves without being held in memory.
@@ -14,7 +15,7 @@ from pathlib import Path
 from stockade import _base
 from stockade._async.client import AsyncClient
 from stockade.errors import NotFoundError
-from stockade.models import FileInfo
+from stockade.models import FileChanges, FileInfo
 
 __all__ = ["AsyncFileContent", "AsyncFiles"]
 
@@ -187,3 +188,26 @@ class AsyncFiles:
             self._path,
             params={"path": path, "recursive": "true" if recursive else "false"},
         )
+
+    async def changes(self, since: str | _base.HasId | None = None) -> FileChanges:
+        """The paths added, modified or deleted since the sandbox's image, or since the
+        memory snapshot ``since`` (its ID, or the :class:`AsyncSnapshot`): what a reviewer
+        of an agent's work wants to see.
+
+        A list of ``(path, kind)`` :class:`FileChange` tuples in tree order; ``kind`` is
+        ``"added"``, ``"modified"`` or ``"deleted"``. A deleted directory is one entry; an
+        added one is listed with everything in it. A file that was only touched is not
+        modified. Works on a paused sandbox without waking it. At most 100 000 entries:
+        ``.truncated`` says the list is incomplete.
+
+        Example::
+
+            for path, kind in await sb.files.changes():
+                print(kind, path)
+            snap = await sb.snapshot()
+            await sb.run("rm -rf /app/cache")
+            print(await sb.files.changes(since=snap))  # [FileChange('/app/cache', 'deleted')]
+        """
+        params = {"since": _base.ref_id(since)} if since is not None else None
+        data = await self._client.request("GET", self._path + "/changes", params=params)
+        return _base.parse(FileChanges.from_json, data, "change list")

@@ -8,31 +8,21 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 
 from stockade import _base, _protocol, execution
-from stockade._async.client import AsyncClient
+from stockade._async.client import AsyncClient, client_for
 from stockade._async.files import AsyncFiles
 from stockade._async.process import AsyncProcess, cut_short
+from stockade._async.snapshot import AsyncSnapshot
 from stockade.commands import CommandResult, CommandTimeoutError
 from stockade.errors import (
-    InvalidArgumentError,
     SandboxTerminatedError,
     StockadeConnectionError,
     StockadeError,
 )
 from stockade.execution import CodeContext, Execution, ExecutionError, Result
 from stockade.image import Image
-from stockade.models import SandboxInfo
+from stockade.models import ImageInfo, SandboxInfo, SnapshotInfo
 
 __all__ = ["AsyncSandbox"]
-
-
-def _client_for(client: AsyncClient | None, url: str | None, token: str | None) -> AsyncClient:
-    if client is None:
-        # An implicit client keeps no idle connections, so a sandbox that is simply dropped
-        # leaves no socket behind; pass client= to reuse connections across calls.
-        return AsyncClient(url, token, keepalive=False)
-    if url is not None or token is not None:
-        raise InvalidArgumentError("pass either client= or url=/token=, not both")
-    return client
 
 
 async def _image_ref(
@@ -130,6 +120,11 @@ class AsyncSandbox:
         outbound_domain_allowlist: Sequence[str] | None = None,
         ports: Sequence[int | Mapping[str, object]] | None = None,
         image_entrypoint: bool = False,
+        volumes: Mapping[str, str | _base.HasId] | None = None,
+        idle_timeout: float | None = None,
+        on_timeout: str | None = None,
+        auto_resume: bool = False,
+        snapshot: str | _base.HasId | None = None,
         on_image_log: Callable[[str], object] | None = None,
         client: AsyncClient | None = None,
         url: str | None = None,
@@ -156,11 +151,19 @@ class AsyncSandbox:
         apply; its Entrypoint and Cmd run as the main process with ``image_entrypoint=True``
         (as ``docker run`` would), otherwise the sandbox idles until commands come.
 
+        Lifetimes: ``idle_timeout`` (seconds without exec, file or API activity) ends it
+        like ``timeout`` does; ``on_timeout="pause"`` pauses it instead of terminating it at
+        either limit, and with ``auto_resume=True`` a paused sandbox wakes by itself on its
+        next exec, files call or port request. ``volumes`` mounts persistent
+        :class:`Volume` s: ``{"/data": Volume.from_name("data", create_if_missing=True)}``.
+        ``snapshot`` (a :class:`Snapshot` or its ID) restores a memory snapshot instead of
+        booting the image: its processes carry on where they were.
+
         Example::
 
             sb = await AsyncSandbox.create(image="python", memory=1024, tags={"user": "x"})
         """
-        client = _client_for(client, url, token)
+        client = client_for(client, url, token)
         image_ref = await _image_ref(client, image, on_image_log)
         body = _base.create_body(
             image=image_ref,
@@ -177,6 +180,11 @@ class AsyncSandbox:
             outbound_domain_allowlist=outbound_domain_allowlist,
             ports=ports,
             image_entrypoint=image_entrypoint,
+            volumes={path: _base.ref_id(v) for path, v in (volumes or {}).items()},
+            idle_timeout=idle_timeout,
+            on_timeout=on_timeout,
+            auto_resume=auto_resume,
+            snapshot=_base.ref_id(snapshot) if snapshot is not None else None,
         )
         data = await client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
@@ -196,7 +204,7 @@ class AsyncSandbox:
 
             sb = await AsyncSandbox.from_id("sb-7f3a…")
         """
-        client = _client_for(client, url, token)
+        client = client_for(client, url, token)
         data = await client.request("GET", _base.sandbox_path(sandbox_id))
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
 
@@ -219,7 +227,7 @@ class AsyncSandbox:
             for sb in await AsyncSandbox.list(tags={"user": "x"}, status="running"):
                 print(sb.id, sb.last_info.created_at)
         """
-        client = _client_for(client, url, token)
+        client = client_for(client, url, token)
         data = await client.request(
             "GET", "/v1/sandboxes", params=_base.list_params(tags=tags, status=status)
         )
@@ -252,6 +260,101 @@ class AsyncSandbox:
         data = await self.client.request("DELETE", _base.sandbox_path(self.id))
         self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
         return self.last_info
+
+    async def set_timeout(self, seconds: float) -> SandboxInfo:
+        """End the sandbox ``seconds`` from now (1–86400), sooner or later than it would
+        have; with ``on_timeout="pause"`` it pauses then instead. Raises
+        SandboxTerminatedError if it has ended, SandboxPausedError if it is paused.
+
+        Example::
+
+            sb = await AsyncSandbox.create(timeout=60)
+            await sb.set_timeout(600)  # a long job: ten minutes from now
+        """
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/timeout"), json={"timeout": seconds}
+        )
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    # -- snapshots, pause and fork -----------------------------------------------------
+
+    async def snapshot(self, *, name: str | None = None) -> AsyncSnapshot:
+        """Capture the sandbox's memory, processes and files while it keeps running.
+
+        Restore it any number of times with :meth:`AsyncSnapshot.restore` (or
+        ``AsyncSandbox.create(snapshot=snap)``); processes carry on where they were.
+
+        Example::
+
+            snap = await sb.snapshot()
+            again = await snap.restore()
+        """
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/snapshots"), json={"name": name},
+            timeout=_base.LONG_TIMEOUT,
+        )  # fmt: skip
+        return AsyncSnapshot(_base.parse(SnapshotInfo.from_json, data, "snapshot"), self.client)
+
+    async def snapshot_filesystem(self, *, name: str | None = None) -> Image:
+        """Save the sandbox's files as a new image (named ``name``, ``name:tag``, or
+        ``<sandbox id>:fs-<ms>``); new sandboxes from it see exactly those files. The
+        sandbox keeps running.
+
+        Example::
+
+            image = await sb.snapshot_filesystem(name="agent-state:v1")
+            sb2 = await AsyncSandbox.create(image=image)
+        """
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/filesystem-snapshots"), json={"name": name},
+            timeout=_base.LONG_TIMEOUT,
+        )  # fmt: skip
+        info = _base.parse(ImageInfo.from_json, data, "image")
+        return Image.from_name(info.name)
+
+    async def pause(self) -> SandboxInfo:
+        """Save the sandbox's memory to disk and stop it: no process of it stays on the
+        host, only its disk. :meth:`resume` brings it back with the same ID; so does its
+        next call when it was created with ``auto_resume=True``.
+
+        Example::
+
+            await sb.pause()
+            ...
+            await sb.resume()
+        """
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/pause"), timeout=_base.LONG_TIMEOUT
+        )
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    async def resume(self) -> SandboxInfo:
+        """Bring a paused sandbox back: its processes, memory, files and network address.
+        Resuming a running sandbox changes nothing."""
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/resume"), timeout=_base.LONG_TIMEOUT
+        )
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    async def fork(self, n: int = 1) -> builtins.list[AsyncSandbox]:
+        """``n`` independent copies of this sandbox from one capture of it: processes,
+        memory and files, each carrying on on its own. The sandbox keeps running.
+
+        Example::
+
+            a, b, c = await sb.fork(3)
+        """
+        data = await self.client.request(
+            "POST", _base.sandbox_path(self.id, "/fork"), json={"count": n},
+            timeout=_base.LONG_TIMEOUT,
+        )  # fmt: skip
+        items = _base.field_list(data, "sandboxes", "sandbox list")
+        return [
+            type(self)(_base.parse(SandboxInfo.from_json, i, "sandbox"), self.client) for i in items
+        ]
 
     # -- network -----------------------------------------------------------------------
 

@@ -8,15 +8,18 @@ import click
 
 from stockade import StockadeError, __version__
 from stockade.cli._common import CliState, print_error
+from stockade.cli.changes import changes
 from stockade.cli.code import code, code_context
 from stockade.cli.files import cp
 from stockade.cli.images import image, images
 from stockade.cli.network import expose, network
 from stockade.cli.ports import port_forward
 from stockade.cli.run import exec_, run
-from stockade.cli.sandboxes import create, info, logs, ls, rm
+from stockade.cli.sandboxes import create, info, logs, ls, rm, set_timeout
 from stockade.cli.serve import serve
 from stockade.cli.shell import shell
+from stockade.cli.snapshots import fork, pause, resume, snapshot
+from stockade.cli.volumes import volume
 
 _EXIT_INTERRUPTED = 130
 
@@ -66,6 +69,11 @@ for _command in (
     serve, images, create, ls, info, rm, logs, run, exec_, shell, code, code_context, cp,
     network, expose, port_forward, image,
 ):  # fmt: skip
+    cli.add_command(_command)
+cli.add_command(set_timeout)
+cli.add_command(changes)
+cli.add_command(volume)
+for _command in (snapshot, pause, resume, fork):
     cli.add_command(_command)
 
 

@@ -1,4 +1,5 @@
-"""Sandbox lifecycle verbs: ``create``, ``ls``, ``info``, ``rm`` and ``logs``."""
+"""Sandbox lifecycle verbs: ``create``, ``ls``, ``info``, ``rm``, ``logs`` and
+``set-timeout``."""
 
 from __future__ import annotations
 
@@ -48,6 +49,22 @@ _STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
     "--public-port", "public_ports", multiple=True, type=click.IntRange(1, 65535),
     metavar="PORT", help="Serve this port through the server to anyone (repeatable).",
 )  # fmt: skip
+@click.option(
+    "--volume", "volumes", multiple=True, callback=parse_pairs, metavar="PATH=VOLUME",
+    help="Mount a volume (see `volume create`) at PATH (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--idle-timeout", type=float, metavar="SECONDS",
+    help="End (or pause) it after this long without exec, file or API activity.",
+)  # fmt: skip
+@click.option(
+    "--on-timeout", type=click.Choice(["terminate", "pause"]), default=None,
+    help="What --timeout and --idle-timeout do [default: terminate].",
+)  # fmt: skip
+@click.option("--auto-resume", is_flag=True, help="Wake from pause by itself on its next call.")
+@click.option(
+    "--snapshot", metavar="SNAPSHOT", help="Restore this memory snapshot instead of booting."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox record as JSON.")
 @pass_state
 def create(
@@ -66,18 +83,26 @@ def create(
     allow_domain: tuple[str, ...],
     ports: tuple[int, ...],
     public_ports: tuple[int, ...],
+    volumes: dict[str, str],
+    idle_timeout: float | None,
+    on_timeout: str | None,
+    auto_resume: bool,
+    snapshot: str | None,
     as_json: bool,
 ) -> None:
-    """Start a sandbox and print its ID."""
+    """Start a sandbox (or restore a snapshot) and print its ID."""
     argv = shlex.split(entrypoint) if entrypoint else None
     if entrypoint is not None and not argv:
         fail("--entrypoint is empty; give the command to run")
     client = state.client()
-    image = ensure_image(client, image)
+    if snapshot is None:
+        image = ensure_image(client, image)
     sb = Sandbox.create(
         image=image, cpu=cpu, memory=memory, disk=disk, timeout=timeout, env=env,
         workdir=workdir, tags=tags, entrypoint=argv, client=client,
         ports=[*ports, *({"port": p, "public": True} for p in public_ports)],
+        volumes=volumes, idle_timeout=idle_timeout, on_timeout=on_timeout,
+        auto_resume=auto_resume, snapshot=snapshot,
         **network_policy(block_network, allow_cidr, allow_domain),
     )  # fmt: skip
     if as_json:
@@ -177,3 +202,18 @@ def logs(state: CliState, sandbox_id: str, follow: bool) -> None:
     for chunk in state.sandbox(sandbox_id).stream_logs(follow=follow):
         out.write(chunk)
         out.flush()
+
+
+@click.command("set-timeout")
+@click.argument("sandbox_id", metavar="ID")
+@click.argument("seconds", type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print the sandbox record as JSON.")
+@pass_state
+def set_timeout(state: CliState, sandbox_id: str, seconds: float, as_json: bool) -> None:
+    """Make a running sandbox end SECONDS from now (1-86400), sooner or later than it
+    would have, and print when that is."""
+    record = state.sandbox(sandbox_id).set_timeout(seconds)
+    if as_json:
+        print_json(record.to_json())
+    elif record.expires_at is not None:
+        click.echo(record.expires_at.isoformat())

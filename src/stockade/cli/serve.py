@@ -62,6 +62,14 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     help="The most output one run_code returns; the rest is dropped with a marker "
     "[env: STOCKADE_CODE_OUTPUT_LIMIT; default: 16 MiB].",
 )
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long ended sandboxes' records and logs are kept; 0 keeps them forever "
+    "[env: STOCKADE_RETENTION; default: 604800, a week].",
+)
 def serve(
     host: str,
     port: int,
@@ -72,6 +80,7 @@ def serve(
     dns_upstreams: tuple[str, ...],
     tunnel_domain: str | None,
     code_output_limit: int | None,
+    retention: float | None,
 ) -> None:
     """Run the Stockade server in the foreground (as root).
 
@@ -97,4 +106,5 @@ def serve(
         dns_upstreams=dns_upstreams,
         tunnel_domain=tunnel_domain,
         code_output_limit=code_output_limit,
+        retention=retention,
     )

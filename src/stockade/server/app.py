@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from .._version import __version__
-from .api import code, execs, files, image_export, images, pools, sandboxes
+from .api import code, execs, files, image_export, images, pools, sandboxes, snapshots, volumes
 from .api.deps import Services, require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from .api.schemas import ErrorBody
@@ -25,6 +25,8 @@ from .service.execs import ExecService
 from .service.files import FileService
 from .service.pools import PoolManager, parse_pool_specs
 from .service.sandboxes import SandboxService
+from .service.snapshots import SnapshotService
+from .service.volumes import VolumeService
 from .state.store import SQLiteStore
 
 __all__ = ["create_app"]
@@ -57,6 +59,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             dns_upstreams=config.dns_upstreams,
         )
         sandbox_service = SandboxService(config, store, catalog, reaper, network)
+        volume_service = VolumeService(config, store)
         exec_service = ExecService(sandbox_service)
         pool_manager = PoolManager(sandbox_service, parse_pool_specs(config.pools))
         builder = ImageBuilder(
@@ -68,6 +71,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             step_env=pip_env(config.pip_index_url),
         )
         add_recipes(catalog, builder)
+        code_service = CodeService(
+            sandbox_service,
+            exec_service,
+            config.data_dir / "kernels",
+            output_limit=config.code_output_limit,
+        )
         app.state.services = Services(
             config=config,
             images=catalog,
@@ -76,14 +85,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             files=FileService(exec_service),
             pools=pool_manager,
             builder=builder,
-            code=CodeService(
-                sandbox_service,
-                exec_service,
-                config.data_dir / "kernels",
-                output_limit=config.code_output_limit,
-            ),
+            code=code_service,
+            snapshots=SnapshotService(config, store, sandbox_service, catalog, code_service),
+            volumes=volume_service,
         )
+        # Volumes first: sandboxes that resume or boot from here on bind their disks.
+        await volume_service.start()
         await sandbox_service.start()
+        await app.state.services.snapshots.start()
+        await code_service.start()
         # The port proxy (network/ingress.py) resolves sandbox ports through the service.
         app.state.port_targets = sandbox_service
         await pool_manager.start()
@@ -113,6 +123,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(image_export.router, dependencies=auth)
     app.include_router(pools.router, dependencies=auth)
     app.include_router(code.router, dependencies=auth)
+    app.include_router(snapshots.router, dependencies=auth)
+    app.include_router(volumes.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.

@@ -5,6 +5,7 @@ Precedence: command-line flags, then environment variables, then the embedded de
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "ServerConfi
 DEFAULT_DATA_DIR = Path("/var/lib/stockade")
 DEFAULT_CACHE_DIR = Path("/var/cache/stockade")
 DEFAULT_PORT = 7423
+DEFAULT_RETENTION = 7 * 86400.0  # a week
 
 
 class ConfigError(Exception):
@@ -66,6 +68,8 @@ class ServerConfig:
     pip_index_url: str = ""
     # The most output one run_code may return (bytes); the rest is dropped with a marker.
     code_output_limit: int = 16 * 1024 * 1024
+    # How long ended sandboxes' records and logs are kept (seconds; 0: forever).
+    retention: float = DEFAULT_RETENTION
 
     @classmethod
     def load(
@@ -80,6 +84,7 @@ class ServerConfig:
         dns_upstreams: tuple[str, ...] | None = None,
         tunnel_domain: str | None = None,
         code_output_limit: int | None = None,
+        retention: float | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -115,6 +120,7 @@ class ServerConfig:
                 ) from None
         if cfg.code_output_limit < 1024:
             raise ConfigError("the code output limit must be at least 1024 bytes")
+        cfg.retention = _retention(retention)
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg
@@ -147,6 +153,26 @@ class ServerConfig:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def _retention(flag: float | None) -> float:
+    """Seconds to keep ended sandboxes: ``--retention``, else ``$STOCKADE_RETENTION``."""
+    if flag is not None:
+        value, source = flag, f"--retention {flag:g}"
+    else:
+        raw = os.environ.get("STOCKADE_RETENTION", "").strip()
+        if not raw:
+            return DEFAULT_RETENTION
+        source = f"STOCKADE_RETENTION={raw!r}"
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(
+            f"{source} is not a number of seconds >= 0 (0 keeps ended sandboxes forever)"
+        )
+    return value
 
 
 def _admin_token(data_dir: Path) -> tuple[str, str]:

@@ -28,6 +28,7 @@ def run_server(
     dns_upstreams: tuple[str, ...] = (),
     tunnel_domain: str | None = None,
     code_output_limit: int | None = None,
+    retention: float | None = None,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
     logging.basicConfig(
@@ -37,7 +38,7 @@ def run_server(
         config = ServerConfig.load(
             data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,
             network=network, dns_upstreams=dns_upstreams, tunnel_domain=tunnel_domain,
-            code_output_limit=code_output_limit,
+            code_output_limit=code_output_limit, retention=retention,
         )  # fmt: skip
         parse_pool_specs(config.pools)
         for upstream in config.dns_upstreams:

@@ -109,4 +109,3 @@ async def restart_context(sandbox_id: str, context_id: str, svc: Svc) -> Context
 async def remove_context(sandbox_id: str, context_id: str, svc: Svc) -> Response:
     await svc.code.remove(sandbox_id, context_id)
     return Response(status_code=204)
-

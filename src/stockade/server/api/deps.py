@@ -16,6 +16,8 @@ from ..service.execs import ExecService
 from ..service.files import FileService
 from ..service.pools import PoolManager
 from ..service.sandboxes import SandboxService
+from ..service.snapshots import SnapshotService
+from ..service.volumes import VolumeService
 
 __all__ = ["Services", "check_token", "require_token", "services"]
 
@@ -30,6 +32,8 @@ class Services:
     pools: PoolManager
     builder: ImageBuilder
     code: CodeService
+    volumes: VolumeService
+    snapshots: SnapshotService
 
 
 def services(conn: HTTPConnection) -> Services:

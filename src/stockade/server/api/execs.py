@@ -103,7 +103,6 @@ async def exec_ndjson(sandbox_id: str, body: ExecRequest, svc: Svc) -> Streaming
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
 
-
 async def _send_error(ws: WebSocket, err: StockadeError) -> None:
     body = err.to_body()
     body["type"] = "error"
@@ -120,7 +119,7 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         # Refuse the handshake itself with a plain HTTP error when we can, so that a bad
         # token or an ended sandbox looks the same as on every other route.
         check_token(ws)
-        await svc.sandboxes.get_running(sandbox_id)
+        await svc.sandboxes.use(sandbox_id)
     except StockadeError as err:
         if "websocket.http.response" in ws.scope.get("extensions", {}):
             await ws.send_denial_response(error_response(err.status, err.code, err.message))

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ..service.changes import sandbox_changes
 from .deps import Services, services
-from .schemas import FileInfoOut, FileList, MkdirRequest
+from .schemas import FileChangeOut, FileChanges, FileInfoOut, FileList, MkdirRequest
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 Svc = Annotated[Services, Depends(services)]
@@ -67,3 +68,25 @@ async def make_dir(sandbox_id: str, body: MkdirRequest, svc: Svc) -> FileInfoOut
 async def remove_path(sandbox_id: str, path: PathQ, svc: Svc, recursive: bool = False) -> Response:
     await svc.files.remove(sandbox_id, path, recursive=recursive)
     return Response(status_code=204)
+
+
+@router.get(
+    "/changes",
+    response_model=FileChanges,
+    summary="What changed: paths added, modified or deleted since the image or a snapshot",
+)
+async def list_changes(
+    sandbox_id: str,
+    svc: Svc,
+    since: Annotated[
+        str | None,
+        Query(description="A memory snapshot (`sn-…`) to compare with instead of the image."),
+    ] = None,
+) -> FileChanges:
+    # Read on the host from the overlay's layers: works on a paused sandbox too, and does
+    # not wake one (nor count as activity for its idle timeout).
+    result = await sandbox_changes(svc.sandboxes, svc.snapshots, sandbox_id, since)
+    return FileChanges(
+        changes=[FileChangeOut(path=c.path, kind=c.kind) for c in result.changes],
+        truncated=result.truncated,
+    )

@@ -52,7 +52,9 @@ async def list_images(svc: Svc) -> ImageList:
 async def collect_garbage(svc: Svc, min_age: float = 60.0) -> dict[str, int]:
     if not 0 <= min_age <= 86400 * 365:
         raise InvalidArgumentError("min_age must be between 0 and 31536000 seconds")
-    result = await asyncio.to_thread(collect, svc.images, min_age=min_age)
+    # Paused sandboxes and snapshots mount their layers again when they come back.
+    in_use = await svc.snapshots.layers_in_use()
+    result = await asyncio.to_thread(collect, svc.images, min_age=min_age, in_use=in_use)
     return {"removed": result.removed, "freed_bytes": result.freed}
 
 
@@ -206,4 +208,3 @@ async def build_image(name: str, svc: Svc) -> StreamingResponse:
         yield ndjson.line({"type": "done", "image": done})
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
-

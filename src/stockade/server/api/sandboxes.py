@@ -14,12 +14,12 @@ from ..network.policy import NetworkPolicy
 from ..service.sandboxes import CreateRequest
 from ..state.records import SandboxRecord
 from .deps import Services, services
-from .limits import check_create_ranges
-from .schemas import CreateSandbox, NetworkIn, PortIn, SandboxList, SandboxOut
+from .limits import TIMEOUT_RANGE, check_create_ranges, check_range
+from .schemas import CreateSandbox, NetworkIn, PortIn, SandboxList, SandboxOut, TimeoutIn
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
-_STATUSES = ("starting", "running", "terminated", "failed")
+_STATUSES = ("starting", "running", "paused", "terminated", "failed")
 _MAX_PORTS = 64
 
 Svc = Annotated[Services, Depends(services)]
@@ -38,6 +38,8 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 @router.post("", status_code=201, response_model=SandboxOut, summary="Create a sandbox")
 async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
     check_create_ranges(body.cpu, body.memory, body.disk, body.timeout)
+    if body.idle_timeout is not None:
+        check_range("idle_timeout", body.idle_timeout, *TIMEOUT_RANGE, " seconds")
     if body.workdir is not None and not body.workdir.startswith("/"):
         raise InvalidArgumentError(f"workdir {body.workdir!r} must be an absolute path")
     if body.image_entrypoint and body.entrypoint is not None:
@@ -57,7 +59,14 @@ async def create_sandbox(body: CreateSandbox, svc: Svc) -> SandboxOut:
         timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
         entrypoint=body.entrypoint, policy=policy, ports=_ports(body.ports),
         image_entrypoint=body.image_entrypoint,
+        volumes=await svc.volumes.resolve_mounts(body.volumes) if body.volumes else {},
+        idle_timeout=body.idle_timeout or 0.0, on_timeout=body.on_timeout,
+        auto_resume=body.auto_resume,
     )  # fmt: skip
+    if body.snapshot is not None:
+        # Restored processes carry on: no kernel to prewarm, no pool to take from.
+        await svc.pools.make_room(req.memory)
+        return _out(svc, await svc.snapshots.restore(body.snapshot, req))
     record = await svc.pools.take(req)
     if record is None:
         await svc.pools.make_room(req.memory)
@@ -103,6 +112,14 @@ async def expose_port(sandbox_id: str, body: PortIn, svc: Svc) -> SandboxOut:
 )
 async def unexpose_port(sandbox_id: str, port: int, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.unexpose(sandbox_id, port))
+
+
+@router.post(
+    "/{sandbox_id}/timeout", response_model=SandboxOut, summary="End the sandbox N seconds from now"
+)
+async def set_timeout(sandbox_id: str, body: TimeoutIn, svc: Svc) -> SandboxOut:
+    check_range("timeout", body.timeout, *TIMEOUT_RANGE, " seconds")
+    return _out(svc, await svc.sandboxes.set_timeout(sandbox_id, body.timeout))
 
 
 @router.get("", response_model=SandboxList, summary="List sandboxes")

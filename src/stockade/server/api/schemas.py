@@ -12,14 +12,18 @@ from ..images.catalog import ImageInfo
 from ..images.oci import PulledImage
 from ..network.policy import NetworkPolicy
 from ..service.files import FileInfo
-from ..state.records import SandboxRecord
+from ..state.records import SandboxRecord, SnapshotRecord
 
 __all__ = [
     "CreateSandbox",
     "ErrorBody",
     "ExecRequest",
+    "FileChangeOut",
+    "FileChanges",
     "FileInfoOut",
     "FileList",
+    "ForkIn",
+    "FsSnapshotIn",
     "ImageList",
     "ImageOut",
     "MkdirRequest",
@@ -31,6 +35,13 @@ __all__ = [
     "RegistryLogin",
     "SandboxList",
     "SandboxOut",
+    "SnapshotIn",
+    "SnapshotList",
+    "SnapshotOut",
+    "TimeoutIn",
+    "VolumeCreate",
+    "VolumeList",
+    "VolumeOut",
     "WsExecRequest",
 ]
 
@@ -85,6 +96,28 @@ class CreateSandbox(_Strict):
         description="Ports served through the server's proxy: `8080` or "
         '`{"port": 8080, "public": true}`.',
     )
+    volumes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Volumes to mount: `{"/data": "<volume name or ID>"}`.',
+    )
+    idle_timeout: float | None = Field(
+        None,
+        description="Seconds without exec, file or API activity after which `on_timeout` "
+        "applies (unset: never).",
+    )
+    on_timeout: Literal["terminate", "pause"] = Field(
+        "terminate", description="What `timeout` and `idle_timeout` do to the sandbox."
+    )
+    auto_resume: bool = Field(
+        False,
+        description="A paused sandbox wakes by itself on its next exec, files call or port "
+        "request.",
+    )
+    snapshot: str | None = Field(
+        None,
+        description="Restore this memory snapshot (`sn-…`) instead of booting the image: "
+        "its processes carry on where they were.",
+    )
 
 
 class NetworkOut(BaseModel):
@@ -137,8 +170,8 @@ def _iso(t: float | None) -> str | None:
 
 class SandboxOut(BaseModel):
     id: str
-    status: Literal["starting", "running", "terminated", "failed"]
-    reason: Literal["terminated", "timeout", "oom", "error", "exited"] | None
+    status: Literal["starting", "running", "paused", "terminated", "failed"]
+    reason: Literal["terminated", "timeout", "idle", "oom", "error", "exited"] | None
     message: str | None
     exit_code: int | None
     image: str
@@ -159,6 +192,12 @@ class SandboxOut(BaseModel):
         description="Grants access to the non-public exposed ports (header "
         "`X-Stockade-Access-Token` or query `stockade_token`)."
     )
+    volumes: dict[str, str] = Field(default_factory=dict, description="Mount path → volume ID.")
+    idle_timeout: float | None = None
+    on_timeout: Literal["terminate", "pause"] = "terminate"
+    auto_resume: bool = False
+    paused_at: str | None = None
+    snapshot: str | None = Field(None, description="The snapshot it was restored from.")
 
     @classmethod
     def of(cls, r: SandboxRecord, tunnel_domain: str = "") -> SandboxOut:
@@ -179,10 +218,16 @@ class SandboxOut(BaseModel):
             created_at=_iso(r.created_at),
             started_at=_iso(r.started_at),
             ended_at=_iso(r.ended_at),
-            expires_at=_iso(r.expires_at if r.alive else None),
+            expires_at=_iso(r.expires_at if r.alive or r.status == "paused" else None),
             network=_network_out(r),
             ports=_ports_out(r, tunnel_domain),
-            access_token=r.access_token if r.alive else None,
+            access_token=r.access_token if r.alive or r.status == "paused" else None,
+            volumes=r.volumes,
+            idle_timeout=r.idle_timeout or None,
+            on_timeout=r.on_timeout,  # type: ignore[arg-type]
+            auto_resume=r.auto_resume,
+            paused_at=_iso(r.paused_at if r.status == "paused" else None),
+            snapshot=r.snapshot,
         )
 
 
@@ -300,3 +345,91 @@ class _ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: _ErrorDetail
+
+
+class SnapshotIn(_Strict):
+    name: str | None = Field(None, max_length=200, description="A label for the snapshot.")
+
+
+class FsSnapshotIn(_Strict):
+    name: str | None = Field(
+        None, description="Image name (`name:tag`); default `<sandbox id>:fs-<ms>`."
+    )
+
+
+class ForkIn(_Strict):
+    count: int = Field(1, strict=True, description="How many sandboxes to fork (1 to 32).")
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    sandbox_id: str = Field(description="The sandbox it was taken of.")
+    name: str | None
+    created_at: str | None
+    size: int = Field(description="Bytes on disk: memory checkpoint and files.")
+    image: str
+
+    @classmethod
+    def of(cls, s: SnapshotRecord) -> SnapshotOut:
+        return cls(
+            id=s.id, sandbox_id=s.sandbox_id, name=s.name, created_at=_iso(s.created_at),
+            size=s.size, image=str(s.sandbox.get("image", "")),
+        )  # fmt: skip
+
+
+class SnapshotList(BaseModel):
+    snapshots: list[SnapshotOut]
+
+
+class VolumeCreate(_Strict):
+    name: str = Field(
+        ...,
+        description="1–63 of `a-z 0-9 . _ -`, starting with a letter or digit; unique.",
+    )
+    size: int | None = Field(
+        None, strict=True, description="The most it may hold, in MiB (16 to 1048576; default 1024)."
+    )
+    create_if_missing: bool = Field(
+        False,
+        description="Answer 200 with the existing volume of this name instead of 409 (its size "
+        "stays as it was).",
+    )
+
+
+class VolumeOut(BaseModel):
+    id: str = Field(description="`vol-…`")
+    name: str
+    size: int = Field(description="The most it may hold, in MiB.")
+    created_at: str | None
+    used_by: list[str] = Field(
+        default_factory=list,
+        description="Sandboxes that have it mounted: starting, running or paused ones.",
+    )
+
+
+class VolumeList(BaseModel):
+    volumes: list[VolumeOut]
+
+
+class FileChangeOut(BaseModel):
+    path: str = Field(..., description="Absolute path inside the sandbox.")
+    kind: Literal["added", "modified", "deleted"]
+
+
+class FileChanges(BaseModel):
+    changes: list[FileChangeOut] = Field(
+        ..., description="In tree order (sorted by path component)."
+    )
+    truncated: bool = Field(
+        False,
+        description="The list is incomplete: more than 100 000 paths changed, or "
+        "directories nested more than 128 deep were not walked into.",
+    )
+
+
+class TimeoutIn(_Strict):
+    timeout: float = Field(
+        ...,
+        description="Seconds from now until the sandbox ends (or pauses, with "
+        '`on_timeout="pause"`): more or less than it had left; 1–86400.',
+    )

@@ -1,16 +1,22 @@
 """One Jupyter kernel in a sandbox, driven with jupyter_client.
 
 The kernel is an ordinary command started through the agent (so it runs as the image's
-user, in the sandbox's cgroup, and dies with the sandbox); its exec session is held open
-for its whole life, which is how its death is noticed at once. Its ZeroMQ sockets reach
-the host through :mod:`.relay`. Everything that crosses is the Jupyter protocol, spoken by
-jupyter_client on this side and ipykernel (or another kernel) on the other.
+user, in the sandbox's cgroup, and dies with the sandbox). A small watcher holds an exec
+session open for the kernel's whole life, which is how its death is noticed at once, and
+passes Ctrl-C on to it. The kernel itself runs in a session of its own, so it outlives
+the watcher: when the sandbox is paused, snapshotted or forked and its agent reconnects
+(which ends every open exec), the kernel carries on with its variables, and
+:meth:`Kernel.attach` puts a new watcher and new connections on it (a
+:class:`KernelHandle` says where it is). Its ZeroMQ sockets reach the host through
+:mod:`.relay`. Everything that crosses is the Jupyter protocol, spoken by jupyter_client
+on this side and ipykernel (or another kernel) on the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -30,7 +36,7 @@ from ...errors import KernelUnavailableError, ServerError, StockadeError
 from ..service.execs import ExecService, ExecSession, ExitInfo, OutputChunk
 from .relay import UnixRelay
 
-__all__ = ["LANGUAGES", "Kernel", "Language"]
+__all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +53,95 @@ LANGUAGES: Mapping[str, Language] = {
     "bash": Language("bash", "bash_kernel", "bash_kernel"),
 }
 
-# Writes the connection file the kernel reads, then becomes the kernel (same process, so a
-# signal to it reaches the kernel). Passing the file this way costs no extra round trip.
-_LAUNCHER = """\
-import os, runpy, sys
+# Stays in the exec session while the kernel (``pid``) lives: passes SIGINT on to it and
+# exits with its status, after copying its log to stderr (the reason a failed start
+# gives). ``child``: the kernel is its child (waitpid); otherwise it polls.
+_WATCH = """\
+import os, signal, sys, time
+def watch(pid, log, child):
+    signal.signal(signal.SIGINT, lambda *_: os.kill(pid, signal.SIGINT))
+    code = 1
+    if child:
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        code = 128 - code if code < 0 else code
+    else:
+        while True:
+            try:
+                os.kill(pid, 0)
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.1)
+    try:
+        with open(log, "rb") as f:
+            os.write(2, f.read()[-8192:])
+    except OSError:
+        pass
+    sys.exit(code)
+"""
+
+# Writes the connection file the kernel reads, then forks the kernel into a session of its
+# own (stdin /dev/null, output to a log file: nothing ties it to this exec) and watches
+# it. The first line on stdout is the kernel's PID. No extra round trip for any of it.
+_LAUNCHER = (
+    _WATCH
+    + """\
 module, path, info = sys.argv[1:4]
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.write(fd, info.encode())
 os.close(fd)
-sys.argv = [module, "-f", path]
-runpy.run_module(module, run_name="__main__", alter_sys=True)
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(path + ".log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.argv = [module, "-f", path]
+    import runpy
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.exit(0)
+print(pid, flush=True)
+watch(pid, path + ".log", True)
 """
+)
+
+_REWATCH = (
+    _WATCH
+    + """\
+watch(int(sys.argv[1]), sys.argv[2], False)
+"""
+)
+
+
+@dataclass(frozen=True)
+class KernelHandle:
+    """Where a running kernel is inside its sandbox: enough to attach to it again."""
+
+    language: str
+    cwd: str | None
+    pid: int
+    ports: Mapping[str, int]
+    key: str
+    conn_path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "language": self.language, "cwd": self.cwd, "pid": self.pid,
+            "ports": dict(self.ports), "key": self.key, "conn_path": self.conn_path,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KernelHandle:
+        return cls(
+            str(data["language"]), data.get("cwd"), int(data["pid"]),
+            {str(k): int(v) for k, v in data["ports"].items()}, str(data["key"]),
+            str(data["conn_path"]),
+        )  # fmt: skip
+
 
 # Kills a process and all its descendants, whatever their session or group.
 _KILL_TREE = """\
@@ -143,14 +227,17 @@ class Kernel:
         # Set when the shell socket brings the current request's execute_reply.
         self._replied = asyncio.Event()
         self._iopub_reader: asyncio.Task[None] | None = None
+        self._handle: KernelHandle | None = None
+        self._pid_known = asyncio.Event()
+        self._stdout = bytearray()
+        # Let go of (release) rather than shut down: its end is no death to report.
+        self._released = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, timeout: float = 120.0) -> None:
         """Start the kernel and return once it answers; raise KernelUnavailableError when
         the image has no such kernel."""
-        self._runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._dir = Path(tempfile.mkdtemp(prefix="k", dir=self._runtime_root))
         key = secrets.token_hex(32)
         ports = dict(
             zip(_CHANNELS, secrets.SystemRandom().sample(range(20000, 60000), 5), strict=True)
@@ -160,14 +247,43 @@ class Kernel:
             "ip": "127.0.0.1", "transport": "tcp", "key": key,
             "signature_scheme": "hmac-sha256", "kernel_name": self.language.module,
         }  # fmt: skip
-        conn_path = f"/tmp/.stockade-kernel-{self._dir.name}.json"
+        conn_path = f"/tmp/.stockade-kernel-{secrets.token_hex(8)}.json"
+        self._handle = KernelHandle(self.language.name, self.cwd, 0, ports, key, conn_path)
+        await self._connect(
+            ["python3", "-c", _LAUNCHER, self.language.module, conn_path, json.dumps(inside)],
+            timeout,
+        )
+
+    async def attach(self, handle: KernelHandle, timeout: float = 15.0) -> None:
+        """Take over a kernel that is already running (one that lived through a pause, or
+        came with a snapshot or a fork): a new watcher, new relays, the same state."""
+        self._handle = handle
+        self._pid_known.set()
+        await self._connect(
+            ["python3", "-c", _REWATCH, str(handle.pid), handle.conn_path + ".log"], timeout
+        )
+
+    @property
+    def handle(self) -> KernelHandle | None:
+        """Where the kernel is, once it runs (None before its PID is known)."""
+        h = self._handle
+        return h if h is not None and h.pid > 0 else None
+
+    async def _connect(self, watcher: list[str], timeout: float) -> None:
+        """Start ``watcher`` (the launcher or a re-watcher), relays and the client; return
+        once the kernel answers, or shut down and raise why not."""
+        assert self._handle is not None
+        self._runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir = Path(tempfile.mkdtemp(prefix="k", dir=self._runtime_root))
         self._session = await self.execs.start(
             self.sandbox_id,
-            ["python3", "-c", _LAUNCHER, self.language.module, conn_path, json.dumps(inside)],
+            watcher,
             env={"JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
             workdir=self.cwd,
+            activity=False,  # a kernel waiting for code is no sign of use: runs are
         )
         self._tasks.append(asyncio.create_task(self._watch(self._session)))
+        ports = self._handle.ports
         # Only the sockets this side uses get a relay: shell, iopub and control.
         for number, channel in enumerate(_CHANNELS, start=1):
             if channel in ("shell", "iopub", "control"):
@@ -180,7 +296,7 @@ class Kernel:
         # The relays stand in for the kernel's sockets: ipc://<dir>/k-<number>.
         outside: dict[str, Any] = {
             **{f"{c}_port": n for n, c in enumerate(_CHANNELS, start=1)},
-            "ip": str(self._dir / "k"), "transport": "ipc", "key": key,
+            "ip": str(self._dir / "k"), "transport": "ipc", "key": self._handle.key,
             "signature_scheme": "hmac-sha256",
         }  # fmt: skip
         client.load_connection_info(outside)  # type: ignore[arg-type]
@@ -225,9 +341,11 @@ class Kernel:
     async def _wait_ready(self, client: AsyncKernelClient) -> None:
         """Like jupyter_client's wait_for_ready, without its fixed flush delay: a
         kernel_info reply on shell, then any message on iopub (the subscription works)."""
+        wait = 0.25  # the first request may go out before the connection is up
         while True:
             msg_id = client.kernel_info()
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + wait
+            wait = min(1.0, wait * 2)
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     reply = await client.get_shell_msg(timeout=left)
@@ -242,7 +360,9 @@ class Kernel:
         """Drain the kernel's own output (kept for error messages) until it exits."""
         try:
             async for event in session.events():
-                if isinstance(event, OutputChunk):
+                if isinstance(event, OutputChunk) and event.stream == 1:
+                    self._note_pid(event.data)
+                elif isinstance(event, OutputChunk):
                     self._stderr += event.data
                     del self._stderr[:-_KEEP_STDERR]
                 elif isinstance(event, ExitInfo):
@@ -263,8 +383,16 @@ class Kernel:
             if not self.death:
                 self.death = "ended"
             self.died.set()
-            if self._on_exit is not None:
+            if self._on_exit is not None and not self._released:
                 self._on_exit()
+
+    def _note_pid(self, data: bytes) -> None:
+        self._stdout += data
+        line, sep, _ = self._stdout.partition(b"\n")
+        if sep and self._handle is not None and not self._pid_known.is_set():
+            with contextlib.suppress(ValueError):
+                self._handle = dataclasses.replace(self._handle, pid=int(line))
+            self._pid_known.set()
 
     async def _read_iopub(self, client: AsyncKernelClient) -> None:
         while True:
@@ -309,7 +437,9 @@ class Kernel:
             await self._session.signal("SIGINT")
 
     async def _kill_tree(self, pid: int) -> None:
-        session = await self.execs.start(self.sandbox_id, ["python3", "-c", _KILL_TREE, str(pid)])
+        session = await self.execs.start(
+            self.sandbox_id, ["python3", "-c", _KILL_TREE, str(pid)], activity=False
+        )
         try:
             async for _ in session.events():
                 pass
@@ -318,11 +448,25 @@ class Kernel:
 
     async def shutdown(self) -> None:
         """Kill the kernel and release its relays and sockets."""
-        if self._session is not None and self._session.pid and not self.died.is_set():
-            # The kernel's children go first: bash_kernel's shell has a session of its own,
-            # which killing the kernel's process group would leave behind.
+        pid = self._handle.pid if self._handle is not None else 0
+        if pid > 0 and not self.died.is_set():
+            # The kernel and its children, whatever their session: bash_kernel's shell
+            # has one of its own, and so does the kernel (it outlives its watcher).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._kill_tree(int(self._session.pid)), 10)
+                await asyncio.wait_for(self._kill_tree(pid), 10)
+        await self._disconnect()
+
+    def let_go(self) -> None:
+        """From now on its end is no death to report: it is being let go of."""
+        self._released = True
+
+    async def release(self) -> None:
+        """Let go of the kernel without stopping it (its sandbox is being paused): the
+        watcher, relays and client go; the kernel and its state stay, to :meth:`attach`."""
+        self.let_go()
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
         if self._iopub_reader is not None:
             self._tasks.append(self._iopub_reader)
             self._iopub_reader = None

@@ -104,6 +104,10 @@ class UnixRelay:
         except (StockadeError, OSError) as exc:
             # The sandbox ended or the peer went away: ZeroMQ reconnects if it still wants to.
             log.debug("relay to %s:%d ended: %s", self.sandbox_id, self.port, exc)
+        except asyncio.CancelledError:
+            # close() ends the connection; a cancelled handler task would otherwise be
+            # logged as an error by asyncio's stream server, which nothing awaits.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -114,6 +118,7 @@ class UnixRelay:
         session = await self.execs.start(
             self.sandbox_id,
             ["python3", "-c", RELAY_PROGRAM, str(self.port), str(self.connect_within)],
+            activity=False,  # open as long as ZeroMQ's connection; runs count instead
         )
 
         async def upstream() -> None:

@@ -3,8 +3,12 @@
 A context is one kernel. Each sandbox has, per language, a default context that is
 started on its first use; others are made on request. Runs in one context take turns (a
 kernel runs one cell at a time anyway); runs in different contexts are independent.
-Contexts live in this server's memory: a server restart ends them, and a default context
-starts afresh on the next run.
+
+Kernels keep their state through a pause (they are let go of before it and attached
+again on the sandbox's next use), and a snapshot or fork carries its sandbox's contexts
+along: the copy's next use attaches to the same kernels, variables and all. Where each
+context's kernel is gets recorded with its sandbox, so a restarted server attaches to
+them the same way.
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ...errors import InvalidArgumentError, NotFoundError, ServerError
+from ...errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    SandboxPausedError,
+    ServerError,
+)
 from ..images.catalog import BASE_IMAGES
 from ..images.recipes import CODE_INTERPRETER
 from ..service.execs import ExecService
 from ..service.sandboxes import SandboxService, new_id
-from .kernel import LANGUAGES, Kernel
+from .kernel import LANGUAGES, Kernel, KernelHandle
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "CodeContext", "CodeService"]
 
@@ -91,14 +100,26 @@ class CodeService:
         self._starting: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Contexts whose kernels run on in a sandbox with nobody attached (paused, or a
+        # snapshot's copy): attached again on the sandbox's next use.
+        self._detached: dict[str, list[dict[str, Any]]] = {}
+        self._attaching: dict[str, asyncio.Lock] = {}
+        # Kernels let go of before a pause, disconnected after it.
+        self._letting_go: dict[str, list[Kernel]] = {}
+        sandboxes.before_pause.append(self.detach)
+        sandboxes.after_pause.append(self._let_go)
 
     async def stop(self) -> None:
+        """Disconnect from every kernel; they run on in their sandboxes (which outlive the
+        server), recorded there for the next server to attach to."""
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         kernels = [c.kernel for cs in self._contexts.values() for c in cs.values() if c.kernel]
+        kernels += [k for ks in self._letting_go.values() for k in ks]
         self._contexts.clear()
-        await asyncio.gather(*(k.shutdown() for k in kernels), return_exceptions=True)
+        self._letting_go.clear()
+        await asyncio.gather(*(k.release() for k in kernels), return_exceptions=True)
         self._zmq.term()
 
     # ------------------------------------------------------------------ contexts
@@ -106,13 +127,110 @@ class CodeService:
     async def _sandbox_contexts(self, sandbox_id: str) -> dict[str, CodeContext]:
         """The contexts of a running sandbox (the contexts of an ended one are dropped)."""
         try:
-            await self.sandboxes.get_running(sandbox_id)
+            await self.sandboxes.use(sandbox_id)
+        except SandboxPausedError:
+            raise  # its kernels wait for the resume
         except Exception:
             await self.forget(sandbox_id)
             raise
+        if sandbox_id in self._detached:
+            await self._attach(sandbox_id)
         return self._contexts.setdefault(sandbox_id, {})
 
+    # ------------------------------------------------ pause, snapshots and forks
+
+    def saved(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's contexts with running kernels, as a snapshot keeps them."""
+        out = list(self._detached.get(sandbox_id, []))
+        for ctx in self._contexts.get(sandbox_id, {}).values():
+            handle = ctx.kernel.handle if ctx.kernel is not None else None
+            if handle is not None and ctx.ready.is_set() and not ctx.kernel.died.is_set():  # type: ignore[union-attr]
+                out.append(
+                    {
+                        "id": ctx.id, "language": ctx.language, "cwd": ctx.cwd,
+                        "default": ctx.default, "created_at": ctx.created_at,
+                        "handle": handle.to_json(),
+                    }
+                )  # fmt: skip
+        return out
+
+    async def adopt(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None:
+        """Give a restored or forked sandbox the contexts its snapshot kept."""
+        if saved:
+            self._detached[sandbox_id] = [dict(s) for s in saved]
+            await self.sandboxes.save_contexts(sandbox_id, self.saved(sandbox_id))
+
+    async def start(self) -> None:
+        """Take up the contexts of the sandboxes that outlived the last server."""
+        for status in ("running", "paused"):
+            for record in await self.sandboxes.store.list_sandboxes(status):
+                if record.contexts:
+                    self._detached[record.id] = list(record.contexts)
+
+    async def _persist(self, sandbox_id: str) -> None:
+        try:
+            await self.sandboxes.save_contexts(sandbox_id, self.saved(sandbox_id))
+        except Exception:
+            log.exception("recording the code contexts of %s", sandbox_id)
+
+    async def detach(self, sandbox_id: str) -> None:
+        """Let go of the sandbox's kernels without stopping them (it is about to pause).
+
+        Nothing is sent to the sandbox now: closing the kernels' watchers and relays
+        while it freezes left closes half-delivered, and kernels were found dead after
+        the resume. Their connections simply end with the pause (the agent forgets every
+        exec when the next link starts); :meth:`_let_go` then frees this side.
+        """
+        saved = self.saved(sandbox_id)
+        contexts = self._contexts.pop(sandbox_id, {}).values()
+        kernels = [c.kernel for c in contexts if c.kernel is not None]
+        for kernel in kernels:
+            kernel.let_go()
+        self._letting_go.setdefault(sandbox_id, []).extend(kernels)
+        if saved:
+            self._detached[sandbox_id] = saved
+
+    async def _let_go(self, sandbox_id: str) -> None:
+        for kernel in self._letting_go.pop(sandbox_id, []):
+            await kernel.release()
+
+    async def _attach(self, sandbox_id: str) -> None:
+        async with self._attaching.setdefault(sandbox_id, asyncio.Lock()):
+            saved = self._detached.pop(sandbox_id, None)
+            if not saved:
+                return
+            record = await self.sandboxes.get_running(sandbox_id)
+            contexts = self._contexts.setdefault(sandbox_id, {})
+            for entry in saved:
+                ctx = CodeContext(
+                    entry["id"], sandbox_id, entry["language"], entry["cwd"],
+                    bool(entry["default"]), created_at=float(entry["created_at"]),
+                )  # fmt: skip
+                ctx.kernel = self._kernel(ctx, record.image)
+                try:
+                    await ctx.kernel.attach(KernelHandle.from_json(entry["handle"]))
+                except Exception as exc:
+                    # Gone (it was killed, or its snapshot came from another server's
+                    # sandbox): a default context starts afresh on its next run.
+                    log.info(
+                        "context %s of %s (kernel PID %s) not attached: %s",
+                        ctx.id, sandbox_id, entry["handle"].get("pid"), exc,
+                    )  # fmt: skip
+                    continue
+                ctx.ready.set()
+                contexts[ctx.id] = ctx
+            await self._persist(sandbox_id)
+
+    def _kernel(self, ctx: CodeContext, image: str) -> Kernel:
+        return Kernel(
+            self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
+            zmq_context=self._zmq, runtime_root=self.runtime_root, image=image,
+            on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
+        )  # fmt: skip
+
     async def forget(self, sandbox_id: str) -> None:
+        self._detached.pop(sandbox_id, None)
+        self._attaching.pop(sandbox_id, None)
         for language in LANGUAGES:
             self._starting.pop((sandbox_id, language), None)
         contexts = self._contexts.pop(sandbox_id, {}).values()
@@ -148,11 +266,7 @@ class CodeService:
         record = await self.sandboxes.get_running(ctx.sandbox_id)
         ctx.ready.clear()
         for attempt in range(_PORT_ATTEMPTS):
-            kernel = Kernel(
-                self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
-                zmq_context=self._zmq, runtime_root=self.runtime_root, image=record.image,
-                on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
-            )  # fmt: skip
+            kernel = self._kernel(ctx, record.image)
             ctx.kernel = kernel
             try:
                 await kernel.start()
@@ -163,6 +277,7 @@ class CodeService:
                 if "Address already in use" not in exc.message or attempt + 1 == _PORT_ATTEMPTS:
                     raise
         ctx.ready.set()
+        await self._persist(ctx.sandbox_id)
 
     async def list(self, sandbox_id: str) -> list[CodeContext]:
         contexts = await self._sandbox_contexts(sandbox_id)
@@ -192,6 +307,7 @@ class CodeService:
         self._contexts.get(sandbox_id, {}).pop(context_id, None)
         if ctx.kernel is not None:
             await ctx.kernel.shutdown()
+        await self._persist(sandbox_id)
 
     async def _default(self, sandbox_id: str, language: str) -> CodeContext:
         key = (sandbox_id, language)
@@ -212,10 +328,13 @@ class CodeService:
         task.add_done_callback(self._tasks.discard)
 
     async def _reap(self, sandbox_id: str) -> None:
-        """After a kernel exits: drop the sandbox's contexts if the sandbox has ended."""
+        """After a kernel exits: drop the sandbox's contexts if the sandbox has ended (a
+        paused one keeps them for its resume)."""
         try:
-            await self.sandboxes.get_running(sandbox_id)
-        except Exception:
+            record = await self.sandboxes.get(sandbox_id)
+        except NotFoundError:
+            record = None
+        if record is None or record.status not in ("running", "paused", "starting"):
             await self.forget(sandbox_id)
 
     def prewarm(self, sandbox_id: str, image: str) -> None:
@@ -282,5 +401,10 @@ class CodeService:
         async with ctx.lock:
             kernel = ctx.kernel
             assert kernel is not None
-            async for event in kernel.execute(code, timeout=timeout, limit=self.output_limit):
-                yield {**event, "context": ctx.id} if event["type"] == "end" else event
+            # A run is activity for idle_timeout from its start to its end.
+            self.sandboxes.busy(ctx.sandbox_id)
+            try:
+                async for event in kernel.execute(code, timeout=timeout, limit=self.output_limit):
+                    yield {**event, "context": ctx.id} if event["type"] == "end" else event
+            finally:
+                self.sandboxes.idle_again(ctx.sandbox_id)

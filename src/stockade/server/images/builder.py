@@ -314,7 +314,7 @@ class ImageBuilder:
         out = self.builds / f"{key}.json"
         if not out.exists():
             image.size = await asyncio.to_thread(tree_size, image.lowerdirs)
-            _write_json(out, image.to_json())
+            write_json_atomic(out, image.to_json())
         else:
             image = BuiltImage.from_json(json.loads(out.read_text()))
         on_log(f"image {image.id} ready in {time.monotonic() - started:.1f}s")
@@ -572,7 +572,7 @@ def _flock(path: Path) -> int:
     return fd
 
 
-def _write_json(path: Path, value: object) -> None:
+def write_json_atomic(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,13 @@ def _size(path: Path) -> int:
     return total
 
 
-def collect(catalog: ImageCatalog, *, min_age: float = 60.0) -> GcResult:
-    """Blocking: run it in a thread."""
+def collect(
+    catalog: ImageCatalog, *, min_age: float = 60.0, in_use: Iterable[Path] = ()
+) -> GcResult:
+    """Blocking: run it in a thread. ``in_use``: layers that nothing mounts right now but
+    that must stay (those of paused sandboxes and of snapshots)."""
     store = catalog.layers.root
-    keep: set[Path] = set(_mounted_lowerdirs())
+    keep: set[Path] = set(_mounted_lowerdirs()) | set(in_use)
     kept_builds: set[str] = set()
     for image_id, _when in catalog.tags.all().values():
         built = load_built(catalog.builds, image_id)

@@ -36,10 +36,13 @@ class RootFS:
         self.work = self.disk / "work"
         self.merged = sandbox_dir / "merged"
 
-    async def create(self, layers: Sequence[Path], disk_mib: int) -> None:
-        """Make the disk, mount it and mount the overlay. Idempotent steps, undone on error."""
-        if not layers:
-            raise ValueError("an image needs at least one layer")
+    async def create(
+        self, layers: Sequence[Path], disk_mib: int, *, upper_from: Path | None = None
+    ) -> None:
+        """Make the disk, mount it and mount the overlay. Idempotent steps, undone on error.
+
+        ``upper_from``: start from a copy of these writes (a snapshot's) instead of none.
+        """
         for layer in layers:
             if ":" in str(layer) or "," in str(layer):
                 raise ValueError(f"layer path {layer} cannot be used in overlay options")
@@ -48,19 +51,42 @@ class RootFS:
         self.merged.mkdir(exist_ok=True)
         try:
             await make_disk(self.image, self.disk, disk_mib)
-            self.upper.mkdir(exist_ok=True)
-            self.work.mkdir(exist_ok=True)
-            lower = ":".join(str(p) for p in layers)
-            await _mount(
-                [
-                    "-t", "overlay", "overlay",
-                    "-o", f"lowerdir={lower},upperdir={self.upper},workdir={self.work}",
-                    str(self.merged),
-                ]
-            )  # fmt: skip
+            if upper_from is not None:
+                await proc.run(["cp", "-a", "--sparse=always", str(upper_from), str(self.upper)])
+            await self.mount(layers)
         except BaseException:
             await self.destroy()
             raise
+
+    async def mount(self, layers: Sequence[Path]) -> None:
+        """Mount the overlay over the (already mounted) disk; a paused sandbox's resume."""
+        if not layers:
+            raise ValueError("an image needs at least one layer")
+        await mount_disk(self.image, self.disk)
+        self.upper.mkdir(exist_ok=True)
+        self.work.mkdir(exist_ok=True)
+        self.merged.mkdir(exist_ok=True)
+        if await asyncio.to_thread(os.path.ismount, self.merged):
+            return
+        lower = ":".join(str(p) for p in layers)
+        await _mount(
+            [
+                "-t", "overlay", "overlay",
+                "-o", f"lowerdir={lower},upperdir={self.upper},workdir={self.work}",
+                str(self.merged),
+            ]
+        )  # fmt: skip
+
+    async def unmount_overlay(self) -> None:
+        """Unmount the overlay only, keeping the disk and its writes (a pause)."""
+        await _unmount(self.merged)
+
+    async def copy_upper(self, dest: Path) -> None:
+        """Copy the sandbox's writes as they are now to ``dest`` (the sandbox must be frozen:
+        a snapshot). Owners, modes, times, whiteouts and opaque marks are kept; overlayfs's
+        private bookkeeping is dropped, as in :meth:`capture_upper`."""
+        await proc.run(["cp", "-a", "--sparse=always", str(self.upper), str(dest)])
+        await asyncio.to_thread(_strip_overlay_xattrs, dest)
 
     async def capture_upper(self, dest: Path) -> None:
         """Copy the sandbox's writes (the overlay's upper directory) to ``dest``, as a layer.
@@ -70,14 +96,10 @@ class RootFS:
         character devices) and the opaque-directory marks, and drops overlayfs's private
         bookkeeping, which would mean nothing under another overlay.
         """
-        if await asyncio.to_thread(os.path.ismount, self.merged):
-            done = await proc.run(["umount", str(self.merged)], check=False)
-            if done.returncode != 0:
-                # A runsc process on its way out may hold it a moment longer. Nothing writes
-                # through it any more: detach it and copy the upper directory as it is.
-                await proc.run(["umount", "-l", str(self.merged)], check=False)
-        await proc.run(["cp", "-a", "--sparse=always", str(self.upper), str(dest)])
-        await asyncio.to_thread(_strip_overlay_xattrs, dest)
+        # A runsc process on its way out may hold it a moment longer; nothing writes through
+        # it any more, so a lazy unmount is as good.
+        await _unmount(self.merged)
+        await self.copy_upper(dest)
 
     def is_mounted(self) -> bool:
         return os.path.ismount(self.merged) and os.path.ismount(self.disk)
@@ -89,12 +111,16 @@ class RootFS:
     async def destroy_keeping(self, keep: Sequence[str]) -> None:
         """Unmount everything and remove the sandbox directory except the files in ``keep``."""
         for mnt in (self.merged, self.disk):
-            if await asyncio.to_thread(os.path.ismount, mnt):
-                result = await proc.run(["umount", str(mnt)], check=False)
-                if result.returncode != 0:
-                    # A dying runsc may still hold it; detach now, the kernel frees it later.
-                    await proc.run(["umount", "-l", str(mnt)], check=False)
+            await _unmount(mnt)
         await asyncio.to_thread(_remove_except, self.dir, frozenset(keep))
+
+
+async def _unmount(mnt: Path) -> None:
+    if await asyncio.to_thread(os.path.ismount, mnt):
+        result = await proc.run(["umount", str(mnt)], check=False)
+        if result.returncode != 0:
+            # A dying runsc may still hold it; detach now, the kernel frees it later.
+            await proc.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def make_disk(image: Path, mountpoint: Path, size_mib: int) -> None:

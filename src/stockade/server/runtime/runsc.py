@@ -4,7 +4,8 @@ Global flags are the same for every verb so that a sandbox started by one server
 is found and driven by the next one: a private ``--root`` per data directory, the systrap
 platform (the only fast one on these hosts; see DESIGN.md), our own kernel overlay as the
 root (``--overlay2=none``, so that writes land in the sandbox's upper directory) and no
-network (``--network=none``). Only ``run`` of a networked sandbox differs: it uses
+network (``--network=none``), and open connections that a checkpoint may reset
+(``--net-disconnect-ok``). Only ``run`` of a networked sandbox differs: it uses
 ``--network=sandbox`` (gVisor's netstack on the namespace named in the spec) behind a
 launcher that works around runsc's root-namespace check (network/stockade-netexec.c).
 
@@ -70,6 +71,9 @@ class Runsc:
             "--platform=systrap",
             "--overlay2=none",
             f"--network={network}",
+            # A checkpoint resets the sandbox's open TCP connections instead of refusing
+            # to save them (gVisor cannot carry a live connection across a restore).
+            "--net-disconnect-ok",
             *verb,
         ]
 
@@ -82,14 +86,19 @@ class Runsc:
         stdout: int,
         log: Path,
         launcher: Sequence[str] = (),
+        checkpoint: Path | None = None,
     ) -> None:
         """Create and start a sandbox from ``bundle``.
 
         ``stdin``/``stdout`` become the init's (the agent's FIFOs); ``log`` receives its
         stderr and runsc's own complaints. A ``launcher`` (the netexec prefix) means the
         spec names a network namespace and the sandbox gets gVisor's netstack in it.
+        With ``checkpoint`` (a directory written by :meth:`checkpoint`) the sandbox is
+        restored from it instead of booted: its processes carry on where they were, with
+        the new stdin/stdout in place of the old ones.
         """
-        run = ["run", "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}", sandbox_id]
+        verb = ["run"] if checkpoint is None else ["restore", f"--image-path={checkpoint}"]
+        run = [*verb, "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}", sandbox_id]
         argv = [*launcher, *self._argv(*run, network="sandbox")] if launcher else self._argv(*run)
         with open(log, "ab") as err:  # noqa: ASYNC230  (a local file, opened once)
             p = await proc.spawn(
@@ -105,7 +114,32 @@ class Runsc:
                 await proc.wait(p)
                 result = -9
         if result != 0:
-            raise RunscError(f"runsc run {sandbox_id} exited {result}: {_tail(log)}")
+            raise RunscError(f"runsc {verb[0]} {sandbox_id} exited {result}: {_tail(log)}")
+
+    async def checkpoint(self, sandbox_id: str, image_path: Path) -> None:
+        """Save the sandbox's memory and kernel state into ``image_path``; it keeps running
+        (or stays paused, when it was). Uncompressed: the pages are written and read back
+        at disk speed, and the checkpoint lives only as long as its snapshot."""
+        await self._verb(
+            "checkpoint", "--leave-running", "--compression=none",
+            f"--image-path={image_path}", sandbox_id, timeout=300,
+        )  # fmt: skip
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every task of the sandbox (nothing runs, nothing writes) until resume."""
+        await self._verb("pause", sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._verb("resume", sandbox_id)
+
+    async def _verb(self, *args: str, timeout: float = 60) -> None:
+        try:
+            result = await proc.run(self._argv(*args), check=False, timeout=timeout)
+        except proc.CommandError as exc:  # timed out
+            raise RunscError(f"runsc {args[0]} {args[-1]} failed: {exc}") from None
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace").strip()[-2000:]
+            raise RunscError(f"runsc {args[0]} {args[-1]} failed: {err}")
 
     def wait_argv(self, sandbox_id: str) -> list[str]:
         """``runsc wait``: blocks until the sandbox's init exits and prints its status."""

@@ -8,7 +8,9 @@ knows about HTTP.
 
 Lifetime: a session ends when the command exits. A caller that goes away must call
 :meth:`ExecSession.aclose`, which kills the command's whole process group, so that
-nothing keeps running by accident.
+nothing keeps running by accident. From its start until it ends (exit, error, lost agent
+or aclose), a session counts as activity of its sandbox: a sandbox never reaches its
+``idle_timeout`` while a command runs in it (SandboxService.busy / idle_again).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class ExecSession:
         *,
         pty: bool,
         timeout: float | None,
+        activity: bool = True,
     ) -> None:
         self._ch = channel
         self._sandboxes = sandboxes
@@ -94,9 +97,29 @@ class ExecSession:
         self._start_errno = 0
         self.pid: int | None = None
         self.exit: ExitInfo | None = None
+        self._activity = activity
+        self._busy = False  # holding the sandbox busy (see _release)
 
     async def start(self, request: dict[str, object]) -> None:
         """Ask the agent to run the command; returns once it runs (or failed to start)."""
+        if self._activity:
+            self._sandboxes.busy(self.sandbox_id)
+            self._busy = True
+        try:
+            await self._start(request)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """The session is over for its sandbox's idle clock, which restarts now. Idempotent:
+        called wherever a session can end (its exit, a lost agent, an abandoned stream,
+        aclose), so that no path leaves the sandbox busy forever."""
+        if self._busy:
+            self._busy = False
+            self._sandboxes.idle_again(self.sandbox_id)
+
+    async def _start(self, request: dict[str, object]) -> None:
         try:
             await self._ch.send_json(FrameType.EXEC, request)
             frame = await self._ch.recv()
@@ -116,6 +139,13 @@ class ExecSession:
 
     async def events(self) -> AsyncIterator[Event]:
         """Output chunks as they are produced, then exactly one ExitInfo."""
+        try:
+            async for event in self._events():
+                yield event
+        finally:
+            self._release()
+
+    async def _events(self) -> AsyncIterator[Event]:
         if self._start_error is not None:
             # Like a shell: 127 for a missing program, 126 for one that cannot run.
             yield OutputChunk(2, self._start_error)
@@ -145,6 +175,7 @@ class ExecSession:
                 return
 
     def _finish(self, code: int, *, oom: bool = False) -> ExitInfo:
+        self._release()
         if self._deadline_task is not None:
             self._deadline_task.cancel()
         if not oom and code != 0:
@@ -194,6 +225,7 @@ class ExecSession:
 
     async def aclose(self) -> None:
         """Kill the command if it still runs and release the channel."""
+        self._release()
         await self.kill()
         if self._deadline_task is not None:
             self._deadline_task.cancel()
@@ -214,11 +246,16 @@ class ExecService:
         workdir: str | None = None,
         timeout: float | None = None,
         pty_size: tuple[int, int] | None = None,
+        activity: bool = True,
     ) -> ExecSession:
-        """Start a command; ``pty_size=(cols, rows)`` gives it a terminal."""
+        """Start a command; ``pty_size=(cols, rows)`` gives it a terminal.
+
+        ``activity=False``: the server's own long-lived helpers (a code kernel, its
+        relays) must not keep the sandbox from reaching its ``idle_timeout``.
+        """
         if not argv:
             raise InvalidArgumentError("argv must name a command, e.g. ['echo', 'hi']")
-        record = await self.sandboxes.get_running(sandbox_id)
+        record = await self.sandboxes.use(sandbox_id)
         extra = dict(env or {})
         if pty_size is not None:
             extra = {"TERM": "xterm-256color", **extra}
@@ -226,8 +263,9 @@ class ExecService:
         cols, rows = pty_size or (80, 24)
         channel = await open_channel(self.sandboxes, sandbox_id)
         session = ExecSession(
-            channel, self.sandboxes, sandbox_id, pty=pty_size is not None, timeout=timeout
-        )
+            channel, self.sandboxes, sandbox_id, pty=pty_size is not None, timeout=timeout,
+            activity=activity,
+        )  # fmt: skip
         await session.start(
             {
                 "argv": list(argv),

@@ -102,7 +102,7 @@ class FileService:
         self.execs = execs
 
     async def _open(self, sandbox_id: str) -> tuple[Channel, int]:
-        record = await self.execs.sandboxes.get_running(sandbox_id)
+        record = await self.execs.sandboxes.use(sandbox_id)
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
     async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:

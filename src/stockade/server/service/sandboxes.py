@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import secrets
+import shutil
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,13 @@ from ...errors import (
     ConflictError,
     InvalidArgumentError,
     NotFoundError,
+    SandboxPausedError,
     SandboxTerminatedError,
     ServerError,
 )
 from ..agent.protocol import FrameType
 from ..config import ServerConfig
+from ..failpoints import failpoint
 from ..images.catalog import ImageCatalog
 from ..network.ingress import PortTarget
 from ..network.manager import NetworkManager
@@ -41,9 +45,10 @@ from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
 from ..runtime.agent_link import AgentLink, AgentLost
 from ..runtime.reaper import Reaper
 from ..runtime.rootfs import RootFS
-from ..runtime.runsc import Runsc
+from ..runtime.runsc import Runsc, SandboxState
 from ..state.records import SandboxRecord
 from ..state.store import Store
+from . import lifetimes
 from .users import resolve_user
 
 __all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
@@ -71,6 +76,14 @@ class CreateRequest:
     idle_timeout: float = 0.0
     on_timeout: str = "terminate"
     auto_resume: bool = False
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a restore starts from: runsc's checkpoint image and the writes beside it."""
+
+    checkpoint: Path
+    upper: Path
 
 
 def new_id(prefix: str) -> str:
@@ -107,7 +120,23 @@ class SandboxService:
         self._fresh: set[str] = set()
         self._link_locks: dict[str, asyncio.Lock] = {}
         self._deadline_changed = asyncio.Event()
+        # Called with a sandbox's ID before it pauses, while it still runs, and after
+        # the pause (done or failed): the code service lets go of its kernels, so that
+        # they live through the pause, and then cleans up.
+        self.before_pause: list[Callable[[str], Awaitable[None]]] = []
+        self.after_pause: list[Callable[[str], Awaitable[None]]] = []
+        # Last exec, file or API activity per sandbox (time.time()), for idle_timeout. In
+        # memory only: after a restart every sandbox counts as active from the start.
+        self._active: dict[str, float] = {}
+        # Live exec sessions per sandbox: one keeps it from idling (busy / idle_again).
+        self._busy: dict[str, int] = {}
+        # For the timeout loop: the idle_timeout of each running sandbox that has one, when
+        # the loop wakes next, and the sandboxes whose deadline it is applying now.
+        self._idle_limits: dict[str, float] = {}
+        self._wake_at = math.inf
+        self._expiring: set[str] = set()
         self._timer: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
         # Strong references to fire-and-forget tasks, so they are not garbage-collected.
         self._background: set[asyncio.Task[None]] = set()
         config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +168,36 @@ class SandboxService:
         if record.status != "running":
             if record.status == "starting":
                 raise SandboxTerminatedError(f"sandbox {sandbox_id} is still starting")
+            if record.status == "paused":
+                raise SandboxPausedError(
+                    f"sandbox {sandbox_id} is paused; resume it first (sb.resume() or "
+                    f"`stockade resume {sandbox_id}`), or create it with auto_resume=True"
+                )
             raise SandboxTerminatedError(describe_end(record))
         return record
+
+    async def use(self, sandbox_id: str) -> SandboxRecord:
+        """The record of a running sandbox that a caller is about to use (an exec, a files
+        call, a code run, a port request): a paused one created with ``auto_resume`` is
+        woken first, and the call counts as activity for ``idle_timeout``."""
+        record = await self.get(sandbox_id)
+        if record.status == "paused" and record.auto_resume:
+            await self.resume(sandbox_id)
+        record = await self.get_running(sandbox_id)
+        self.touch(sandbox_id)
+        return record
+
+    async def save_contexts(self, sandbox_id: str, contexts: list[dict[str, Any]]) -> None:
+        """Record the sandbox's code contexts (CodeService.saved), for the next server."""
+        async with self._lock(sandbox_id):
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is not None and record.contexts != contexts:
+                record.contexts = contexts
+                await self.store.put_sandbox(record)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Note activity now (for ``idle_timeout``)."""
+        self._active[sandbox_id] = time.time()
 
     async def settle(self, sandbox_id: str, *, ending: bool = False) -> SandboxRecord:
         """The record once any transition in progress is done.
@@ -320,55 +377,29 @@ class SandboxService:
         *,
         pooled: bool,
         policy: NetworkPolicy,
+        restore: Checkpoint | None = None,
     ) -> SandboxRecord:
+        """Start ``record``'s sandbox over ``layers``; with ``restore``, from a checkpoint
+        (its processes carry on) over a copy of the checkpointed writes."""
         # Starting a sandbox is CPU-heavy (mkfs, mounts, runsc). A burst of creates waits
         # here in order instead of making every one of them slow enough to time out.
         async with self._boot_slots, self._lock(record.id):
             await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
             try:
-                if self._agent_layer is None:
-                    self._agent_layer = await ensure_agent_layer(self.config.cache_dir)
-                agent = self._agent_layer
-                # The agent's layer goes on top, so /.stockade/agent exists in any image.
                 record.layers = [str(p) for p in layers]
-                await rootfs.create((agent, *layers), record.disk)
+                upper = restore.upper if restore is not None else None
+                await rootfs.create(await self._lowerdirs(record), record.disk, upper_from=upper)
                 netns, etc_files, launcher = await self._attach_network(record, policy)
-                spec = bundle.container_spec(
-                    root=rootfs.merged,
-                    process=bundle.ProcessSpec(
-                        [AGENT_PATH, *(["--", *record.entrypoint] if record.entrypoint else [])],
-                        env=self.process_env(record),
-                        cwd=record.workdir or "/",
-                        max_processes=bundle.max_processes(record.memory),
-                    ),
-                    hostname=record.id,
-                    cpu=record.cpu,
-                    memory_mib=record.memory,
-                    cgroups_path=cgroups.cgroup_path(record.id),
-                    netns=netns,
-                    etc_files=etc_files,
-                    volumes={
-                        path: self.config.volume_mount(vid) for path, vid in record.volumes.items()
-                    },
-                )
-                if record.workdir:
+                if record.workdir and restore is None:
                     # The working directory must exist before the init starts in it.
                     await asyncio.to_thread(
                         (rootfs.merged / record.workdir.lstrip("/")).mkdir,
                         parents=True,
                         exist_ok=True,
                     )
-                bundle.write_json(rootfs.dir / "config.json", spec)
-                await self._start_runsc(record.id, rootfs.dir, launcher)
-                record.pid = _read_pid(rootfs.dir / "pid")
-                # The pid file saves a `runsc state` (a whole runsc process) per create.
-                running = record.pid is not None and proc.pid_alive(record.pid)
-                if not running and not record.entrypoint:
-                    raise ServerError(
-                        f"sandbox {record.id} stopped right after starting: "
-                        f"{_tail(self.log_path(record.id))}"
-                    )
+                checkpoint = restore.checkpoint if restore is not None else None
+                running = await self._launch(record, rootfs, netns, etc_files, launcher, checkpoint)
             except Exception as exc:
                 await self._cleanup(record.id)
                 record.status, record.reason = "failed", "error"
@@ -392,6 +423,50 @@ class SandboxService:
         self._watch(record)
         self._deadline_changed.set()
         return record
+
+    async def _lowerdirs(self, record: SandboxRecord) -> tuple[Path, ...]:
+        if self._agent_layer is None:
+            self._agent_layer = await ensure_agent_layer(self.config.cache_dir)
+        # The agent's layer goes on top, so /.stockade/agent exists in any image.
+        return (self._agent_layer, *(Path(p) for p in record.layers))
+
+    async def _launch(
+        self,
+        record: SandboxRecord,
+        rootfs: RootFS,
+        netns: Path | None,
+        etc_files: Mapping[str, Path],
+        launcher: Sequence[str],
+        checkpoint: Path | None,
+    ) -> bool:
+        """Write the bundle and start (or restore) the runsc sandbox; whether it runs."""
+        spec = bundle.container_spec(
+            root=rootfs.merged,
+            process=bundle.ProcessSpec(
+                [AGENT_PATH, *(["--", *record.entrypoint] if record.entrypoint else [])],
+                env=self.process_env(record),
+                cwd=record.workdir or "/",
+                max_processes=bundle.max_processes(record.memory),
+            ),
+            hostname=record.id,
+            cpu=record.cpu,
+            memory_mib=record.memory,
+            cgroups_path=cgroups.cgroup_path(record.id),
+            netns=netns,
+            etc_files=etc_files,
+            volumes={path: self.config.volume_mount(vid) for path, vid in record.volumes.items()},
+        )
+        bundle.write_json(rootfs.dir / "config.json", spec)
+        await self._start_runsc(record.id, rootfs.dir, launcher, checkpoint)
+        record.pid = _read_pid(rootfs.dir / "pid")
+        # The pid file saves a `runsc state` (a whole runsc process) per create.
+        running = record.pid is not None and proc.pid_alive(record.pid)
+        if not running and not record.entrypoint:
+            raise ServerError(
+                f"sandbox {record.id} stopped right after starting: "
+                f"{_tail(self.log_path(record.id))}"
+            )
+        return running
 
     def oom_kills(self, sandbox_id: str) -> int:
         """OOM kills in the sandbox so far, also readable shortly after it died."""
@@ -472,7 +547,7 @@ class SandboxService:
 
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
         """Where the port proxy sends traffic for ``port`` of a sandbox (PortTargets)."""
-        record = await self.get_running(sandbox_id)
+        record = await self.use(sandbox_id)
         exposed = next((p for p in record.ports if p["port"] == port), None)
         if exposed is None:
             listed = ", ".join(str(p["port"]) for p in record.ports) or "none"
@@ -496,16 +571,26 @@ class SandboxService:
         )  # fmt: skip
 
     async def _start_runsc(
-        self, sandbox_id: str, directory: Path, launcher: Sequence[str] = ()
+        self,
+        sandbox_id: str,
+        directory: Path,
+        launcher: Sequence[str] = (),
+        checkpoint: Path | None = None,
     ) -> None:
         """``runsc run`` with the agent's channel: two FIFOs the sandbox holds read-write.
 
         Holding both ends itself, the sandbox never sees EOF or EPIPE on them when a server
         goes away, and any later server can open them again (docs/agent-protocol.md).
+        A restored agent may have been cut mid-frame, so its link resynchronises.
         """
-        self._fresh.add(sandbox_id)
+        if checkpoint is None:
+            self._fresh.add(sandbox_id)
+        else:
+            self._fresh.discard(sandbox_id)
         fifos = [directory / "agent.in", directory / "agent.out"]
         for fifo in fifos:
+            with contextlib.suppress(FileNotFoundError):
+                fifo.unlink()
             os.mkfifo(fifo, 0o600)
         fds = [os.open(f, os.O_RDWR | os.O_CLOEXEC) for f in fifos]
         try:
@@ -516,6 +601,7 @@ class SandboxService:
                 stdout=fds[1],
                 log=self.log_path(sandbox_id),
                 launcher=launcher,
+                checkpoint=checkpoint,
             )
         finally:
             for fd in fds:
@@ -558,6 +644,175 @@ class SandboxService:
             env.update(extra)
         return env
 
+    # ------------------------------------------------- pause, resume, checkpoints
+
+    def checkpoint_dir(self, sandbox_id: str) -> Path:
+        """A paused sandbox's saved memory (beside its disk, which keeps its files)."""
+        return self.sandbox_dir(sandbox_id) / "checkpoint"
+
+    async def fs_layers(self, sandbox_id: str) -> tuple[Path, tuple[Path, ...]]:
+        """A running or paused sandbox's writes (its upper directory) and its image layers,
+        top-first, without the agent's."""
+        record = await self.get(sandbox_id)
+        if record.status not in ("running", "paused"):
+            await self.get_running(sandbox_id)  # raises, saying why
+        return RootFS(self.sandbox_dir(sandbox_id)).upper, tuple(Path(p) for p in record.layers)
+
+    @contextlib.asynccontextmanager
+    async def frozen(self, sandbox_id: str) -> AsyncIterator[tuple[SandboxRecord, RootFS]]:
+        """Hold a running sandbox still: every task frozen (so its memory and files agree)
+        under its lock, thawed on the way out whatever happens."""
+        async with self._lock(sandbox_id):
+            record = await self.get_running(sandbox_id)
+            await self.runsc.pause(sandbox_id)
+            try:
+                yield record, RootFS(self.sandbox_dir(sandbox_id))
+            finally:
+                try:
+                    await self.runsc.resume(sandbox_id)
+                except Exception:
+                    log.exception("thawing sandbox %s", sandbox_id)
+
+    async def pause(self, sandbox_id: str) -> SandboxRecord:
+        """Save a running sandbox's memory to disk and stop it (status ``paused``).
+
+        Crash-safe order: freeze, checkpoint into a temporary directory, rename it into
+        place (from here the pause has happened), record ``paused``, then remove the runsc
+        sandbox. :meth:`start` finishes or undoes a pause cut short at any step.
+        """
+        if (await self.get(sandbox_id)).status != "running":
+            return await self._pause(sandbox_id)
+        await self._hooks(self.before_pause, sandbox_id)
+        try:
+            return await self._pause(sandbox_id)
+        finally:
+            await self._hooks(self.after_pause, sandbox_id)
+
+    async def _hooks(self, hooks: Sequence[Callable[[str], Awaitable[None]]], sid: str) -> None:
+        for hook in hooks:
+            try:
+                await hook(sid)
+            except Exception:
+                log.exception("pause hook for sandbox %s", sid)
+
+    async def _pause(self, sandbox_id: str) -> SandboxRecord:
+        async with self._lock(sandbox_id):
+            record = await self.get(sandbox_id)
+            if record.status == "paused":
+                return record
+            record = await self.get_running(sandbox_id)
+            final = self.checkpoint_dir(sandbox_id)
+            tmp = final.with_name("checkpoint.tmp")
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            await self.runsc.pause(sandbox_id)
+            try:
+                tmp.mkdir()
+                await self.runsc.checkpoint(sandbox_id, tmp)
+                failpoint("pause.after-checkpoint")
+                await asyncio.to_thread(os.rename, tmp, final)
+                failpoint("pause.after-rename")
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+                with contextlib.suppress(Exception):
+                    await self.runsc.resume(sandbox_id)
+                raise
+            self._unwatch(sandbox_id)
+            # The clock stops while paused: expires_at - paused_at is what resume grants.
+            record.status, record.paused_at, record.pid = "paused", time.time(), None
+            await self.store.put_sandbox(record)
+            failpoint("pause.after-record")
+            await self._stop_paused(record)
+            log.info("sandbox %s paused", sandbox_id)
+        self._deadline_changed.set()
+        return record
+
+    async def _stop_paused(self, record: SandboxRecord) -> None:
+        """Remove a paused sandbox's runsc sandbox, overlay and network; its disk and
+        checkpoint stay for the resume (which gets a network again, maybe a new address)."""
+        self._drop_link(record.id, f"sandbox {record.id} was paused")
+        await self.runsc.delete(record.id)
+        await RootFS(self.sandbox_dir(record.id)).unmount_overlay()
+        await self._release_network(record)
+        await self.store.put_sandbox(record)
+
+    async def _release_network(self, record: SandboxRecord) -> None:
+        slot = self._slots.pop(record.id, None)
+        if slot is not None:
+            try:
+                await self.network.release(slot)
+            except Exception:
+                log.exception("removing the network of sandbox %s", record.id)
+        if record.network is not None:
+            record.network = {**record.network, "slot": None, "ip": None}
+
+    async def resume(self, sandbox_id: str) -> SandboxRecord:
+        """Bring a paused sandbox back: same ID, files, processes and network address.
+
+        The checkpoint is removed only once the sandbox is recorded as running again, so
+        a crash mid-resume leaves it paused (or, if runsc already runs it, running).
+        """
+        async with self._boot_slots, self._lock(sandbox_id):
+            record = await self.get(sandbox_id)
+            if record.status != "paused":
+                return await self.get_running(sandbox_id)
+            rootfs = RootFS(self.sandbox_dir(sandbox_id))
+            await rootfs.mount(await self._lowerdirs(record))
+            policy = NetworkPolicy.from_dict((record.network or {}).get("policy") or {})
+            try:
+                # A fresh namespace: gVisor takes its address from it again on restore.
+                netns, etc_files, launcher = await self._attach_network(record, policy)
+                await self._launch(
+                    record, rootfs, netns, etc_files, launcher, self.checkpoint_dir(sandbox_id)
+                )
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await self.runsc.delete(sandbox_id)
+                await self._release_network(record)
+                await rootfs.unmount_overlay()
+                raise ServerError(f"resuming sandbox {sandbox_id} failed: {exc}") from exc
+            failpoint("resume.after-restore")
+            now = time.time()
+            record.started_at, record.expires_at = now, now + _time_left(record)
+            record.status, record.paused_at = "running", None
+            await self.store.put_sandbox(record)
+            await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(sandbox_id), True)
+            self.touch(sandbox_id)
+            log.info("sandbox %s resumed", sandbox_id)
+        self._watch(record)
+        self._deadline_changed.set()
+        return record
+
+    async def checkpoint_to(self, sandbox_id: str, dest: Path) -> SandboxRecord:
+        """Save a running sandbox's memory (``dest/checkpoint``) and files (``dest/upper``)
+        while it keeps running; returns its record as of the capture."""
+        async with self.frozen(sandbox_id) as (record, rootfs):
+            await rootfs.copy_upper(dest / "upper")
+            (dest / "checkpoint").mkdir()
+            await self.runsc.checkpoint(sandbox_id, dest / "checkpoint")
+            failpoint("checkpoint.frozen")
+        return record
+
+    async def restore(
+        self, source: SandboxRecord, saved: Checkpoint, req: CreateRequest
+    ) -> SandboxRecord:
+        """A new sandbox restored from ``saved``: ``source``'s image, limits, env, user and
+        volumes, with ``req``'s tags, lifetimes and ports."""
+        record = SandboxRecord(
+            id=new_id("sb"), image=source.image, cpu=source.cpu, memory=source.memory,
+            disk=source.disk, timeout=req.timeout, env=dict(source.env),
+            workdir=source.workdir, tags=dict(req.tags), entrypoint=source.entrypoint,
+            created_at=time.time(),
+            # The restored servers still listen: their ports stay exposed unless the caller
+            # names others.
+            ports=[{"port": p, "public": pub} for p, pub in req.ports] or list(source.ports),
+            access_token=_access_token(), user=source.user, uid=source.uid, gid=source.gid,
+            volumes=dict(source.volumes), idle_timeout=req.idle_timeout,
+            on_timeout=req.on_timeout, auto_resume=req.auto_resume,
+        )  # fmt: skip
+        policy = NetworkPolicy.from_dict((source.network or {}).get("policy") or {})
+        layers = [Path(p) for p in source.layers]
+        return await self._boot(record, layers, pooled=False, policy=policy, restore=saved)
+
     # -------------------------------------------------------------------- terminate
 
     async def terminate(
@@ -575,7 +830,7 @@ class SandboxService:
         async with self._lock(sandbox_id):
             found = await self.store.get_sandbox(sandbox_id)
             record = found if found is not None else await self.get(sandbox_id)
-            if not record.alive:
+            if not record.alive and record.status != "paused":
                 if capture is not None:
                     raise SandboxTerminatedError(describe_end(record))
                 return record
@@ -736,34 +991,183 @@ class SandboxService:
         self._deadline_changed.set()
 
     # --------------------------------------------------------------- timeouts
+    #
+    # One task, _expire_loop, applies every running sandbox's timeout and idle_timeout
+    # (service/lifetimes.py holds the rules). It sleeps until the earliest deadline, then
+    # looks again. Activity only ever moves a deadline later, so touch() is O(1) and wakes
+    # nothing: a deadline that activity moved is found moved when the old one comes. What
+    # can bring a deadline nearer wakes the loop (_deadline_changed): a sandbox starting or
+    # resuming, set_timeout, and the last exec of a sandbox ending, if the idle deadline
+    # that starts comes before the loop's next wake. Paused sandboxes have no clocks.
+
+    def busy(self, sandbox_id: str) -> None:
+        """An exec session started in the sandbox: it counts as active until the session
+        ends (:meth:`idle_again`), however long the command runs."""
+        self._busy[sandbox_id] = self._busy.get(sandbox_id, 0) + 1
+        self.touch(sandbox_id)
+
+    def idle_again(self, sandbox_id: str) -> None:
+        """An exec session of the sandbox ended; once none is left, its idle clock runs
+        again, from now."""
+        self.touch(sandbox_id)
+        left = self._busy.pop(sandbox_id, 0) - 1
+        if left > 0:
+            self._busy[sandbox_id] = left
+            return
+        limit = self._idle_limits.get(sandbox_id)
+        if limit is not None and time.time() + limit < self._wake_at:
+            self._deadline_changed.set()
+
+    def _due(self, record: SandboxRecord, since: float) -> lifetimes.Deadline | None:
+        return lifetimes.deadline(
+            record,
+            last_active=self._active.get(record.id),
+            busy=self._busy.get(record.id, 0) > 0,
+            since=since,
+        )
+
+    async def set_timeout(self, sandbox_id: str, seconds: float) -> SandboxRecord:
+        """Make a running sandbox end ``seconds`` from now, sooner or later than it would
+        have (E2B's setTimeout, Modal's set_timeout): ``timeout`` becomes ``seconds`` and
+        ``expires_at`` now + ``seconds``. The HTTP layer checks the allowed range."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise InvalidArgumentError(f"timeout={seconds:g} must be a positive number of seconds")
+        async with self._lock(sandbox_id):
+            record = await self.get_running(sandbox_id)
+            record.timeout = seconds
+            record.expires_at = time.time() + seconds
+            await self.store.put_sandbox(record)
+        # Asking for more time is using the sandbox.
+        self.touch(sandbox_id)
+        self._deadline_changed.set()
+        return record
 
     async def _expire_loop(self) -> None:
+        since = time.time()  # activity from before this server started is unknown
         while True:
+            # Anything that moves a deadline while this pass looks wakes it again.
+            self._wake_at = math.inf
             self._deadline_changed.clear()
-            running = await self.store.list_sandboxes("running")
-            now = time.time()
-            next_deadline: float | None = None
-            for r in running:
-                if r.expires_at is None:
-                    continue
-                if r.expires_at <= now:
-                    self._spawn_task(self._expire(r.id, r.timeout))
-                elif next_deadline is None or r.expires_at < next_deadline:
-                    next_deadline = r.expires_at
-            wait = 60.0 if next_deadline is None else max(0.0, next_deadline - time.time())
+            try:
+                self._wake_at = await self._expire_due(since)
+            except Exception:
+                log.exception("checking the sandboxes' timeouts")
+                self._wake_at = time.time() + 1.0
+            # asyncio.timeout, not wait_for: wait_for (3.11) swallows a cancel that comes as
+            # the event is set (as an ending _expire does), and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deadline_changed.wait(), wait)
+                async with asyncio.timeout(max(0.0, self._wake_at - time.time())):
+                    await self._deadline_changed.wait()
 
-    async def _expire(self, sandbox_id: str, timeout: float) -> None:
+    async def _expire_due(self, since: float) -> float:
+        """Start applying the deadlines that have passed; returns when the next one comes."""
+        started = time.time()
+        running = await self.store.list_sandboxes("running")
+        now = time.time()
+        self._idle_limits = {r.id: r.idle_timeout for r in running if r.idle_timeout > 0}
+        next_at = now + 60.0
+        for r in running:
+            due = None if r.id in self._expiring else self._due(r, since)
+            if due is None:
+                continue
+            if due.at <= now:
+                self._expiring.add(r.id)
+                self._spawn_task(self._expire(r.id, since))
+            else:
+                next_at = min(next_at, due.at)
+        # Forget the activity of sandboxes no longer running (unless noted since we looked).
+        ids = {r.id for r in running}
+        for sid in [s for s, t in self._active.items() if t < started and s not in ids]:
+            del self._active[sid]
+        return next_at
+
+    async def _expire(self, sandbox_id: str, since: float) -> None:
+        """Apply ``on_timeout`` to a sandbox the loop saw past its deadline, unless activity
+        or set_timeout has moved the deadline since (the loop works from a snapshot)."""
         try:
-            await self.terminate(
-                sandbox_id,
-                reason="timeout",
-                message=f"the sandbox reached its timeout of {timeout:g}s; "
-                "create it with a larger `timeout=`",
-            )
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or record.status != "running":
+                return
+            due = self._due(record, since)
+            if due is None or due.at > time.time():
+                return
+            message = lifetimes.end_message(record, due.reason)
+            if record.on_timeout == "pause":
+                try:
+                    await self._pause_at(record, due.reason)
+                    return
+                except Exception as exc:
+                    log.exception(
+                        "pausing sandbox %s at its %s failed; terminating it", sandbox_id,
+                        due.reason,
+                    )  # fmt: skip
+                    message += f" (pausing it instead failed: {exc})"
+            await self.terminate(sandbox_id, reason=due.reason, message=message)
         except Exception:
             log.exception("expiring sandbox %s", sandbox_id)
+        finally:
+            self._expiring.discard(sandbox_id)
+            self._deadline_changed.set()
+
+    async def _pause_at(self, record: SandboxRecord, reason: str) -> None:
+        """Pause a sandbox whose ``timeout`` or ``idle_timeout`` has come (on_timeout="pause")."""
+        if reason == "timeout":
+            # pause() keeps what is left of the timeout for the resume, which here would be
+            # nothing: a sandbox paused at its timeout gets the whole of it again. Set here,
+            # before the pause: a resume right after it cannot miss it, and should the
+            # server die in between, the sandbox still has a deadline.
+            async with self._lock(record.id):
+                current = await self.get(record.id)
+                if current.status != "running":
+                    return  # paused or ended meanwhile: nothing left to do
+                current.expires_at = time.time() + current.timeout
+                await self.store.put_sandbox(current)
+        await self.pause(record.id)
+        log.info("sandbox %s paused at its %s", record.id, reason)
+
+    # ------------------------------------------------------------------ retention
+
+    async def purge(self, now: float | None = None) -> Sequence[str]:
+        """Forget the ended sandboxes that have been over for longer than the server's
+        ``retention`` (0: keep them forever): their records and their directories (the
+        log). Returns their IDs.
+
+        Example::
+
+            purged = await service.purge()
+        """
+        retention = self.config.retention
+        if retention <= 0:
+            return []
+        now = time.time() if now is None else now
+        ended = [r for status in lifetimes.ENDED for r in await self.store.list_sandboxes(status)]
+        purged: list[str] = []
+        for stale in lifetimes.purgeable(ended, retention=retention, now=now):
+            async with self._lock(stale.id):
+                record = await self.store.get_sandbox(stale.id)
+                if record is None or record.status not in lifetimes.ENDED:
+                    continue
+                # The directory first: a crash in between leaves a record to purge again,
+                # never a directory that nothing refers to.
+                await RootFS(self.sandbox_dir(stale.id)).destroy_keeping(())
+                await self.store.delete_sandbox(stale.id)
+            for state in (self._locks, self._active, self._final_ooms):
+                state.pop(stale.id, None)
+            purged.append(stale.id)
+        if purged:
+            log.info("purged %d sandboxes ended more than %gs ago", len(purged), retention)
+        return purged
+
+    async def _purge_loop(self) -> None:
+        if self.config.retention <= 0:
+            return
+        every = lifetimes.purge_interval(self.config.retention)
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("purging ended sandboxes")
+            await asyncio.sleep(every)
 
     # ------------------------------------------------------------ start / stop
 
@@ -772,48 +1176,108 @@ class SandboxService:
         await self.network.start()
         known = {s.id: s for s in await self.runsc.list()}
         for record in await self.store.list_sandboxes():
-            if not record.alive:
-                continue
             slot = (record.network or {}).get("slot")
-            if slot is not None:
+            if slot is not None and (record.alive or record.status == "paused"):
+                # (A paused one holds a slot only if a crash cut its pause short.)
                 self._slots[record.id] = int(slot)
             state = known.get(record.id)
+            if record.status == "paused" or (
+                record.status == "running" and state is not None and state.status == "paused"
+            ):
+                await self._recover_pause(record, state)
+                continue
+            if not record.alive:
+                continue
             rootfs = RootFS(self.sandbox_dir(record.id))
             if state is not None and state.status == "running" and not proc.pid_alive(state.pid):
                 # runsc keeps saying "running" while a gofer lingers; the sandbox is gone.
                 state = None
-            if state is not None and state.status == "running" and rootfs.is_mounted():
+            usable = state is not None and state.status == "running" and rootfs.is_mounted()
+            if usable and record.status != "starting":
+                assert state is not None
                 record.pid = state.pid
                 await self.store.put_sandbox(record)
                 self._watch(record)
                 continue
             await self._cleanup(record.id)
+            was_starting = record.status == "starting"
             record.status, record.reason = "failed", "error"
-            record.message = (
-                "the sandbox's runsc sandbox vanished while the server was down"
-                if state is None
-                else f"the sandbox was {state.status} when the server restarted"
-            )
+            if state is None:
+                record.message = "the sandbox's runsc sandbox vanished while the server was down"
+            elif was_starting:
+                # Its create (or restore, or fork) never answered: nobody holds its ID.
+                record.message = "the server stopped while the sandbox was starting"
+            else:
+                record.message = f"the sandbox was {state.status} when the server restarted"
             record.ended_at = time.time()
             await self.store.put_sandbox(record)
             log.warning("sandbox %s: %s", record.id, record.message)
         # runsc sandboxes that have no live record (e.g. the server died mid-create).
-        alive_ids = {r.id for r in await self.store.list_sandboxes() if r.alive}
+        records = await self.store.list_sandboxes()
+        alive_ids = {r.id for r in records if r.alive or r.status == "paused"}
         for sid in known:
             if sid not in alive_ids:
                 await self._cleanup(sid)
-        live = [r for r in await self.store.list_sandboxes() if r.alive and r.network]
+        live = [r for r in records if r.alive and r.network]
         await self.network.install(
             (int(r.network["slot"]), NetworkPolicy.from_dict(r.network["policy"]))
             for r in live
             if r.network and r.network.get("slot") is not None
         )
         self._timer = asyncio.create_task(self._expire_loop(), name="expire-loop")
+        self._purger = asyncio.create_task(self._purge_loop(), name="purge-loop")
+
+    async def _recover_pause(self, record: SandboxRecord, state: SandboxState | None) -> None:
+        """Finish or undo a pause, snapshot or resume that a crash cut short.
+
+        A frozen runsc sandbox (status ``paused``) was being checkpointed: if its
+        checkpoint made it into place, the pause happened; otherwise it thaws and runs on.
+        A paused record whose runsc sandbox runs was being resumed: it is running.
+        """
+        sid = record.id
+        complete = await asyncio.to_thread(self.checkpoint_dir(sid).is_dir)
+        await asyncio.to_thread(
+            shutil.rmtree, self.checkpoint_dir(sid).with_name("checkpoint.tmp"), True
+        )
+        live = state is not None and proc.pid_alive(state.pid)
+        if record.status == "paused" and live and state is not None and state.status == "running":
+            now = time.time()
+            record.started_at, record.expires_at = now, now + _time_left(record)
+            record.status, record.paused_at, record.pid = "running", None, state.pid
+            await self.store.put_sandbox(record)
+            await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(sid), True)
+            self._watch(record)
+            log.warning("sandbox %s: a resume was cut short; it is running", sid)
+            return
+        if record.status == "running" and not complete and live:
+            await self.runsc.resume(sid)
+            record.pid = state.pid if state is not None else None
+            await self.store.put_sandbox(record)
+            self._watch(record)
+            log.warning("sandbox %s: a pause or snapshot was cut short; it runs on", sid)
+            return
+        if complete:
+            if record.status != "paused":
+                record.status, record.paused_at, record.pid = "paused", time.time(), None
+                await self.store.put_sandbox(record)
+                log.warning("sandbox %s: a pause was cut short after its checkpoint", sid)
+            with contextlib.suppress(Exception):
+                await self._stop_paused(record)
+            return
+        # Neither running nor saved: nothing to come back to.
+        await self._cleanup(sid)
+        record.status, record.reason = "failed", "error"
+        record.message = "the sandbox was lost while paused: its checkpoint is missing"
+        record.ended_at = time.time()
+        await self.store.put_sandbox(record)
+        log.warning("sandbox %s: %s", sid, record.message)
 
     async def stop(self) -> None:
         """Stop watching; the sandboxes themselves keep running for the next server."""
         tasks = [
-            t for t in (self._timer, *self._watchers.values(), *self._background) if t is not None
+            t
+            for t in (self._timer, self._purger, *self._watchers.values(), *self._background)
+            if t is not None
         ]
         for fut in self._exit_codes.values():
             fut.cancel()
@@ -839,6 +1303,13 @@ def describe_end(record: SandboxRecord) -> str:
     if record.message:
         base += f": {record.message}"
     return base + "; create a new sandbox to continue"
+
+
+def _time_left(record: SandboxRecord) -> float:
+    """What a paused sandbox had left of its timeout when it paused (its clock stopped)."""
+    if record.expires_at is None or record.paused_at is None:
+        return record.timeout
+    return max(1.0, record.expires_at - record.paused_at)
 
 
 def _read_pid(path: Path) -> int | None:

@@ -9,6 +9,7 @@ from typing import Any, Self
 
 __all__ = ["ALIVE", "SandboxRecord", "SnapshotRecord", "VolumeRecord"]
 
+
 class _Record:
     """JSON (de)serialising shared by the records; unknown keys (a newer server's) are
     ignored, so a record written by one version loads in another."""
@@ -80,8 +81,10 @@ class SandboxRecord(_Record):
     # A paused sandbox with auto_resume wakes by itself on its next exec, file or port call.
     auto_resume: bool = False
     paused_at: float | None = None
-    # The snapshot this sandbox was restored from (its "changes" baseline), if any.
+    # The snapshot this sandbox was restored from, if any.
     snapshot: str | None = None
+    # Its code contexts' kernels (CodeService.saved): a restarted server attaches to them.
+    contexts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -103,7 +106,8 @@ class SnapshotRecord(_Record):
     size: int  # bytes on disk: checkpoint image + files
     sandbox: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
-
+    # The code contexts whose kernels it holds (CodeService.saved), attached on restore.
+    contexts: list[dict[str, Any]] = field(default_factory=list)
 
     def source(self) -> SandboxRecord:
         return SandboxRecord.from_json(json.dumps(self.sandbox))

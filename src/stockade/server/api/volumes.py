@@ -1,0 +1,66 @@
+"""Volume routes: create, list, get and delete named persistent volumes (VolumeService)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from ..state.records import VolumeRecord
+from .deps import Services, services
+from .schemas import VolumeCreate, VolumeList, VolumeOut, _iso
+
+router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
+Svc = Annotated[Services, Depends(services)]
+
+
+def _out(record: VolumeRecord, used_by: Sequence[str]) -> VolumeOut:
+    return VolumeOut(
+        id=record.id,
+        name=record.name,
+        size=record.size,
+        created_at=_iso(record.created_at),
+        used_by=list(used_by),
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=VolumeOut,
+    summary="Create a volume",
+    responses={200: {"model": VolumeOut, "description": "It existed (create_if_missing)"}},
+)
+async def create_volume(body: VolumeCreate, svc: Svc, response: Response) -> VolumeOut:
+    if body.create_if_missing:
+        record, created = await svc.volumes.get_or_create(body.name, body.size)
+        if not created:
+            response.status_code = 200
+            return _out(record, await svc.volumes.users_of(record.id))
+    else:
+        record = await svc.volumes.create(body.name, body.size)
+    return _out(record, [])
+
+
+@router.get("", response_model=VolumeList, summary="List volumes")
+async def list_volumes(svc: Svc) -> VolumeList:
+    users = await svc.volumes.users()
+    return VolumeList(volumes=[_out(r, users.get(r.id, [])) for r in await svc.volumes.list()])
+
+
+@router.get("/{name_or_id}", response_model=VolumeOut, summary="Get a volume by name or ID")
+async def get_volume(name_or_id: str, svc: Svc) -> VolumeOut:
+    record = await svc.volumes.get(name_or_id)
+    return _out(record, await svc.volumes.users_of(record.id))
+
+
+@router.delete(
+    "/{name_or_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a volume and its files (409 while a sandbox has it mounted)",
+)
+async def delete_volume(name_or_id: str, svc: Svc) -> Response:
+    await svc.volumes.delete(name_or_id)
+    return Response(status_code=204)
