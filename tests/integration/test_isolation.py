@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade import Sandbox
+from stockade import Image, Sandbox
 
 from .conftest import REPO, LiveServer
 from .helpers import unique
@@ -113,3 +113,14 @@ def test_writes_stay_in_their_sandbox(pair: tuple[Sandbox, Sandbox]) -> None:
     image_motd = Path("/var/cache/stockade/images/debian/rootfs/etc/motd")
     if image_motd.exists():
         assert secret not in image_motd.read_text()
+
+
+def test_an_images_symlinks_never_lead_the_workdir_onto_the_host(server: LiveServer) -> None:
+    """An image may hold any symlink (`/w -> /tmp`); the working directory the server
+    makes before the sandbox starts is made inside the sandbox's root all the same."""
+    probe = unique("workdir")
+    image = Image.from_name("debian").run_commands("ln -s /tmp /w")
+    with Sandbox.create(image=image, workdir=f"/w/{probe}") as sb:
+        assert not Path("/tmp", probe).exists()
+        assert sb.run("pwd").stdout.strip() == f"/w/{probe}"
+        assert sb.run(f"test -d /tmp/{probe}").exit_code == 0

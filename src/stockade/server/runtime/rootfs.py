@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from . import proc
 
-__all__ = ["RootFS", "make_disk", "mount_disk"]
+__all__ = ["RootFS", "make_disk", "makedirs_in_root", "mount_disk"]
 
 
 class RootFS:
@@ -121,6 +122,51 @@ async def _unmount(mnt: Path) -> None:
         if result.returncode != 0:
             # A dying runsc may still hold it; detach now, the kernel frees it later.
             await proc.run(["umount", "-l", str(mnt)], check=False)
+
+
+_MAX_LINKS = 40  # as the kernel's own limit on symlinks in one lookup
+
+
+def makedirs_in_root(root: Path, path: str) -> None:
+    """``mkdir -p path`` inside ``root`` as the sandbox would see it: every symlink of the
+    image is resolved within ``root`` (an absolute one from ``root``, ``..`` never above
+    it), never followed out of it on the host. Blocking; raises ValueError for a path
+    that runs into a file or too many links."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    chain = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]  # root … current directory
+    links = 0
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                if len(chain) > 1:
+                    os.close(chain.pop())
+                continue
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                chain.append(os.open(name, flags, dir_fd=chain[-1]))
+                continue
+            except FileNotFoundError:
+                os.mkdir(name, 0o755, dir_fd=chain[-1])
+                chain.append(os.open(name, flags, dir_fd=chain[-1]))
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+            try:  # a symlink: go on from where it points, inside the root
+                target = os.readlink(name, dir_fd=chain[-1])
+            except OSError:
+                raise ValueError(f"{path}: {name} is a file, not a directory") from None
+            links += 1
+            if links > _MAX_LINKS:
+                raise ValueError(f"{path}: too many levels of symbolic links")
+            if target.startswith("/"):
+                while len(chain) > 1:
+                    os.close(chain.pop())
+            pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
+    finally:
+        for fd in chain:
+            os.close(fd)
 
 
 async def make_disk(image: Path, mountpoint: Path, size_mib: int) -> None:

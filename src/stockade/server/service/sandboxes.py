@@ -44,7 +44,7 @@ from ..runtime import bundle, cgroups, proc
 from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
 from ..runtime.agent_link import AgentLink, AgentLost
 from ..runtime.reaper import Reaper
-from ..runtime.rootfs import RootFS
+from ..runtime.rootfs import RootFS, makedirs_in_root
 from ..runtime.runsc import Runsc, SandboxState
 from ..state.records import SandboxRecord
 from ..state.store import Store
@@ -392,12 +392,12 @@ class SandboxService:
                 await rootfs.create(await self._lowerdirs(record), record.disk, upper_from=upper)
                 netns, etc_files, launcher = await self._attach_network(record, policy)
                 if record.workdir and restore is None:
-                    # The working directory must exist before the init starts in it.
-                    await asyncio.to_thread(
-                        (rootfs.merged / record.workdir.lstrip("/")).mkdir,
-                        parents=True,
-                        exist_ok=True,
-                    )
+                    # The working directory must exist before the init starts in it. The
+                    # image's symlinks are resolved inside its root, never on the host.
+                    try:
+                        await asyncio.to_thread(makedirs_in_root, rootfs.merged, record.workdir)
+                    except ValueError as exc:
+                        raise InvalidArgumentError(f"workdir {exc}") from None
                 checkpoint = restore.checkpoint if restore is not None else None
                 running = await self._launch(record, rootfs, netns, etc_files, launcher, checkpoint)
             except Exception as exc:
