@@ -122,5 +122,5 @@ def test_an_images_symlinks_never_lead_the_workdir_onto_the_host(server: LiveSer
     image = Image.from_name("debian").run_commands("ln -s /tmp /w")
     with Sandbox.create(image=image, workdir=f"/w/{probe}") as sb:
         assert not Path("/tmp", probe).exists()
-        assert sb.run("pwd").stdout.strip() == f"/w/{probe}"
+        assert sb.run("pwd -P").stdout.strip() == f"/tmp/{probe}"
         assert sb.run(f"test -d /tmp/{probe}").exit_code == 0
