@@ -188,6 +188,8 @@ class NetworkManager:
         assert self._firewall is not None
         if slot not in self._policies:
             raise KeyError(slot)
+        if self._policies[slot] == policy:
+            return  # a pooled sandbox handed out with the policy it booted with: no nft run
         await self._firewall.update(slot, policy)
         self._policies[slot] = policy
 
