@@ -128,8 +128,9 @@ def own_server(prefix: str) -> Iterator[LiveServer]:
         yield server
     finally:
         try:
-            if server.proc is None:
-                server.start()  # a test may have left it stopped
+            if server.proc is None or server.proc.poll() is not None:
+                server.proc = None
+                server.start()  # a test may have left it stopped, or killed it
             server.terminate_all()
         except RuntimeError:
             pass  # it cannot start: force_cleanup removes what it left

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from stockade import Sandbox, SandboxInfo
+from stockade import NotFoundError, Sandbox, SandboxInfo
 
 _T = TypeVar("_T")
 
@@ -240,3 +240,35 @@ def read_until(fd: int, needle: re.Pattern[bytes], seen: bytearray, limit: float
             return bool(needle.search(seen))
         seen += chunk
     return True
+
+
+# A counter that only the very same process can continue: it lives in the loop's memory,
+# and /tmp/count shows it (replaced atomically, so a read never sees half a number). Tests
+# of snapshots and crashes start it detached and check that it carries on.
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
+    "mv /tmp/count.new /tmp/count; sleep 0.1; done"
+)
+
+
+def count(sb: Sandbox) -> int:
+    """The counter loop's latest value."""
+
+    def probe() -> int | None:
+        try:
+            text = sb.files.read_text("/tmp/count").strip()
+        except NotFoundError:
+            return None
+        return int(text) if text else None
+
+    return wait_for(probe, timeout=15, interval=0.05, what=f"/tmp/count in {sb.id}")
+
+
+def counting_past(sb: Sandbox, value: int, *, timeout: float = 10) -> int:
+    """Wait until the counter has gone past ``value`` (it is running, not frozen)."""
+
+    def probe() -> int | None:
+        now = count(sb)
+        return now if now > value else None
+
+    return wait_for(probe, timeout=timeout, interval=0.1, what=f"{sb.id} to count past {value}")

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -246,8 +247,13 @@ def test_base_image_export(server: LiveServer, tmp_path: Path) -> None:
 
 def test_a_client_gone_mid_download_frees_the_file(server: LiveServer, pushed: Pushed) -> None:
     assert server.proc is not None
+    # A small, fixed receive buffer: with autotuning (tcp_rmem up to 32 MiB on some hosts)
+    # the whole body could be in flight, and the server done with the file, at once.
+    slow_reader = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
     with (
-        httpx.Client(base_url=server.url, headers=server.headers, timeout=50) as client,
+        httpx.Client(
+            base_url=server.url, headers=server.headers, timeout=50, transport=slow_reader
+        ) as client,
         client.stream("GET", "/v1/images/export", params={"ref": pushed.ref}) as r,
     ):
         assert r.status_code == 200

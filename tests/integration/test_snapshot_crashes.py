@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,39 +30,19 @@ from stockade import (
     StockadeError,
 )
 
-from .conftest import LiveServer
-from .helpers import force_cleanup, runsc_binary, runsc_state, wait_for
+from .conftest import LiveServer, own_server
+from .helpers import COUNTER, count, counting_past, runsc_binary, runsc_state, wait_for
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(300)]
 
-COUNTER = (
-    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
-    "mv /tmp/count.new /tmp/count; sleep 0.1; done"
-)
 MARKER = "written before the crash"
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
-    if os.geteuid() != 0:
-        pytest.fail("integration tests drive runsc and must run as root (use `make test`)")
-    tmp = Path(tempfile.mkdtemp(prefix="stockade-crash-"))
-    server = LiveServer(data_dir=tmp / "data", token="sk_test_" + secrets.token_hex(8))
     os.environ.pop("STOCKADE_FAILPOINTS", None)
-    try:
-        server.start()
+    with own_server("stockade-crash-") as server:
         yield server
-    finally:
-        try:
-            if server.proc is None or server.proc.poll() is not None:
-                server.proc = None
-                server.start()  # a test may have left it dead
-            server.terminate_all()
-        except RuntimeError:
-            pass  # it cannot start: force_cleanup removes what it left
-        finally:
-            server.stop()
-            force_cleanup(tmp, server.data_dir)
 
 
 def _kw(live: LiveServer) -> dict[str, Any]:
@@ -72,22 +50,6 @@ def _kw(live: LiveServer) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def count(sb: Sandbox) -> int:
-    def probe() -> int | None:
-        text = sb.run("cat /tmp/count 2>/dev/null").stdout.strip()
-        return int(text) if text else None
-
-    return wait_for(probe, timeout=15, interval=0.05, what=f"/tmp/count in {sb.id}")
-
-
-def counting_past(sb: Sandbox, value: int, *, timeout: float = 10) -> int:
-    def probe() -> int | None:
-        now = count(sb)
-        return now if now > value else None
-
-    return wait_for(probe, timeout=timeout, interval=0.1, what=f"{sb.id} to count past {value}")
 
 
 def prepare(live: LiveServer) -> tuple[Sandbox, int]:

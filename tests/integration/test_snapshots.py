@@ -29,20 +29,13 @@ from stockade import (
 )
 
 from .conftest import LiveServer
-from .helpers import runsc_state, unique, wait_for
+from .helpers import COUNTER, count, counting_past, runsc_state, unique, wait_for
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(300)]
 
 STOCKADE = Path(sys.executable).parent / "stockade"
 UNKNOWN_SANDBOX = "sb-0000000000000000"
 UNKNOWN_SNAPSHOT = "sn-0000000000000000"
-
-# A counter that only the very same process can continue: it lives in the loop's memory,
-# and /tmp/count shows it (replaced atomically, so a read never sees half a number).
-COUNTER = (
-    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; "
-    "mv /tmp/count.new /tmp/count; sleep 0.1; done"
-)
 
 # Holds a value in memory only: `set X` stores it, anything else gets it back.
 STATE_SERVER = r"""
@@ -82,29 +75,6 @@ def detach(sb: Sandbox, line: str) -> None:
     processes would die when the server reconnects to a restored agent)."""
     wrapped = f"setsid sh -c {shlex.quote(line)} >/dev/null 2>&1 </dev/null &"
     sb.run(wrapped, check=True)
-
-
-def count(sb: Sandbox) -> int:
-    """The counter loop's latest value."""
-
-    def probe() -> int | None:
-        try:
-            text = sb.files.read_text("/tmp/count").strip()
-        except NotFoundError:
-            return None
-        return int(text) if text else None
-
-    return wait_for(probe, timeout=15, interval=0.05, what=f"/tmp/count in {sb.id}")
-
-
-def counting_past(sb: Sandbox, value: int, *, timeout: float = 10) -> int:
-    """Wait until the counter has gone past ``value`` (it is running, not frozen)."""
-
-    def probe() -> int | None:
-        now = count(sb)
-        return now if now > value else None
-
-    return wait_for(probe, timeout=timeout, interval=0.1, what=f"{sb.id} to count past {value}")
 
 
 def start_counter(sb: Sandbox) -> int:

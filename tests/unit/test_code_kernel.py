@@ -75,7 +75,9 @@ async def test_a_kernel_that_never_started_reports_its_death(tmp_path: Path) -> 
 
 async def test_an_unknown_language_names_the_languages(tmp_path: Path) -> None:
     service = CodeService(
-        cast(Any, SimpleNamespace(before_pause=[], after_pause=[])), cast(Any, None), tmp_path
+        cast(Any, SimpleNamespace(before_pause=[], after_pause=[], on_end=[])),
+        cast(Any, None),
+        tmp_path,
     )
     try:
         with pytest.raises(Exception, match="bash, python") as info:

@@ -78,7 +78,11 @@ async def resume(sandbox_id: str, svc: Svc) -> SandboxOut:
     summary="Fork a running sandbox into independent copies of it",
 )
 async def fork(sandbox_id: str, svc: Svc, body: ForkIn | None = None) -> SandboxList:
-    records = await svc.snapshots.fork(sandbox_id, body.count if body else 1)
+    count = body.count if body else 1
+    source = await svc.sandboxes.get(sandbox_id)
+    # Forks are new sandboxes: warm-pool ones give way to them as to any create.
+    await svc.pools.make_room(source.memory * max(1, min(count, 32)))
+    records = await svc.snapshots.fork(sandbox_id, count)
     return SandboxList(sandboxes=[_out(svc, r) for r in records])
 
 

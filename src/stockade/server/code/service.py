@@ -108,6 +108,7 @@ class CodeService:
         self._letting_go: dict[str, list[Kernel]] = {}
         sandboxes.before_pause.append(self.detach)
         sandboxes.after_pause.append(self._let_go)
+        sandboxes.on_end.append(self.forget)
 
     async def stop(self) -> None:
         """Disconnect from every kernel; they run on in their sandboxes (which outlive the

@@ -125,6 +125,7 @@ class SandboxService:
         # they live through the pause, and then cleans up.
         self.before_pause: list[Callable[[str], Awaitable[None]]] = []
         self.after_pause: list[Callable[[str], Awaitable[None]]] = []
+        self.on_end: list[Callable[[str], Coroutine[Any, Any, None]]] = []
         # Last exec, file or API activity per sandbox (time.time()), for idle_timeout. In
         # memory only: after a restart every sandbox counts as active from the start.
         self._active: dict[str, float] = {}
@@ -842,7 +843,7 @@ class SandboxService:
             record.ended_at = time.time()
             await self.store.put_sandbox(record)
             log.info("sandbox %s ended: %s", sandbox_id, reason)
-        self._deadline_changed.set()
+        self._ended(sandbox_id)
         return record
 
     async def _cleanup(self, sandbox_id: str, *, capture: Path | None = None) -> None:
@@ -988,7 +989,14 @@ class SandboxService:
             record.ended_at = time.time()
             await self.store.put_sandbox(record)
             log.info("sandbox %s ended: %s", sandbox_id, record.reason)
+        self._ended(sandbox_id)
+
+    def _ended(self, sandbox_id: str) -> None:
+        """After a sandbox ended: its deadline is gone, and what others kept for it (the
+        code service's contexts, say) can go, in the background."""
         self._deadline_changed.set()
+        for hook in self.on_end:
+            self._spawn_task(hook(sandbox_id))
 
     # --------------------------------------------------------------- timeouts
     #
