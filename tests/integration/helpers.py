@@ -272,3 +272,16 @@ def counting_past(sb: Sandbox, value: int, *, timeout: float = 10) -> int:
         return now if now > value else None
 
     return wait_for(probe, timeout=timeout, interval=0.1, what=f"{sb.id} to count past {value}")
+
+
+def runsc_processes(sandbox_id: str) -> list[str]:
+    """The host's runsc processes (sandbox, gofer, …) of a sandbox, as command lines."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].startswith(b"runsc") and any(sandbox_id.encode() in a for a in argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found

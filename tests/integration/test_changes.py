@@ -131,13 +131,7 @@ def test_an_ended_sandbox_has_no_changes_to_show(server: LiveServer) -> None:
 
 # -- with snapshots and pauses -------------------------------------------------------------
 
-needs_snapshots = pytest.mark.skipif(
-    not hasattr(Sandbox, "snapshot") or not hasattr(Sandbox, "pause"),
-    reason="needs memory snapshots and pause",
-)
 
-
-@needs_snapshots
 def test_since_a_snapshot(fresh: Sandbox) -> None:
     fresh.run("echo a > /root/a && echo keep > /root/keep && rm /etc/issue").check()
     snap = fresh.snapshot()
@@ -155,7 +149,6 @@ def test_since_a_snapshot(fresh: Sandbox) -> None:
         assert ("/root/keep", "added") in _changes(copy)
 
 
-@needs_snapshots
 def test_a_paused_sandbox(fresh: Sandbox) -> None:
     fresh.run("echo hi > /root/a").check()
     fresh.pause()

@@ -150,7 +150,6 @@ def test_set_timeout_from_the_cli(server: LiveServer) -> None:
         assert bad.returncode == 1 and "timeout=0 is out of range" in bad.stderr
 
 
-@pytest.mark.skipif(not hasattr(Sandbox, "pause"), reason="pause/resume has not landed yet")
 def test_on_timeout_pause_pauses_and_resume_brings_it_back(server: LiveServer) -> None:
     with Sandbox.create(image="debian", idle_timeout=2, timeout=60, on_timeout="pause") as sb:
         assert sb.last_info.on_timeout == "pause"
@@ -179,7 +178,6 @@ def test_on_timeout_pause_pauses_and_resume_brings_it_back(server: LiveServer) -
         _assert_on_time(seen, last + 2)
 
 
-@pytest.mark.skipif(not hasattr(Sandbox, "pause"), reason="pause/resume has not landed yet")
 def test_on_timeout_pause_at_the_timeout(server: LiveServer) -> None:
     with Sandbox.create(image="debian", timeout=2, on_timeout="pause") as sb:
         assert sb.last_info.expires_at is not None

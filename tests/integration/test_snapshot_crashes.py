@@ -31,7 +31,15 @@ from stockade import (
 )
 
 from .conftest import LiveServer, own_server
-from .helpers import COUNTER, count, counting_past, runsc_binary, runsc_state, wait_for
+from .helpers import (
+    COUNTER,
+    count,
+    counting_past,
+    runsc_binary,
+    runsc_processes,
+    runsc_state,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(300)]
 
@@ -58,18 +66,6 @@ def prepare(live: LiveServer) -> tuple[Sandbox, int]:
     sb.files.write("/data/f.txt", MARKER)
     sb.run(f"setsid sh -c '{COUNTER}' >/dev/null 2>&1 </dev/null &", check=True)
     return sb, counting_past(sb, 2)
-
-
-def runsc_processes(sandbox_id: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].startswith(b"runsc") and any(sandbox_id.encode() in a for a in argv):
-            found.append(b" ".join(argv).decode(errors="replace"))
-    return found
 
 
 def crash_at(

@@ -29,7 +29,7 @@ from stockade import (
 )
 
 from .conftest import LiveServer
-from .helpers import COUNTER, count, counting_past, runsc_state, unique, wait_for
+from .helpers import COUNTER, count, counting_past, runsc_processes, runsc_state, unique, wait_for
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(300)]
 
@@ -109,19 +109,6 @@ def fetch_proxied(sb: Sandbox, port: int, path: str) -> httpx.Response:
 def processes(sb: Sandbox) -> str:
     """Every process's command line in the sandbox (the image has no ps)."""
     return sb.run("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
-
-
-def runsc_processes(sandbox_id: str) -> list[str]:
-    """The host's runsc processes (sandbox, gofer, …) of a sandbox, as command lines."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].startswith(b"runsc") and any(sandbox_id.encode() in a for a in argv):
-            found.append(b" ".join(argv).decode(errors="replace"))
-    return found
 
 
 def snapshot_ids() -> set[str]:

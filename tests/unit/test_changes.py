@@ -42,9 +42,13 @@ from stockade.server.service.changes import (
 )
 from stockade.server.state.records import SandboxRecord
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root"
-)
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    # Whiteouts (character devices) and trusted.* xattrs need root, as `make test` runs.
+    if os.geteuid() != 0:
+        pytest.fail("these tests make whiteouts and trusted.* xattrs: run them as root")
+
 
 WHITEOUT = object()
 OPAQUE = object()  # an opaque empty directory
@@ -144,13 +148,11 @@ def fs(tmp_path: Path) -> Layers:
 # -- the diff ------------------------------------------------------------------------------
 
 
-@needs_root
 def test_an_empty_upper_changes_nothing(fs: Layers) -> None:
     assert fs.changes() == []
     assert diff(fs.upper, fs.lowers, None) == ChangeList((), truncated=False)
 
 
-@needs_root
 def test_added_files_and_directories(fs: Layers) -> None:
     build(fs.upper, {"/root/notes.txt": "n", "/srv/app/main.py": "print(1)", "/srv/app/d": DIR})
     assert fs.changes() == [
@@ -163,7 +165,6 @@ def test_added_files_and_directories(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_modified_content_size_mode_owner_and_links(fs: Layers) -> None:
     fs.copy_up("/etc/os-release").write_text("NAME=Hacked\n")  # same size, other bytes
     fs.copy_up("/etc/hostname").write_text("a longer name\n")
@@ -179,7 +180,6 @@ def test_modified_content_size_mode_owner_and_links(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_touched_and_copied_up_files_are_unchanged(fs: Layers) -> None:
     # `touch` and opening for writing copy a file up; its bytes stay the image's.
     os.utime(fs.copy_up("/etc/os-release"), (1, 1))
@@ -189,21 +189,18 @@ def test_touched_and_copied_up_files_are_unchanged(fs: Layers) -> None:
     assert fs.changes() == []
 
 
-@needs_root
 def test_a_directory_whose_mode_changed_is_modified(fs: Layers) -> None:
     (fs.upper / "opt/app").mkdir(parents=True)
     os.chmod(fs.upper / "opt/app", 0o700)
     assert fs.changes() == [("/opt/app", "modified")]
 
 
-@needs_root
 def test_deleted_files_and_directories(fs: Layers) -> None:
     build(fs.upper, {"/etc/hostname": WHITEOUT, "/usr/share/doc/apt": WHITEOUT})
     # A deleted directory is one line, not one per file it held.
     assert fs.changes() == [("/etc/hostname", "deleted"), ("/usr/share/doc/apt", "deleted")]
 
 
-@needs_root
 def test_whiteouts_of_the_image_itself_count(fs: Layers) -> None:
     # /etc/motd is deleted by the image's top layer: a whiteout in the upper changes
     # nothing, and writing it again adds it.
@@ -214,7 +211,6 @@ def test_whiteouts_of_the_image_itself_count(fs: Layers) -> None:
     assert fs.changes() == [("/etc/motd", "added")]
 
 
-@needs_root
 def test_an_opaque_directory_deletes_what_it_hides(fs: Layers) -> None:
     # `rm -rf /opt/app && mkdir /opt/app && echo > /opt/app/new`
     build(fs.upper, {"/opt/app": OPAQUE, "/opt/app/new": "n", "/opt/app/b": "b"})
@@ -226,7 +222,6 @@ def test_an_opaque_directory_deletes_what_it_hides(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_opaque_directories_in_the_image(fs: Layers) -> None:
     # The image's top layer replaced /opt/app: the bottom's files are not in the image.
     build(fs.top, {"/opt/app": OPAQUE})
@@ -234,7 +229,6 @@ def test_opaque_directories_in_the_image(fs: Layers) -> None:
     assert fs.changes() == [("/opt/app/extra", "deleted"), ("/opt/app/new", "added")]
 
 
-@needs_root
 def test_type_changes(fs: Layers) -> None:
     # A directory replaced by a file, and a file by a directory (upper dirs that replace
     # a non-directory are opaque by nature).
@@ -246,14 +240,12 @@ def test_type_changes(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_special_files(fs: Layers) -> None:
     os.mkfifo(fs.upper / "fifo")
     os.mknod(fs.upper / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     assert fs.changes() == [("/fifo", "added"), ("/null", "added")]
 
 
-@needs_root
 def test_created_then_deleted_is_no_change(fs: Layers) -> None:
     # Overlayfs removes a file that exists only in the upper without a trace; a
     # whiteout of something the image never had means nothing either.
@@ -261,7 +253,6 @@ def test_created_then_deleted_is_no_change(fs: Layers) -> None:
     assert fs.changes() == []
 
 
-@needs_root
 def test_stockade_paths_and_volumes_are_ignored(fs: Layers) -> None:
     build(
         fs.upper,
@@ -281,7 +272,6 @@ def test_stockade_paths_and_volumes_are_ignored(fs: Layers) -> None:
     assert result.changes == (Change("/etc/hostsx", "added"),)
 
 
-@needs_root
 def test_the_working_directory_is_quiet(fs: Layers) -> None:
     build(fs.upper, {"/srv/app/main.py": "x", "/srv/other": DIR})
     record = _record(workdir="/srv/app")
@@ -293,7 +283,6 @@ def test_the_working_directory_is_quiet(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_since_a_snapshot(fs: Layers) -> None:
     snap = fs.tmp / "snap"
     build(snap, {"/root/kept": "k", "/root/dropped": "d", "/etc/hostname": WHITEOUT})
@@ -312,7 +301,6 @@ def test_since_a_snapshot(fs: Layers) -> None:
     assert ("/etc/os-release", "modified") in fs.changes()
 
 
-@needs_root
 def test_since_a_snapshot_with_opaque_directories(fs: Layers) -> None:
     snap = build(fs.tmp / "snap", {"/opt/app": OPAQUE, "/opt/app/x": "x"})
     assert fs.changes(snap) == [
@@ -325,13 +313,11 @@ def test_since_a_snapshot_with_opaque_directories(fs: Layers) -> None:
     ]
 
 
-@needs_root
 def test_the_same_upper_is_no_change(fs: Layers) -> None:
     build(fs.upper, {"/root/a": "a" * 10000, "/etc/hostname": WHITEOUT, "/opt/app": OPAQUE})
     assert fs.changes(fs.upper) == []
 
 
-@needs_root
 def test_symlinks_in_the_upper_are_never_followed(
     fs: Layers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,7 +350,6 @@ def test_symlinks_in_the_upper_are_never_followed(
     assert not [p for p in opened if p.startswith(str(outside))]
 
 
-@needs_root
 def test_metacopy_files_take_their_bytes_from_the_image(fs: Layers) -> None:
     # overlayfs metacopy=on: a chmod copies up the metadata only, the data stays below.
     upper = fs.upper / "etc/os-release"
@@ -375,7 +360,6 @@ def test_metacopy_files_take_their_bytes_from_the_image(fs: Layers) -> None:
     assert fs.changes() == []
 
 
-@needs_root
 def test_the_cap(fs: Layers) -> None:
     build(fs.upper, {f"/many/{i:03}": "x" for i in range(50)})
     result = diff(fs.upper, fs.lowers, None, limit=10)
@@ -387,7 +371,6 @@ def test_the_cap(fs: Layers) -> None:
         diff(fs.upper, fs.lowers, None, limit=-1)
 
 
-@needs_root
 def test_deep_nesting_is_cut_off(fs: Layers) -> None:
     deep = "/".join(["d"] * (MAX_DEPTH + 20))
     build(fs.upper, {f"/{deep}/file": "x", "/z": "after"})
@@ -399,7 +382,6 @@ def test_deep_nesting_is_cut_off(fs: Layers) -> None:
     assert paths[-1] == "/z"  # the walk went on beside it
 
 
-@needs_root
 def test_out_of_descriptors_answers_what_was_found(
     fs: Layers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -416,14 +398,12 @@ def test_out_of_descriptors_answers_what_was_found(
     assert result == ChangeList((Change("/a", "added"), Change("/b", "added")), truncated=True)
 
 
-@needs_root
 def test_tree_order_and_odd_names(fs: Layers) -> None:
     build(fs.upper, {"/a-b": "x", "/a/b": "x", "/a.c": "x"})
     (fs.upper / os.fsdecode(b"bad-\xff-name")).write_text("x")
     assert [p for p, _ in fs.changes()] == ["/a", "/a/b", "/a-b", "/a.c", "/bad-\\xff-name"]
 
 
-@needs_root
 def test_whiteout_helper(tmp_path: Path) -> None:
     os.mknod(tmp_path / "w", stat.S_IFCHR, 0)
     os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -499,7 +479,6 @@ async def http(services: SimpleNamespace) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-@needs_root
 async def test_route(http: httpx.AsyncClient, services: SimpleNamespace, fs: Layers) -> None:
     build(fs.upper, {"/root/new": "n", "/etc/hostname": WHITEOUT, "/etc/hosts": ""})
     resp = await http.get("/v1/sandboxes/sb-1/files/changes")
@@ -525,7 +504,6 @@ async def test_route(http: httpx.AsyncClient, services: SimpleNamespace, fs: Lay
     assert "another image (alpine)" in resp.json()["error"]["message"]
 
 
-@needs_root
 async def test_route_errors(http: httpx.AsyncClient, services: SimpleNamespace) -> None:
     resp = await http.get("/v1/sandboxes/sb-9/files/changes")
     assert (resp.status_code, resp.json()["error"]["code"]) == (404, "not_found")
@@ -536,7 +514,6 @@ async def test_route_errors(http: httpx.AsyncClient, services: SimpleNamespace) 
     assert "snapshot ID" in resp.json()["error"]["message"]
 
 
-@needs_root
 async def test_a_sandbox_that_ends_during_the_walk(services: SimpleNamespace, fs: Layers) -> None:
     services.sandboxes.end_after = 1
     with pytest.raises(SandboxTerminatedError, match="timed out"):
@@ -551,7 +528,6 @@ async def test_a_sandbox_that_ends_during_the_walk(services: SimpleNamespace, fs
         await sandbox_changes(services.sandboxes, services.snapshots, "sb-1")
 
 
-@needs_root
 async def test_the_cap_reaches_the_route_answer(services: SimpleNamespace, fs: Layers) -> None:
     build(fs.upper, {f"/many/{i}": "x" for i in range(5)})
     result = await sandbox_changes(services.sandboxes, services.snapshots, "sb-1", limit=3)
