@@ -737,14 +737,19 @@ class SandboxService:
         await self.store.put_sandbox(record)
 
     async def _release_network(self, record: SandboxRecord) -> None:
-        slot = self._slots.pop(record.id, None)
+        """Give the sandbox's slot back and say so in its record (the caller stores it)."""
+        await self._release_slot(record.id)
+        if record.network is not None:
+            record.network = {**record.network, "slot": None, "ip": None}
+
+    async def _release_slot(self, sandbox_id: str) -> None:
+        """Remove the sandbox's network namespace, veth and rules, if it has any."""
+        slot = self._slots.pop(sandbox_id, None)
         if slot is not None:
             try:
                 await self.network.release(slot)
             except Exception:
-                log.exception("removing the network of sandbox %s", record.id)
-        if record.network is not None:
-            record.network = {**record.network, "slot": None, "ip": None}
+                log.exception("removing the network of sandbox %s", sandbox_id)
 
     async def resume(self, sandbox_id: str) -> SandboxRecord:
         """Bring a paused sandbox back: same ID, files, processes and network address.
@@ -861,12 +866,7 @@ class SandboxService:
                     os.kill(pid, 9)
             with contextlib.suppress(Exception):
                 await self.runsc.delete(sandbox_id)
-        slot = self._slots.pop(sandbox_id, None)
-        if slot is not None:
-            try:
-                await self.network.release(slot)
-            except Exception:
-                log.exception("removing the network of sandbox %s", sandbox_id)
+        await self._release_slot(sandbox_id)
         rootfs = RootFS(self.sandbox_dir(sandbox_id))
         try:
             if capture is not None:
