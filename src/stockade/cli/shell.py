@@ -47,7 +47,7 @@ def _size() -> tuple[int, int]:
     return size.columns, size.lines
 
 
-def _pump_output(process: Process, out_fd: int, wake_fd: int) -> None:
+def _pump_output(process: Process, out_fd: int, wake_fd: int, done: threading.Event) -> None:
     try:
         for chunk in process.stdout.iter_bytes():
             while chunk:
@@ -55,6 +55,9 @@ def _pump_output(process: Process, out_fd: int, wake_fd: int) -> None:
     except (StockadeError, OSError):
         pass  # the main thread reports the outcome through wait()
     finally:
+        # The flag goes up before the wake-up: the main thread may run the moment the byte
+        # lands, and the thread itself is still alive then, so is_alive() would lie.
+        done.set()
         os.write(wake_fd, b"x")  # unblock the main thread's select()
 
 
@@ -62,6 +65,7 @@ def interact(process: Process, in_fd: int, out_fd: int) -> None:
     """Shuttle bytes between the local terminal and ``process`` until its output ends."""
     wake_r, wake_w = os.pipe()
     resized = threading.Event()
+    done = threading.Event()
     previous = signal.getsignal(signal.SIGWINCH)
 
     def on_winch(signum: int, frame: FrameType | None) -> None:
@@ -72,12 +76,12 @@ def interact(process: Process, in_fd: int, out_fd: int) -> None:
 
     signal.signal(signal.SIGWINCH, on_winch)
     output = threading.Thread(
-        target=_pump_output, args=(process, out_fd, wake_w), daemon=True, name="pty-output"
+        target=_pump_output, args=(process, out_fd, wake_w, done), daemon=True, name="pty-output"
     )
     output.start()
     stdin_open = True
     try:
-        while output.is_alive():
+        while not done.is_set():
             watched = [wake_r, in_fd] if stdin_open else [wake_r]
             ready, _, _ = select.select(watched, [], [])
             if wake_r in ready:
@@ -97,6 +101,8 @@ def interact(process: Process, in_fd: int, out_fd: int) -> None:
                     stdin_open = False  # the shell exited; its output thread ends next
     finally:
         signal.signal(signal.SIGWINCH, previous)
+        if done.is_set():
+            output.join()  # its last write to wake_w must land before the pipe is closed
         os.close(wake_r)
         os.close(wake_w)
 
