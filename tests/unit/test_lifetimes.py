@@ -29,7 +29,7 @@ from stockade.server.agent.protocol import Frame, FrameType
 from stockade.server.api import sandboxes as sandbox_routes
 from stockade.server.api.deps import require_token
 from stockade.server.api.errors import install_error_handlers
-from stockade.server.config import DEFAULT_RETENTION, ConfigError, ServerConfig, _retention
+from stockade.server.config import DEFAULT_RETENTION, ConfigError, ServerConfig, _seconds
 from stockade.server.images.catalog import ImageCatalog
 from stockade.server.runtime.agent_link import Channel
 from stockade.server.service import lifetimes
@@ -120,6 +120,10 @@ def test_purge_interval() -> None:
     assert lifetimes.purge_interval(DEFAULT_RETENTION) == 60.0
     assert lifetimes.purge_interval(100) == 10.0
     assert lifetimes.purge_interval(0.001) == 0.1
+
+
+def _retention(flag: float | None) -> float:
+    return _seconds(flag, "--retention", "STOCKADE_RETENTION", DEFAULT_RETENTION, "0: forever")
 
 
 def test_retention_setting(monkeypatch: pytest.MonkeyPatch) -> None:

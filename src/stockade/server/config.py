@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/stockade")
 DEFAULT_CACHE_DIR = Path("/var/cache/stockade")
 DEFAULT_PORT = 7423
 DEFAULT_RETENTION = 7 * 86400.0  # a week
+DEFAULT_DOZE_AFTER = 10.0
 
 
 class ConfigError(Exception):
@@ -70,6 +71,8 @@ class ServerConfig:
     code_output_limit: int = 16 * 1024 * 1024
     # How long ended sandboxes' records and logs are kept (seconds; 0: forever).
     retention: float = DEFAULT_RETENTION
+    # Seconds without API use after which a sandbox dozes (service/doze.py; 0: never).
+    doze_after: float = DEFAULT_DOZE_AFTER
 
     @classmethod
     def load(
@@ -85,6 +88,7 @@ class ServerConfig:
         tunnel_domain: str | None = None,
         code_output_limit: int | None = None,
         retention: float | None = None,
+        doze_after: float | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -120,7 +124,14 @@ class ServerConfig:
                 ) from None
         if cfg.code_output_limit < 1024:
             raise ConfigError("the code output limit must be at least 1024 bytes")
-        cfg.retention = _retention(retention)
+        cfg.retention = _seconds(
+            retention, "--retention", "STOCKADE_RETENTION", DEFAULT_RETENTION,
+            "0 keeps ended sandboxes forever",
+        )  # fmt: skip
+        cfg.doze_after = _seconds(
+            doze_after, "--doze-after", "STOCKADE_DOZE_AFTER", DEFAULT_DOZE_AFTER,
+            "0: sandboxes never doze",
+        )  # fmt: skip
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg
@@ -155,23 +166,21 @@ class ServerConfig:
         return f"http://{host}:{self.port}"
 
 
-def _retention(flag: float | None) -> float:
-    """Seconds to keep ended sandboxes: ``--retention``, else ``$STOCKADE_RETENTION``."""
+def _seconds(flag: float | None, flag_name: str, env: str, default: float, zero: str) -> float:
+    """A duration setting: its flag, else its environment variable, else ``default``."""
     if flag is not None:
-        value, source = flag, f"--retention {flag:g}"
+        value, source = flag, f"{flag_name} {flag:g}"
     else:
-        raw = os.environ.get("STOCKADE_RETENTION", "").strip()
+        raw = os.environ.get(env, "").strip()
         if not raw:
-            return DEFAULT_RETENTION
-        source = f"STOCKADE_RETENTION={raw!r}"
+            return default
+        source = f"{env}={raw!r}"
         try:
             value = float(raw)
         except ValueError:
             value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(
-            f"{source} is not a number of seconds >= 0 (0 keeps ended sandboxes forever)"
-        )
+        raise ConfigError(f"{source} is not a number of seconds >= 0 ({zero})")
     return value
 
 

@@ -29,6 +29,7 @@ def run_server(
     tunnel_domain: str | None = None,
     code_output_limit: int | None = None,
     retention: float | None = None,
+    doze_after: float | None = None,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
     logging.basicConfig(
@@ -39,6 +40,7 @@ def run_server(
             data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,
             network=network, dns_upstreams=dns_upstreams, tunnel_domain=tunnel_domain,
             code_output_limit=code_output_limit, retention=retention,
+            doze_after=doze_after,
         )  # fmt: skip
         parse_pool_specs(config.pools)
         for upstream in config.dns_upstreams:

@@ -49,6 +49,7 @@ from ..runtime.runsc import Runsc, SandboxState
 from ..state.records import SandboxRecord
 from ..state.store import Store
 from . import lifetimes
+from .doze import Dozer
 from .users import resolve_user
 
 __all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
@@ -138,6 +139,13 @@ class SandboxService:
         self._expiring: set[str] = set()
         self._timer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
+        self.dozer = Dozer(
+            config.doze_after,
+            running=lambda: list(self._watchers),
+            last_active=self._active,
+            busy=lambda sid: self._busy.get(sid, 0) > 0,
+        )
+        self._dozing_task: asyncio.Task[None] | None = None
         # Strong references to fire-and-forget tasks, so they are not garbage-collected.
         self._background: set[asyncio.Task[None]] = set()
         config.sandboxes_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +193,8 @@ class SandboxService:
         if record.status == "paused" and record.auto_resume:
             await self.resume(sandbox_id)
         record = await self.get_running(sandbox_id)
-        self.touch(sandbox_id)
+        self.touch(sandbox_id)  # first: the dozer must not pick it again while it wakes
+        await self.dozer.wake(sandbox_id)
         return record
 
     async def save_contexts(self, sandbox_id: str, contexts: list[dict[str, Any]]) -> None:
@@ -1234,6 +1243,7 @@ class SandboxService:
         )
         self._timer = asyncio.create_task(self._expire_loop(), name="expire-loop")
         self._purger = asyncio.create_task(self._purge_loop(), name="purge-loop")
+        self._dozing_task = asyncio.create_task(self.dozer.run(), name="doze-loop")
 
     async def _recover_pause(self, record: SandboxRecord, state: SandboxState | None) -> None:
         """Finish or undo a pause, snapshot or resume that a crash cut short.
@@ -1282,11 +1292,8 @@ class SandboxService:
 
     async def stop(self) -> None:
         """Stop watching; the sandboxes themselves keep running for the next server."""
-        tasks = [
-            t
-            for t in (self._timer, self._purger, *self._watchers.values(), *self._background)
-            if t is not None
-        ]
+        loops = (self._timer, self._purger, self._dozing_task)
+        tasks = [t for t in (*loops, *self._watchers.values(), *self._background) if t is not None]
         for fut in self._exit_codes.values():
             fut.cancel()
         for sid in list(self._links):
