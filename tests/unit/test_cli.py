@@ -207,13 +207,13 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     seen: dict[str, Any] = {}
     monkeypatch.setattr(stockade.server.main, "run_server", lambda **kw: seen.update(kw))
     args = ["serve", "--port", "9999", "--data-dir", str(tmp_path / "d"),
-            "--code-output-limit", "65536"]  # fmt: skip
+            "--code-output-limit", "65536", "--doze-after", "2.5"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
                     "tunnel_domain": None, "code_output_limit": 65536,
-                    "retention": None}  # fmt: skip
+                    "retention": None, "doze_after": 2.5}  # fmt: skip
     seen.clear()
     args = ["serve", "--no-network", "--dns-upstream", "127.0.0.1:5353",
             "--tunnel-domain", "sbx.example.com"]  # fmt: skip

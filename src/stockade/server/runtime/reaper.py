@@ -98,8 +98,11 @@ class Reaper:
 
     async def _loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands
+            # as the event is set, and stopping would then never end this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
             # Scanning /proc is cheap but not free; keep it off the hot path of the loop.
             await asyncio.to_thread(self.reap_now)

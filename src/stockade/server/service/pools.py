@@ -163,8 +163,11 @@ class PoolManager:
                         continue
                     ready.append(sid)
                     self._wake.set()  # keep going until every pool is full
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands
+            # as the event is set, and stop() would then wait on this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._wake.wait()
 
 
 def _shape(record: SandboxRecord) -> tuple[float, int, int]:
