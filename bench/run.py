@@ -3,9 +3,10 @@
 Starts its own server (temporary data directory, the machine's image cache), then for each
 figure prints the median and p95 over ``--runs`` repetitions and the ratio Stockade/raw.
 ``--only code`` measures the code-interpreter figures alone (bench/code.py), ``--only
-snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py).
+snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py),
+``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots]
+    python -m bench.run [--runs 20] [--only code|snapshots|load]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stockade import Sandbox
 from .baseline import RawRunsc
 from .code import code_legend, code_rows
 from .images import image_rows
+from .load import Rate, cold_start_breakdown, load_rates, rate_lines
 from .network import network_rows
 from .server import Server
 from .snapshots import snapshot_legend, snapshot_rows
@@ -148,7 +150,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--image", default="debian")
     ap.add_argument(
-        "--only", choices=["code", "snapshots"], help="measure this group of figures alone"
+        "--only",
+        choices=["code", "snapshots", "load"],
+        help="measure this group of figures alone",
     )
     args = ap.parse_args()
     runs: int = args.runs
@@ -157,7 +161,12 @@ def main() -> None:
     cache = Path(os.environ.get("STOCKADE_CACHE_DIR") or "/var/cache/stockade")
     raw = RawRunsc(server.runsc(), cache / "images" / args.image / "rootfs", work / "raw")
     rows: list[Row] = []
+    breakdown: list[str] = []
+    rates: list[Rate] = []
     try:
+        if args.only in (None, "load"):
+            breakdown = cold_start_breakdown(server, raw, args.image, runs)
+            rates = load_rates(server, raw, args.image)
         if args.only is None:
             rows += _core_rows(server, raw, args.image, runs)
             rows += network_rows(work, runs, _time)
@@ -174,9 +183,12 @@ def main() -> None:
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
-    what = {"code": "code interpreter", "snapshots": "snapshots, image 'python'"}.get(
-        args.only or "", f"{runs} runs each, image {args.image!r}"
-    )
+    groups = {
+        "code": "code interpreter",
+        "snapshots": "snapshots, image 'python'",
+        "load": f"load, image {args.image!r}",
+    }
+    what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")
     head = (
         f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'vs':>13} {'p50':>9} {'p95':>8} "
@@ -200,6 +212,8 @@ def main() -> None:
         print("direct = the same request from the host straight to the sandbox's address.")
         print("last changed = the same build with its last step changed (that step rebuilt);")
         print("base image = the same create from the 1 GB image's base, `debian`.")
+    if breakdown or rates:
+        print("\n".join(breakdown + rate_lines(rates)))
     if args.only in (None, "snapshots"):
         print(snapshot_legend(runs))
     if args.only in (None, "code"):

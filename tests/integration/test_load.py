@@ -25,3 +25,34 @@ async def test_a_burst_of_creates_and_execs_all_succeed(server: LiveServer) -> N
             assert sorted(r.stdout for r in results) == expected
         finally:
             await asyncio.gather(*(sb.terminate() for sb in sandboxes))
+
+
+async def test_1000_concurrent_execs_over_50_sandboxes_all_complete(server: LiveServer) -> None:
+    async with AsyncClient(server.url, server.token) as client:
+        sandboxes = list(
+            await asyncio.gather(
+                *(AsyncSandbox.create(image="debian", memory=64, timeout=600, client=client)
+                  for _ in range(50))
+            )
+        )  # fmt: skip
+        try:
+
+            async def one(i: int) -> tuple[int, str, str, int]:
+                sb = sandboxes[i % len(sandboxes)]
+                script = (
+                    f'echo "out {i} $(cat /proc/sys/kernel/hostname)"; echo "err {i}" >&2; '
+                    f"exit {i % 7}"
+                )
+                if i % 2:  # half over the WebSocket, half over HTTP
+                    proc = await sb.exec("sh", "-c", script)
+                    code = await proc.wait()
+                    return code, await proc.stdout.read(), await proc.stderr.read(), i
+                r = await sb.run(["sh", "-c", script])
+                return r.exit_code, r.stdout, r.stderr, i
+
+            results = await asyncio.gather(*(one(i) for i in range(1000)))
+            for code, out, err, i in results:
+                sb = sandboxes[i % len(sandboxes)]
+                assert (code, out, err) == (i % 7, f"out {i} {sb.id}\n", f"err {i}\n"), i
+        finally:
+            await asyncio.gather(*(sb.terminate() for sb in sandboxes), return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -15,6 +16,22 @@ from .network.dns import parse_upstream
 from .service.pools import parse_pool_specs
 
 __all__ = ["run_server"]
+
+# Open files the server wants: each live sandbox holds its agent's two FIFOs and its
+# clients' sockets, and a soft limit of 1024 (a common default) caps a host below 300.
+_WANTED_FILES = 65536
+
+
+def _raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < _WANTED_FILES:
+        try:  # root may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_WANTED_FILES, _WANTED_FILES))
+            return
+        except (ValueError, OSError):
+            pass
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_server(
@@ -48,6 +65,7 @@ def run_server(
     except (ConfigError, InvalidArgumentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    _raise_file_limit()
     print(f"Stockade listening on {config.url}", flush=True)
     print(f"  data: {config.data_dir}   cache: {config.cache_dir}   runsc: {config.runsc}")
     print(f"  token: {config.token_source}")

@@ -50,6 +50,7 @@ from ..state.records import SandboxRecord
 from ..state.store import Store
 from . import lifetimes
 from .doze import Dozer
+from .stages import stage
 from .users import resolve_user
 
 __all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
@@ -162,6 +163,19 @@ class SandboxService:
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _booting(self, sandbox_id: str) -> AsyncIterator[None]:
+        """Hold a boot slot and the sandbox's lock. Starting a sandbox is CPU-heavy (mkfs,
+        mounts, runsc): a burst of creates waits here in order instead of making every one
+        of them slow enough to time out."""
+        with stage("queue"):
+            await self._boot_slots.acquire()
+        try:
+            async with self._lock(sandbox_id):
+                yield
+        finally:
+            self._boot_slots.release()
+
     async def get(self, sandbox_id: str) -> SandboxRecord:
         """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
         record = await self.store.get_sandbox(sandbox_id)
@@ -240,7 +254,8 @@ class SandboxService:
     # ----------------------------------------------------------------------- create
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
-        image = await self.images.resolve(req.image)
+        with stage("image"):
+            image = await self.images.resolve(req.image)
         entrypoint = req.entrypoint
         if req.image_entrypoint:
             if not image.command:
@@ -270,6 +285,11 @@ class SandboxService:
             auto_resume=req.auto_resume,
         )
         record = await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
+        if record.status == "running":
+            # Connected now, so that the sandbox is ready when create returns and its
+            # first exec pays no handshake (the agent would have to come up either way).
+            with stage("channel"), contextlib.suppress(AgentLost):
+                await self.link(record.id)
         return await self._take_user(record, image.user)
 
     async def create_over(
@@ -391,16 +411,18 @@ class SandboxService:
     ) -> SandboxRecord:
         """Start ``record``'s sandbox over ``layers``; with ``restore``, from a checkpoint
         (its processes carry on) over a copy of the checkpointed writes."""
-        # Starting a sandbox is CPU-heavy (mkfs, mounts, runsc). A burst of creates waits
-        # here in order instead of making every one of them slow enough to time out.
-        async with self._boot_slots, self._lock(record.id):
-            await self.store.put_sandbox(record)
+        async with self._booting(record.id):
+            with stage("store"):
+                await self.store.put_sandbox(record)
             rootfs = RootFS(self.sandbox_dir(record.id))
             try:
                 record.layers = [str(p) for p in layers]
                 upper = restore.upper if restore is not None else None
-                await rootfs.create(await self._lowerdirs(record), record.disk, upper_from=upper)
-                netns, etc_files, launcher = await self._attach_network(record, policy)
+                with stage("overlay"):
+                    lowerdirs = await self._lowerdirs(record)
+                    await rootfs.create(lowerdirs, record.disk, upper_from=upper)
+                with stage("network"):
+                    netns, etc_files, launcher = await self._attach_network(record, policy)
                 if record.workdir and restore is None:
                     # The working directory must exist before the init starts in it. The
                     # image's symlinks are resolved inside its root, never on the host.
@@ -425,7 +447,8 @@ class SandboxService:
             else:
                 record.status = "running"
                 record.expires_at = record.started_at + record.timeout
-            await self.store.put_sandbox(record)
+            with stage("store"):
+                await self.store.put_sandbox(record)
         if not running:
             # The entrypoint finished before we looked: record its end right away.
             await self._on_exit(record.id)
@@ -467,7 +490,8 @@ class SandboxService:
             volumes={path: self.config.volume_mount(vid) for path, vid in record.volumes.items()},
         )
         bundle.write_json(rootfs.dir / "config.json", spec)
-        await self._start_runsc(record.id, rootfs.dir, launcher, checkpoint)
+        with stage("runsc"):
+            await self._start_runsc(record.id, rootfs.dir, launcher, checkpoint)
         record.pid = _read_pid(rootfs.dir / "pid")
         # The pid file saves a `runsc state` (a whole runsc process) per create.
         running = record.pid is not None and proc.pid_alive(record.pid)
@@ -766,7 +790,7 @@ class SandboxService:
         The checkpoint is removed only once the sandbox is recorded as running again, so
         a crash mid-resume leaves it paused (or, if runsc already runs it, running).
         """
-        async with self._boot_slots, self._lock(sandbox_id):
+        async with self._booting(sandbox_id):
             record = await self.get(sandbox_id)
             if record.status != "paused":
                 return await self.get_running(sandbox_id)
