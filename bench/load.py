@@ -113,16 +113,11 @@ def _raw_create_rate(raw: RawRunsc, n: int, workers: int) -> float:
 
 def load_rates(server: Server, raw: RawRunsc, image: str) -> list[Rate]:
     rates: list[Rate] = []
-    headers = {"Authorization": f"Bearer {server.token}"}
     raw_create = _raw_create_rate(raw, 20, 4)
 
     # Creates from a warm pool: 20 ready, taken 4 at a time, each to its first output.
-    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 20}, headers=headers)
-    for _ in range(1200):
-        pools = httpx.get(f"{server.url}/v1/pools", headers=headers).json()["pools"]
-        if all(p["ready"] >= p["size"] for p in pools):
-            break
-        time.sleep(0.1)
+    server.set_pool(image, 20)
+    server.wait_pools_full()
     taken: list[Sandbox] = []
 
     def pooled(_: int) -> None:
@@ -131,7 +126,7 @@ def load_rates(server: Server, raw: RawRunsc, image: str) -> list[Rate]:
         taken.append(sb)
 
     seconds = _burst(20, 4, pooled)
-    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 0}, headers=headers)
+    server.set_pool(image, 0)
     for sb in taken:
         sb.terminate()
     rates.append(("creates from a warm pool (20, 4 at once)", 20, seconds, raw_create))

@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from stockade import Sandbox
 
 from .baseline import RawRunsc
@@ -85,26 +83,17 @@ def _core_rows(server: Server, raw: RawRunsc, image: str, runs: int) -> list[Row
     rows.append(("create → first output (echo)", create_times, raw_create_times, "raw"))
 
     # 1b. the same from a warm pool (refills happen between runs, outside the timing).
-    headers = {"Authorization": f"Bearer {server.token}"}
-    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 2}, headers=headers)
-
-    def pool_ready() -> None:
-        for _ in range(600):
-            pools = httpx.get(f"{server.url}/v1/pools", headers=headers).json()["pools"]
-            if all(p["ready"] >= p["size"] for p in pools):
-                return
-            time.sleep(0.05)
-
+    server.set_pool(image, 2)
     warm: list[float] = []
     for i in range(runs + 2):
-        pool_ready()
+        server.wait_pools_full()
         t0 = time.perf_counter()
         stockade_create()
         if i >= 2:
             warm.append(time.perf_counter() - t0)
     for sb in created:
         sb.terminate()
-    httpx.put(f"{server.url}/v1/pools/{image}", json={"size": 0}, headers=headers)
+    server.set_pool(image, 0)
     rows.append(("create → first output, warm pool", warm, raw_create_times, "raw"))
 
     # 2. exec round trip of `true`, and 3. a 1 MiB write + read.
@@ -194,8 +183,9 @@ def main() -> None:
         f"{'figure':<38} {'stockade p50':>12} {'p95':>8} {'vs':>13} {'p50':>9} {'p95':>8} "
         f"{'ratio':>7}"
     )
-    print(head)
-    print("-" * len(head))
+    if rows:  # --only load has no rows of this table
+        print(head)
+        print("-" * len(head))
     for name, ours, theirs, against in rows:
         m, r = statistics.median(ours), statistics.median(theirs)
         unit = 1 if name.endswith("(MB)") else 1e3  # sizes come in MB, times in seconds

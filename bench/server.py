@@ -37,6 +37,20 @@ class Server:
             os.environ["STOCKADE_URL"] = self.url
             os.environ["STOCKADE_TOKEN"] = self.token
 
+    def set_pool(self, image: str, size: int) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        httpx.put(f"{self.url}/v1/pools/{image}", json={"size": size}, headers=headers)
+
+    def wait_pools_full(self, timeout: float = 120.0) -> None:
+        """Wait until every pool has as many sandboxes ready as its size."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pools = httpx.get(f"{self.url}/v1/pools", headers=headers).json()["pools"]
+            if all(p["ready"] >= p["size"] for p in pools):
+                return
+            time.sleep(0.05)
+
     def runsc(self) -> str:
         line = next(
             x for x in (self.data.parent / "server.log").read_text().splitlines() if "runsc:" in x
