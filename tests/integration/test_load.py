@@ -27,6 +27,27 @@ async def test_a_burst_of_creates_and_execs_all_succeed(server: LiveServer) -> N
             await asyncio.gather(*(sb.terminate() for sb in sandboxes))
 
 
+async def test_200_concurrent_cold_creates_all_succeed(server: LiveServer) -> None:
+    """More creates than the host boots at once (no pool): queued, none refused or lost."""
+    async with AsyncClient(server.url, server.token) as client:
+        async with asyncio.timeout(300):  # ~35 s on 2 cores; a stall fails, never hangs
+            created = await asyncio.gather(
+                *(AsyncSandbox.create(image="debian", memory=64, timeout=600, client=client)
+                  for _ in range(200)),
+                return_exceptions=True,
+            )  # fmt: skip
+        sandboxes = [sb for sb in created if isinstance(sb, AsyncSandbox)]
+        try:
+            assert len(sandboxes) == 200, [e for e in created if not isinstance(e, AsyncSandbox)]
+            assert len({sb.id for sb in sandboxes}) == 200
+            # They run: a sample spread over the burst answers, each with its own name.
+            sample = sandboxes[::10]
+            results = await asyncio.gather(*(sb.run(["hostname"]) for sb in sample))
+            assert [r.stdout for r in results] == [f"{sb.id}\n" for sb in sample]
+        finally:
+            await asyncio.gather(*(sb.terminate() for sb in sandboxes), return_exceptions=True)
+
+
 async def test_1000_concurrent_execs_over_50_sandboxes_all_complete(server: LiveServer) -> None:
     async with AsyncClient(server.url, server.token) as client:
         sandboxes = list(
