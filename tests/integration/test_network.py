@@ -20,7 +20,6 @@ import pytest
 from stockade import ConflictError, InvalidArgumentError, Sandbox
 
 from .conftest import LiveServer
-from .helpers import wait_spares
 from .netlab import OTHER_PUBLIC_IP, PRIVATE_IP, PUBLIC_IP, netlab
 
 pytestmark = pytest.mark.runsc
@@ -321,7 +320,6 @@ def _kernel_objects(server: LiveServer) -> tuple[int, int, int]:
 
 
 def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
-    wait_spares(server.url, server.token)
     before = _kernel_objects(server)
     errors: list[BaseException] = []
 
@@ -340,7 +338,6 @@ def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
     for t in threads:
         t.join(600)
     assert not errors, errors
-    wait_spares(server.url, server.token)
     assert _kernel_objects(server) == before
 
 

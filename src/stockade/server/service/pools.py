@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
-from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..state.records import ALIVE, SandboxRecord
 from .sandboxes import CreateRequest, SandboxService
 
@@ -44,7 +43,7 @@ class PoolSpec:
     size: int
     cpu: float = 1.0
     memory: int = 512
-    disk: int = DEFAULT_DISK_MIB
+    disk: int = 1024
 
     def matches(self, req: CreateRequest) -> bool:
         return (
