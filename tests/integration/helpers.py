@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+import httpx
+
 from stockade import NotFoundError, Sandbox, SandboxInfo
 
 _T = TypeVar("_T")
@@ -41,6 +43,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or probe}")
         time.sleep(interval)
+
+
+def wait_spares(url: str, token: str, *, timeout: float = 60.0) -> dict[str, int]:
+    """Wait until the server has all its spare disks and network slots ready (so that
+    counts of mounts, namespaces or rules taken now and later compare like with like)."""
+    def probe() -> dict[str, int] | None:
+        headers = {"Authorization": f"Bearer {token}"}
+        spares: dict[str, int] = httpx.get(f"{url}/v1/pools", headers=headers).json()["spares"]
+        full = spares["disks"] == spares["network_slots"] == spares["target"]
+        return spares if full else None
+
+    return wait_for(probe, timeout=timeout, what="the server's spares")
 
 
 def wait_ended(sb: Sandbox, *, timeout: float = 30.0, interval: float = 0.1) -> SandboxInfo:

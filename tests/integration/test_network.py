@@ -6,6 +6,7 @@ to the tests' own dnsmasq on loopback. No test sends traffic off the machine.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from stockade import ConflictError, InvalidArgumentError, Sandbox
 
 from .conftest import LiveServer
+from .helpers import wait_spares
 from .netlab import OTHER_PUBLIC_IP, PRIVATE_IP, PUBLIC_IP, netlab
 
 pytestmark = pytest.mark.runsc
@@ -149,7 +151,8 @@ def test_default_policy_refuses_the_host_itself(open_sb: Sandbox) -> None:
         listener.bind(("0.0.0.0", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        gateway = open_sb.info().network.ip.rsplit(".", 1)[0] + ".1"  # type: ignore[union-attr]
+        ip = ipaddress.IPv4Address(open_sb.info().network.ip)  # type: ignore[union-attr]
+        gateway = str(ip - 1)  # the host's end of the sandbox's /30
         for address in (host_address(), gateway):
             with socket.create_connection((address, port), timeout=5):
                 pass  # reachable from the host...
@@ -320,6 +323,7 @@ def _kernel_objects(server: LiveServer) -> tuple[int, int, int]:
 
 
 def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
+    wait_spares(server.url, server.token)
     before = _kernel_objects(server)
     errors: list[BaseException] = []
 
@@ -338,6 +342,7 @@ def test_teardown_leaves_nothing_behind(server: LiveServer) -> None:
     for t in threads:
         t.join(600)
     assert not errors, errors
+    wait_spares(server.url, server.token)
     assert _kernel_objects(server) == before
 
 

@@ -141,6 +141,11 @@ class ServerConfig:
         return self.data_dir / "sandboxes"
 
     @property
+    def spares_dir(self) -> Path:
+        """Disks made ahead for sandboxes to come (service/spares.py)."""
+        return self.data_dir / "spares"
+
+    @property
     def snapshots_dir(self) -> Path:
         return self.data_dir / "snapshots"
 

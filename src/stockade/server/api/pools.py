@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..service.pools import PoolSpec
 from .deps import Services, services
 from .limits import check_create_ranges
@@ -24,8 +25,17 @@ class PoolOut(BaseModel):
     disk: int
 
 
+class SparesOut(BaseModel):
+    """Boot resources made ahead of need for cold creates (service/spares.py)."""
+
+    disks: int = Field(description="Mounted disks of the default size, ready now.")
+    network_slots: int = Field(description="Network namespaces with rules, ready now.")
+    target: int = Field(description="How many of each the server keeps ready.")
+
+
 class PoolList(BaseModel):
     pools: list[PoolOut]
+    spares: SparesOut
 
 
 class PoolRequest(BaseModel):
@@ -33,12 +43,16 @@ class PoolRequest(BaseModel):
     size: int = Field(description="Sandboxes to keep started; 0 empties the pool.")
     cpu: float = 1.0
     memory: int = 512
-    disk: int = 1024
+    disk: int = DEFAULT_DISK_MIB
 
 
 @router.get("", response_model=PoolList, summary="List the warm pools")
 async def list_pools(svc: Svc) -> PoolList:
-    return PoolList(pools=[PoolOut.model_validate(p) for p in svc.pools.status()])
+    disks, slots = svc.sandboxes.spares.ready
+    return PoolList(
+        pools=[PoolOut.model_validate(p) for p in svc.pools.status()],
+        spares=SparesOut(disks=disks, network_slots=slots, target=svc.sandboxes.spares.count),
+    )
 
 
 @router.put("/{image}", response_model=PoolOut, summary="Create or resize a warm pool")

@@ -11,6 +11,7 @@ from ..images.built import BuiltImage
 from ..images.catalog import ImageInfo
 from ..images.oci import PulledImage
 from ..network.policy import NetworkPolicy
+from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..service.files import FileInfo
 from ..state.records import SandboxRecord, SnapshotRecord
 
@@ -71,7 +72,7 @@ class CreateSandbox(_Strict):
     image: str = Field("python", description="Name of a built image, e.g. `python` or `debian`.")
     cpu: float = Field(1.0, description="CPU cores (fractional allowed).")
     memory: int = Field(512, description="Memory limit in MiB.")
-    disk: int = Field(1024, description="Writable disk space in MiB.")
+    disk: int = Field(DEFAULT_DISK_MIB, description="Writable disk space in MiB.")
     timeout: float = Field(300.0, description="Lifetime in seconds; the sandbox ends after it.")
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str | None = Field(None, description="Absolute working directory.")

@@ -9,6 +9,8 @@ Lifecycle:
    removed, and the DNS forwarder and egress proxy start on the services address.
 3. Per sandbox: :meth:`reserve` a slot, :meth:`attach` (namespace, veth, rules) before
    ``runsc run``, :meth:`set_policy` any time, :meth:`release` after the sandbox is gone.
+   :meth:`make_spare` sets a slot up ahead of need (service/spares.py); ``reserve`` hands
+   out such a spare first, and ``attach`` then only changes its policy if it must.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class NetworkManager:
         self._firewall: Firewall | None = None
         self._policies: dict[int, NetworkPolicy] = {}
         self._reserved: set[int] = set()
+        # Slots made ahead (namespace, veth, default rules) that no sandbox has yet.
+        self._spares: list[int] = []
+        # The slot handed out last: slots go round, so that a sandbox's address is not
+        # given to the next sandbox right after it ended.
+        self._last_slot = 0
         self._netexec: Path | None = None
         self.answers = AnswerLog()
         self._dns: DnsForwarder | None = None
@@ -115,13 +122,17 @@ class NetworkManager:
         self._firewall = Firewall(block, EGRESS_PROXY_PORT, lan, await host_addresses())
         await self._firewall.install(())
 
-    async def install(self, live: Iterable[tuple[int, NetworkPolicy]]) -> None:
+    async def install(
+        self, live: Iterable[tuple[int, NetworkPolicy]], *, last_slot: int = 0
+    ) -> None:
         """Rebuild the rules for the sandboxes that survived a restart; drop the rest;
-        start the resolver and the egress proxy."""
+        start the resolver and the egress proxy. New slots are handed out after
+        ``last_slot`` (the highest any sandbox on record had)."""
         if not self.available:
             return
         assert self._firewall is not None and self._links is not None and self.block is not None
         self._policies = dict(live)
+        self._last_slot = max(last_slot, *self._policies, 0) % self.block.max_slot
         await self._firewall.install(Member(s, p) for s, p in self._policies.items())
         leftovers = await self._links.existing_slots() - set(self._policies)
         if leftovers:
@@ -144,6 +155,7 @@ class NetworkManager:
             if server is not None:
                 with contextlib.suppress(Exception):
                     await server.close()
+        await self.drop_spares()
         if self.available and not self._policies and not self._reserved:
             assert self._firewall is not None and self._links is not None
             with contextlib.suppress(Exception):
@@ -159,17 +171,31 @@ class NetworkManager:
     # ------------------------------------------------------------------ per sandbox
 
     def reserve(self) -> int:
-        """A free slot, held until :meth:`release`."""
+        """A free slot, held until :meth:`release`: a spare one if there is one."""
+        assert self.block is not None
+        if self._spares:
+            slot = self._spares.pop()
+            self._reserved.add(slot)
+            return slot
+        return self.reserve_new()
+
+    def reserve_new(self) -> int:
+        """A free slot that has nothing set up yet, held until :meth:`release`."""
         assert self.block is not None
         used = self._reserved | set(self._policies)
-        for slot in range(1, self.block.max_slot + 1):
+        for step in range(1, self.block.max_slot + 1):
+            slot = (self._last_slot + step - 1) % self.block.max_slot + 1
             if slot not in used:
                 self._reserved.add(slot)
+                self._last_slot = slot
                 return slot
         raise RuntimeError(f"all {self.block.max_slot} sandbox network slots are in use")
 
     async def attach(self, slot: int, policy: NetworkPolicy) -> SandboxNet:
         assert self._links is not None and self._firewall is not None and self.block is not None
+        if slot in self._policies:  # a spare: made already, with the default policy
+            await self.set_policy(slot, policy)
+            return self.describe(slot)
         await self._links.create(slot)
         await self._firewall.add(slot, policy)
         self._policies[slot] = policy
@@ -192,6 +218,30 @@ class NetworkManager:
             return  # a pooled sandbox handed out with the policy it booted with: no nft run
         await self._firewall.update(slot, policy)
         self._policies[slot] = policy
+
+    @property
+    def spares(self) -> int:
+        return len(self._spares)
+
+    async def make_spare(self) -> None:
+        """Set up one slot ahead of need (namespace, veth, the default policy's rules), so
+        that a sandbox booting later skips the three processes that takes (~15 ms)."""
+        if not self.available:
+            return
+        slot = self.reserve_new()
+        try:
+            await self.attach(slot, NetworkPolicy())
+        except BaseException:
+            await self.release(slot)
+            raise
+        self._reserved.discard(slot)
+        self._spares.append(slot)
+
+    async def drop_spares(self) -> None:
+        while self._spares:
+            slot = self._spares.pop()
+            self._reserved.add(slot)
+            await self.release(slot)
 
     async def release(self, slot: int) -> None:
         """Remove a sandbox's rules, veth and namespace (after runsc let go of it)."""

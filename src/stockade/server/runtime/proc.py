@@ -9,12 +9,16 @@ recorded in :data:`OWNED_PIDS` until asyncio has reaped it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-__all__ = ["OWNED_PIDS", "SPAWN_LOCK", "CommandError", "Completed", "run", "spawn"]
+__all__ = [
+    "OWNED_PIDS", "SPAWN_LOCK", "CommandError", "Completed", "background", "run", "spawn",
+]  # fmt: skip
 
 # PIDs of children that asyncio waits for itself; the reaper leaves them alone.
 OWNED_PIDS: set[int] = set()
@@ -23,6 +27,20 @@ OWNED_PIDS: set[int] = set()
 SPAWN_LOCK = threading.Lock()
 
 _File = int | IO[bytes] | None
+
+# Niceness of the commands spawned in this context (see background()).
+_NICE: contextvars.ContextVar[int] = contextvars.ContextVar("nice", default=0)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Run the commands spawned inside at the lowest CPU priority: work done ahead of need
+    (service/spares.py) then yields the cores to the requests being served meanwhile."""
+    token = _NICE.set(19)
+    try:
+        yield
+    finally:
+        _NICE.reset(token)
 
 
 class CommandError(Exception):
@@ -58,6 +76,8 @@ async def spawn(
     reaper could collect it in that window, and asyncio would then report exit status 255
     for a command that succeeded.
     """
+    if _NICE.get():
+        argv = ["nice", "-n", str(_NICE.get()), *argv]
     if not SPAWN_LOCK.acquire(blocking=False):
         await asyncio.to_thread(SPAWN_LOCK.acquire)
     try:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from . import proc
 
-__all__ = ["RootFS", "make_disk", "makedirs_in_root", "mount_disk"]
+__all__ = ["DEFAULT_DISK_MIB", "RootFS", "make_disk", "makedirs_in_root", "mount_disk"]
+
+# A sandbox's writable disk when the create call names none (MiB).
+DEFAULT_DISK_MIB = 1024
 
 
 class RootFS:
@@ -38,26 +41,62 @@ class RootFS:
         self.merged = sandbox_dir / "merged"
 
     async def create(
-        self, layers: Sequence[Path], disk_mib: int, *, upper_from: Path | None = None
+        self,
+        layers: Sequence[Path],
+        disk_mib: int,
+        *,
+        upper_from: Path | None = None,
+        spare: RootFS | None = None,
     ) -> None:
         """Make the disk, mount it and mount the overlay. Idempotent steps, undone on error.
 
         ``upper_from``: start from a copy of these writes (a snapshot's) instead of none.
+        ``spare``: a directory made ahead by :meth:`make_spare` with a disk of ``disk_mib``;
+        it becomes this one, which must not exist yet, and saves the mkfs and loop mount.
         """
         for layer in layers:
             if ":" in str(layer) or "," in str(layer):
                 raise ValueError(f"layer path {layer} cannot be used in overlay options")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.disk.mkdir(exist_ok=True)
-        self.merged.mkdir(exist_ok=True)
+        assert spare is None or upper_from is None, "a spare disk has no writes to copy into"
         try:
-            await make_disk(self.image, self.disk, disk_mib)
-            if upper_from is not None:
-                await proc.run(["cp", "-a", "--sparse=always", str(upper_from), str(self.upper)])
+            taken = spare is not None and await self._take(spare)
+            if not taken:
+                await self._make(disk_mib)
+                if upper_from is not None:
+                    await proc.run(
+                        ["cp", "-a", "--sparse=always", str(upper_from), str(self.upper)]
+                    )
             await self.mount(layers)
         except BaseException:
             await self.destroy()
             raise
+
+    async def _take(self, spare: RootFS) -> bool:
+        """Become ``spare``: a rename carries its mounted disk along, since mounts follow
+        their directory. False (and the spare removed) when this directory exists."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(os.rename, spare.dir, self.dir)
+        except OSError:
+            await spare.destroy()
+            return False
+        return True
+
+    async def make_spare(self, disk_mib: int) -> None:
+        """Make the disk and mount it, with no overlay yet: a spare for :meth:`create`."""
+        try:
+            await self._make(disk_mib)
+            self.upper.mkdir()
+            self.work.mkdir()
+        except BaseException:
+            await self.destroy()
+            raise
+
+    async def _make(self, disk_mib: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk.mkdir(exist_ok=True)
+        self.merged.mkdir(exist_ok=True)
+        await make_disk(self.image, self.disk, disk_mib)
 
     async def mount(self, layers: Sequence[Path]) -> None:
         """Mount the overlay over the (already mounted) disk; a paused sandbox's resume."""

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
+from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..state.records import ALIVE, SandboxRecord
 from .sandboxes import CreateRequest, SandboxService
 
@@ -43,7 +44,7 @@ class PoolSpec:
     size: int
     cpu: float = 1.0
     memory: int = 512
-    disk: int = 1024
+    disk: int = DEFAULT_DISK_MIB
 
     def matches(self, req: CreateRequest) -> bool:
         return (

@@ -50,6 +50,7 @@ from ..state.records import SandboxRecord
 from ..state.store import Store
 from . import lifetimes
 from .doze import Dozer
+from .spares import Spares
 from .stages import stage
 from .users import resolve_user
 
@@ -118,6 +119,10 @@ class SandboxService:
         self._entry_codes: dict[str, int] = {}
         self._agent_layer: Path | None = None
         self._boot_slots = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+        self._boots = 0  # boots holding or waiting for a slot
+        self._no_boots = asyncio.Event()  # set while _boots is 0
+        self._no_boots.set()
+        self.spares = Spares(config.spares_dir, self.network, idle=self._no_boots)
         # Sandboxes whose FIFOs only this process has used: no stale bytes to clear.
         self._fresh: set[str] = set()
         self._link_locks: dict[str, asyncio.Lock] = {}
@@ -168,13 +173,20 @@ class SandboxService:
         """Hold a boot slot and the sandbox's lock. Starting a sandbox is CPU-heavy (mkfs,
         mounts, runsc): a burst of creates waits here in order instead of making every one
         of them slow enough to time out."""
-        with stage("queue"):
-            await self._boot_slots.acquire()
+        self._boots += 1
+        self._no_boots.clear()
         try:
-            async with self._lock(sandbox_id):
-                yield
+            with stage("queue"):
+                await self._boot_slots.acquire()
+            try:
+                async with self._lock(sandbox_id):
+                    yield
+            finally:
+                self._boot_slots.release()
         finally:
-            self._boot_slots.release()
+            self._boots -= 1
+            if not self._boots:
+                self._no_boots.set()
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
         """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
@@ -420,9 +432,11 @@ class SandboxService:
                 upper = restore.upper if restore is not None else None
                 with stage("overlay"):
                     lowerdirs = await self._lowerdirs(record)
-                    await rootfs.create(lowerdirs, record.disk, upper_from=upper)
+                    spare = self.spares.take_disk(record.disk) if upper is None else None
+                    await rootfs.create(lowerdirs, record.disk, upper_from=upper, spare=spare)
                 with stage("network"):
                     netns, etc_files, launcher = await self._attach_network(record, policy)
+                    self.spares.network_taken()
                 if record.workdir and restore is None:
                     # The working directory must exist before the init starts in it. The
                     # image's symlinks are resolved inside its root, never on the host.
@@ -1260,14 +1274,19 @@ class SandboxService:
             if sid not in alive_ids:
                 await self._cleanup(sid)
         live = [r for r in records if r.alive and r.network]
+        slots = [int(n["slot"]) for r in records if (n := r.network or {}).get("slot")]
         await self.network.install(
-            (int(r.network["slot"]), NetworkPolicy.from_dict(r.network["policy"]))
-            for r in live
-            if r.network and r.network.get("slot") is not None
+            (
+                (int(r.network["slot"]), NetworkPolicy.from_dict(r.network["policy"]))
+                for r in live
+                if r.network and r.network.get("slot") is not None
+            ),
+            last_slot=max(slots, default=0),
         )
         self._timer = asyncio.create_task(self._expire_loop(), name="expire-loop")
         self._purger = asyncio.create_task(self._purge_loop(), name="purge-loop")
         self._dozing_task = asyncio.create_task(self.dozer.run(), name="doze-loop")
+        await self.spares.start()
 
     async def _recover_pause(self, record: SandboxRecord, state: SandboxState | None) -> None:
         """Finish or undo a pause, snapshot or resume that a crash cut short.
@@ -1327,6 +1346,7 @@ class SandboxService:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.spares.stop()
         await self.network.stop()
 
 
