@@ -116,6 +116,9 @@ def _core_rows(server: Server, raw: RawRunsc, image: str, runs: int) -> list[Row
                 "raw",
             )
         )
+        ws_true = rows[-2][1]
+        floor = [raw.spawn_floor(sid) for _ in range(runs)]
+        rows.append(("exec round trip: true vs gVisor spawn", ws_true, floor, "spawn floor"))
 
         def sdk_file() -> None:
             sb.files.write("/tmp/bench.bin", payload)
@@ -198,6 +201,8 @@ def main() -> None:
     if args.only is None:
         print("\nraw = raw runsc: create is `runsc run --detach` + `runsc exec echo hi` to first")
         print("byte; exec is `runsc exec true`; file is `runsc exec` of cat with stdin / stdout.")
+        print("spawn floor = fork + exec + wait of /bin/true inside a raw sandbox, timed in there:")
+        print("every exec pays for making a process in gVisor, whatever carries it.")
         print("--no-network = the same create on a server whose sandboxes have no network;")
         print("direct = the same request from the host straight to the sandbox's address.")
         print("last changed = the same build with its last step changed (that step rebuilt);")
