@@ -41,7 +41,6 @@ def cold_start_breakdown(server: Server, raw: RawRunsc, image: str, runs: int) -
     """Median milliseconds per stage of a cold create → first output, and raw runsc's."""
     headers = {"Authorization": f"Bearer {server.token}"}
     spans: dict[str, list[float]] = {}
-    created: list[Sandbox] = []
     with httpx.Client(base_url=server.url, headers=headers, timeout=120) as http:
         for i in range(runs + 2):
             t0 = time.perf_counter()
@@ -49,11 +48,13 @@ def cold_start_breakdown(server: Server, raw: RawRunsc, image: str, runs: int) -
             t1 = time.perf_counter()
             resp.raise_for_status()
             sb = Sandbox.from_id(resp.json()["id"])
-            created.append(sb)
             p = sb.exec("echo", "hi")
             assert p.stdout.readline() == "hi\n"
             t2 = time.perf_counter()
             p.wait()
+            # Gone before the next one, as each raw sandbox below: sandboxes left running
+            # keep waking the host, which would slow the later creates.
+            sb.terminate()
             if i < 2:
                 continue  # warm-up
             timing = _server_timing(resp.headers["server-timing"])
@@ -66,8 +67,6 @@ def cold_start_breakdown(server: Server, raw: RawRunsc, image: str, runs: int) -
             spans.setdefault("HTTP + SDK", []).append((t1 - t0) * 1e3 - server_total)
             spans.setdefault("first exec → output", []).append((t2 - t1) * 1e3)
             spans.setdefault("total", []).append((t2 - t0) * 1e3)
-    for sb in created:
-        sb.terminate()
 
     raw_run, raw_exec = [], []
     for _ in range(runs):
