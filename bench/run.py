@@ -100,10 +100,11 @@ def _core_rows(server: Server, raw: RawRunsc, image: str, runs: int) -> list[Row
     sb = Sandbox.create(image=image, timeout=600)
     sid = raw.start()
     try:
+        ws_true = _time(lambda: sb.exec("true").wait(), runs)
         rows.append(
             (
                 "exec round trip: true (WebSocket)",
-                _time(lambda: sb.exec("true").wait(), runs),
+                ws_true,
                 _time(lambda: raw.exec(sid, "true"), runs),
                 "raw",
             )
@@ -116,7 +117,6 @@ def _core_rows(server: Server, raw: RawRunsc, image: str, runs: int) -> list[Row
                 "raw",
             )
         )
-        ws_true = rows[-2][1]
         floor = [raw.spawn_floor(sid) for _ in range(runs)]
         rows.append(("exec round trip: true vs gVisor spawn", ws_true, floor, "spawn floor"))
 

@@ -132,7 +132,7 @@ class NetworkManager:
             return
         assert self._firewall is not None and self._links is not None and self.block is not None
         self._policies = dict(live)
-        self._last_slot = max(last_slot, *self._policies, 0) % self.block.max_slot
+        self._last_slot = last_slot % self.block.max_slot
         await self._firewall.install(Member(s, p) for s, p in self._policies.items())
         leftovers = await self._links.existing_slots() - set(self._policies)
         if leftovers:
@@ -172,7 +172,6 @@ class NetworkManager:
 
     def reserve(self) -> int:
         """A free slot, held until :meth:`release`: a spare one if there is one."""
-        assert self.block is not None
         if self._spares:
             slot = self._spares.pop()
             self._reserved.add(slot)

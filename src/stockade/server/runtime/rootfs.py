@@ -86,6 +86,8 @@ class RootFS:
         """Make the disk and mount it, with no overlay yet: a spare for :meth:`create`."""
         try:
             await self._make(disk_mib)
+            # Made here so that the create's mount finds them (and a test can see the
+            # spare is empty); mount() would otherwise make them on the create's path.
             self.upper.mkdir()
             self.work.mkdir()
         except BaseException:

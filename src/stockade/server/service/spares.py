@@ -68,7 +68,7 @@ class Spares:
             self._task = None
         while self._disks:
             await self._disks.pop().destroy()
-        await self.network.drop_spares()
+        # The spare network slots go with NetworkManager.stop, which runs after this.
 
     def take_disk(self, disk_mib: int) -> RootFS | None:
         """A mounted disk of ``disk_mib`` for :meth:`RootFS.create`, or None."""
