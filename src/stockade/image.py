@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stockade._paths import path_in_root
 from stockade.errors import InvalidArgumentError
 
 __all__ = ["Image"]
@@ -175,7 +176,7 @@ class Image:
 
     def workdir(self, path: str) -> Image:
         """The working directory of later steps and of the sandboxes (created if missing)."""
-        return self._with({"op": "workdir", "path": _absolute("workdir", path)})
+        return self._with({"op": "workdir", "path": path_in_root(path, "workdir")})
 
     def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
         """Copy a local file into the image at ``remote_path`` (its contents are part of
@@ -183,7 +184,7 @@ class Image:
         source = Path(local_path)
         if not source.is_file():
             raise InvalidArgumentError(f"add_local_file: {source} is not a file")
-        dest = _absolute("add_local_file", remote_path)
+        dest = path_in_root(remote_path, "add_local_file: remote_path")
         return self._with({"op": "copy", "dest": dest}, LocalCopy(source, dest))
 
     def add_local_dir(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
@@ -191,7 +192,7 @@ class Image:
         source = Path(local_path)
         if not source.is_dir():
             raise InvalidArgumentError(f"add_local_dir: {source} is not a directory")
-        dest = _absolute("add_local_dir", remote_path)
+        dest = path_in_root(remote_path, "add_local_dir: remote_path")
         return self._with({"op": "copy", "dest": dest, "dir": True}, LocalCopy(source, dest))
 
     def user(self, user: str) -> Image:
@@ -292,9 +293,3 @@ def _argv(what: str, argv: Sequence[str]) -> list[str]:
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
         raise InvalidArgumentError(f'{what} takes a list of strings, e.g. ["python3", "app.py"]')
     return list(argv)
-
-
-def _absolute(what: str, path: str) -> str:
-    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-        raise InvalidArgumentError(f"{what} needs an absolute path inside the image, got {path!r}")
-    return path

@@ -36,7 +36,6 @@ import os
 import re
 import shlex
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..._paths import path_in_root
 from ...errors import BuildError, InvalidArgumentError, NotFoundError, StockadeError
 from ..config import ServerConfig
 from ..network.policy import NetworkPolicy
@@ -52,7 +52,7 @@ from ..service.sandboxes import CreateRequest, SandboxService
 from .built import BuiltImage, load_built
 from .catalog import BASE_IMAGES, ImageCatalog, ResolvedImage, is_reference
 from .mirror import debian_mirror
-from .oci import RegistryAuth
+from .oci import RegistryAuth, unpack_copy
 from .wheelhouse import WHEELS_DIR, Wheelhouse, ensure_wheelhouse
 
 __all__ = [
@@ -154,10 +154,9 @@ def _check_step(index: int, step: object) -> Mapping[str, Any]:
         return list(value)
 
     def absolute(key: str) -> str:
-        value = step.get(key)
-        if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
-            raise InvalidArgumentError(f"{where} ({op}): {key} must be an absolute path")
-        return value
+        # Normalised here, once: the step's key, its log line and the host path made from
+        # it all see the same path, and one that climbs out of the image never gets further.
+        return path_in_root(step.get(key), f"{where} ({op}): {key}")
 
     if op == "run":
         return {"op": op, "commands": strings("commands")}
@@ -385,17 +384,10 @@ class ImageBuilder:
                 f"the files of a copy step ({step['context']}) were not uploaded; "
                 "PUT them to /v1/images/contexts/<digest> first"
             )
-        target = dest_root / str(step["dest"]).lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        for parent in [dest_root, *reversed(target.relative_to(dest_root).parents)]:
-            os.chmod(dest_root / parent, 0o755)
-        with tarfile.open(source) as tar:
-            # The "data" filter refuses absolute paths, "..", links out of the tree and
-            # device files: what a copied directory may hold.
-            tar.extractall(target, filter="data")
-        for path in [target, *target.rglob("*")]:
-            with contextlib.suppress(OSError):
-                os.lchown(path, 0, 0)
+        dest_root.mkdir()
+        # The registry layers' unpacker, descriptor by descriptor: tarfile's own filters
+        # have had bypasses, and the caller chose every byte of this tar.
+        unpack_copy(source, dest_root, str(step["dest"]))
 
     async def _run_step(
         self,

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import time
@@ -93,6 +94,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
+_SANDBOX_ID = re.compile(r"sb-[0-9a-f]{16}")
+
+
 class SandboxService:
     def __init__(
         self,
@@ -160,6 +164,9 @@ class SandboxService:
     # ----------------------------------------------------------------- paths & lookups
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
+        # IDs reach here from URLs: only one of our own shape may become a host path.
+        if not _SANDBOX_ID.fullmatch(sandbox_id):
+            raise NotFoundError(f"sandbox {sandbox_id[:80]!r} does not exist")
         return self.config.sandboxes_dir / sandbox_id
 
     def log_path(self, sandbox_id: str) -> Path:

@@ -9,7 +9,7 @@
 
 from .export import export_layout
 from .image import ImageConfig, PulledImage, pull
-from .layers import LayerStore
+from .layers import LayerStore, unpack_copy
 from .reference import Reference, parse_reference
 from .registry import RegistryAuth, RegistryClient
 
@@ -23,4 +23,5 @@ __all__ = [
     "export_layout",
     "parse_reference",
     "pull",
+    "unpack_copy",
 ]

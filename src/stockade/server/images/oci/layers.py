@@ -58,7 +58,7 @@ import zstandard
 from ....errors import DigestMismatchError, UnsafeLayerError, UnsupportedImageError
 from .registry import LAYER_MEDIA_TYPES, short_digest
 
-__all__ = ["OPAQUE_XATTR", "LayerStore"]
+__all__ = ["OPAQUE_XATTR", "LayerStore", "unpack_copy", "unpack_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +271,48 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
+def unpack_copy(tar_path: Path, layer: Path, dest: str) -> None:
+    """Unpack the files of a copy step (a tar an API caller uploaded) to ``dest`` inside the
+    empty layer directory ``layer``. Blocking.
+
+    The same unpacker as registry layers, so the same refusals (``..``, absolute names,
+    entries below symlinks, hard links out of the tar), with a copy's meaning: every file
+    is owned by root as Docker's COPY makes it, names starting ``.wh.`` are plain files,
+    extended attributes and special files are dropped, and the tar's own root entry does
+    not change ``dest``. ``dest`` must be normalised (``stockade._paths.path_in_root``);
+    its directories are made 0755 from ``layer`` down, never through a symlink.
+    """
+    parts = tuple(p for p in dest.split("/") if p)
+    if ".." in parts or "." in parts:
+        raise ValueError(f"copy destination {dest!r} is not normalised")
+    root = os.open(layer, _DIR_FLAGS)
+    try:
+        os.fchmod(root, 0o755)  # the image's "/" whatever the server's umask
+        fd = _walk_from(root, parts, create=True)
+    finally:
+        os.close(root)
+    try:
+        with tarfile.open(tar_path, mode="r|", bufsize=_CHUNK) as tar:
+            _Unpacker(fd, tar, copy=True).run()
+    except (tarfile.TarError, EOFError) as exc:
+        raise UnsafeLayerError(f"the files of the copy step are not a valid tar: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
 class _Unpacker:
     """Writes one tar stream's members below a directory, refusing every escape.
 
     All paths are resolved with ``*at`` calls from directory descriptors opened with
     ``O_NOFOLLOW``, never by the kernel from a string, so no symlink is ever followed.
+    ``dest`` is a path or a directory descriptor (borrowed: the caller closes it).
+    ``copy`` unpacks a copy step's files rather than an image layer (see unpack_copy).
     """
 
-    def __init__(self, dest: Path, tar: tarfile.TarFile) -> None:
+    def __init__(self, dest: Path | int, tar: tarfile.TarFile, *, copy: bool = False) -> None:
         self._tar = tar
-        self._root = os.open(dest, _DIR_FLAGS)
+        self._copy = copy
+        self._root = os.dup(dest) if isinstance(dest, int) else os.open(dest, _DIR_FLAGS)
         # Directory metadata is applied last: creating entries inside a directory would
         # change its mtime again, and a read-only mode would stop nothing (root) but is odd.
         self._dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
@@ -317,11 +349,22 @@ class _Unpacker:
         if not parts:
             if not m.isdir():
                 raise UnsafeLayerError(f"entry {m.name!r} names the layer root but is no directory")
-            self._dirs[()] = m
+            if not self._copy:  # a copy's root is its destination, already made 0755
+                self._dirs[()] = m
             return
+        if self._copy:
+            if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+                log.debug("skipping %s (tar type %r) in copied files", m.name, m.type)
+                return
+            # COPY makes root the owner of what it copies, and a caller's xattrs (file
+            # capabilities among them) are not theirs to grant.
+            m.uid = m.gid = 0
+            m.pax_headers = {
+                k: v for k, v in m.pax_headers.items() if not k.startswith("SCHILY.xattr.")
+            }
         parent = self._parent(parts, m.name)
         name = parts[-1]
-        if name.startswith(_WHITEOUT):
+        if name.startswith(_WHITEOUT) and not self._copy:
             self._whiteout(parent, parts, name)
         elif m.isdir():
             if not self._clear(parent, name, keep_dir=True):
@@ -426,24 +469,7 @@ class _Unpacker:
 
     def _walk(self, dir_parts: tuple[str, ...], *, create: bool) -> int:
         """Open ``dir_parts`` below the root, one ``O_NOFOLLOW`` step at a time (a new fd)."""
-        fd = os.dup(self._root)
-        try:
-            for part in dir_parts:
-                try:
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    # Tars may omit parent directories; Docker makes them 0755 root:root.
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                    os.fchmod(nfd, 0o755)  # not narrowed by the server's umask
-                os.close(fd)
-                fd = nfd
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        return _walk_from(self._root, dir_parts, create=create)
 
     def _clear(self, parent: int, name: str, *, keep_dir: bool = False) -> bool:
         """Remove what ``name`` is now, so a later entry replaces it (the last one wins).
@@ -467,6 +493,28 @@ class _Unpacker:
         if self._cached is not None:
             os.close(self._cached[1])
             self._cached = None
+
+
+def _walk_from(root: int, dir_parts: tuple[str, ...], *, create: bool) -> int:
+    """Open ``dir_parts`` below ``root``, one ``O_NOFOLLOW`` step at a time (a new fd)."""
+    fd = os.dup(root)
+    try:
+        for part in dir_parts:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                # Tars may omit parent directories; Docker makes them 0755 root:root.
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.fchmod(nfd, 0o755)  # not narrowed by the server's umask
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _split(name: str, what: str = "entry") -> tuple[str, ...]:
