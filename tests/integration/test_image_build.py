@@ -6,10 +6,12 @@ sources on this machine.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stockade import BuildError, Client, Image, InvalidArgumentError, NotFoundError, Sandbox
@@ -269,3 +271,31 @@ def test_a_built_images_entrypoint_and_cmd(server: LiveServer) -> None:
     info = sb.info()
     assert (info.reason, info.exit_code) == ("exited", 4), info
     assert sb.logs() == "built\n"
+
+
+def test_a_step_that_floods_without_newlines_is_logged_in_bounded_lines(
+    server: LiveServer,
+) -> None:
+    """A build step's output is a sandbox's: a line that never ends is cut into pieces, and
+    a client that reads slowly gets a count of the lines it missed, not a server that
+    holds them all."""
+    marker = unique("flood")
+    img = Image.from_name("debian").run_commands(
+        f"echo {marker}; head -c 8000000 /dev/zero | tr '\\0' x; echo; seq 1 200000"
+    )
+    body = img.build_body({})
+    lines = []
+    with (
+        httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as c,
+        c.stream("POST", "/v1/images/builds", json=body) as r,
+    ):
+        assert r.status_code == 200
+        for i, raw in enumerate(r.iter_lines()):
+            if i == 5:
+                time.sleep(3)  # a slow reader while the step floods
+            lines.append(json.loads(raw))
+    assert lines[-1]["type"] == "done", lines[-1]
+    logged = [e["line"] for e in lines if e["type"] == "log"]
+    assert max(len(line) for line in logged) <= 16 * 1024 + 2
+    assert sum(len(line.strip()) for line in logged if set(line.strip()) == {"x"}) <= 8_000_000
+    assert any("lines dropped" in line for line in logged), logged[-5:]

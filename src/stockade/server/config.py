@@ -93,9 +93,12 @@ class ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
         data, cache = data.resolve(), cache.resolve()
-        data.mkdir(parents=True, exist_ok=True)
-        os.chmod(data, 0o711)
-        cache.mkdir(parents=True, exist_ok=True)
+        # Both hold what sandboxes wrote (setuid files, device nodes, other users' files)
+        # and the data directory holds every secret: no other host user may even look in.
+        # Set on every start, so that directories made by an older server are closed too.
+        for directory in (data, cache):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)
         cfg = cls(data_dir=data, cache_dir=cache, host=host, port=port)
         cfg.pools = pools if pools is not None else os.environ.get("STOCKADE_POOLS", "")
         env_network = os.environ.get("STOCKADE_NETWORK", "1").strip().lower()

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _CONTEXT_LIMIT = 4 << 30
+# Log lines of a build or pull waiting for a slow client (each at most 16 KiB + prefix).
+_LOG_BACKLOG = 1000
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 Svc = Annotated[Services, Depends(services)]
@@ -156,12 +158,27 @@ def _stream(
     """Run ``work`` (given a log function) while streaming its log lines as NDJSON ``log``
     events, then a ``done`` event with the image, or an ``error`` event."""
     lines: asyncio.Queue[str | None] = asyncio.Queue()
+    dropped = 0
+
+    def say(line: str) -> None:
+        # A build step's output comes from a sandbox and the client may read slowly: past
+        # a fixed backlog, lines are counted instead of kept, and the count is logged.
+        nonlocal dropped
+        if lines.qsize() >= _LOG_BACKLOG:
+            dropped += 1
+        else:
+            lines.put_nowait(line)
 
     async def events() -> AsyncIterator[bytes]:
-        task: asyncio.Task[_T] = asyncio.create_task(work(lines.put_nowait))
+        nonlocal dropped
+        task: asyncio.Task[_T] = asyncio.create_task(work(say))
         task.add_done_callback(lambda _: lines.put_nowait(None))
         try:
             while (line := await lines.get()) is not None:
+                if dropped:
+                    note = f"[{dropped} lines dropped: the client read too slowly]"
+                    dropped = 0
+                    yield ndjson.line({"type": "log", "line": note})
                 yield ndjson.line({"type": "log", "line": line})
             result = await task
             out = done(result)

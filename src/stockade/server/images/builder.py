@@ -75,6 +75,7 @@ PYTHON_VERSIONS = ("3.11",)
 _FILE_STEPS = frozenset({"run", "apt_install", "pip_install", "copy"})
 _CONFIG_STEPS = frozenset({"env", "workdir", "user", "entrypoint", "cmd"})
 _TAIL_LINES = 20
+_MAX_LINE = 16 * 1024  # bytes of a step's output logged as one line
 _DEFAULT_TIMEOUT = 1800.0
 _STEP_MEMORY_MIB = 2048
 _STEP_DISK_MIB = 8192
@@ -440,6 +441,11 @@ class ImageBuilder:
                 if isinstance(event, OutputChunk):
                     pending += event.data
                     *lines, pending = pending.split(b"\n")
+                    while len(pending) > _MAX_LINE:
+                        # A step that prints without newlines must not grow this forever:
+                        # past the limit its output is logged in pieces of that size.
+                        lines.append(pending[:_MAX_LINE])
+                        pending = pending[_MAX_LINE:]
                     for raw in lines:
                         line = raw.decode(errors="replace").rstrip("\r")
                         tail = [*tail[-(_TAIL_LINES - 1) :], line]

@@ -13,6 +13,7 @@ The limits live here so that the init process and every exec get the same ones:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,4 +155,8 @@ def container_spec(
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(data))
+    """Write a spec owner-only: it holds the sandbox's env, which may carry secrets."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a spec written by an older server may exist with 0644
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data))

@@ -94,7 +94,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
-_SANDBOX_ID = re.compile(r"sb-[0-9a-f]{16}")
+_SANDBOX_ID = re.compile(r"sb-[A-Za-z0-9_-]{1,64}")  # no "/" nor "..": one name
 
 
 class SandboxService:

@@ -11,6 +11,8 @@ thread under one lock, because a sqlite3 connection must not be used concurrentl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -64,6 +66,13 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        # The records hold every sandbox's env and access tokens: owner-only. SQLite gives
+        # its -wal and -shm files the database file's mode, so making this one 0600 first
+        # covers all three (chmod too: a database made by an older server was 0644).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(name, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (what restart safety needs); only a
