@@ -232,10 +232,13 @@ def test_public_port_needs_no_token_and_unexposed_ports_are_404(web: Sandbox) ->
     assert r.status_code != 401
     with pytest.raises(NotFoundError, match="not exposed"):
         web.tunnel(7777)
-    r = httpx.get(f"{web.client.url}/proxy/{web.id}/7777/", timeout=10)
+    # With the token the caller hears that the port is not exposed; without it, only that
+    # the token is missing (test_proxy_auth.py), as for a sandbox that does not exist.
+    token = {"X-Stockade-Access-Token": web.access_token}
+    r = httpx.get(f"{web.client.url}/proxy/{web.id}/7777/", headers=token, timeout=10)
     assert r.status_code == 404 and "not exposed" in r.json()["error"]["message"]
     r = httpx.get(f"{web.client.url}/proxy/sb-0000000000000000/8000/", timeout=10)
-    assert r.status_code == 404
+    assert r.status_code == 401
 
 
 def test_nothing_listening_is_a_fast_502(web: Sandbox) -> None:

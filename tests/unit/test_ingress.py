@@ -48,13 +48,33 @@ HTTP_PORT, PUBLIC_PORT, TCP_PORT, CLOSED_PORT = 8080, 8081, 5432, 9999
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 
 
+@dataclass
+class FakeRecord:
+    """The part of a sandbox record that the proxy checks access on."""
+
+    ports: list[dict[str, Any]]
+    access_token: str | None
+
+
 class FakeTargets:
-    """The sandbox service's part: ``SB`` exposes a few ports, ``DEAD`` has ended."""
+    """The sandbox service's part: ``SB`` exposes a few ports, ``DEAD`` has ended.
+
+    ``resolved`` lists the sandboxes that ``resolve`` (which resumes, wakes and counts
+    activity in the real service) was called for.
+    """
 
     def __init__(self, targets: dict[int, PortTarget]) -> None:
         self.targets = targets
+        self.resolved: list[str] = []
+
+    async def get(self, sandbox_id: str) -> FakeRecord:
+        if sandbox_id not in (SB, DEAD):
+            raise NotFoundError(f"sandbox {sandbox_id} does not exist")
+        ports = [{"port": n, "public": t.public} for n, t in self.targets.items()]
+        return FakeRecord(ports, ACCESS)
 
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
+        self.resolved.append(sandbox_id)
         if sandbox_id == DEAD:
             raise SandboxTerminatedError(f"sandbox {DEAD} is terminated (reason: timeout)")
         if sandbox_id != SB:
@@ -376,15 +396,16 @@ async def test_missing_and_wrong_tokens(env: Env) -> None:
 
 
 async def test_unknown_sandbox_port_and_ended_sandbox(env: Env) -> None:
-    response = await env.http.get(f"/proxy/sb-ffffffffffffffff/{HTTP_PORT}/")
-    assert response.status_code == 404
-    assert error_of(response) == {
-        "code": "not_found", "message": "sandbox sb-ffffffffffffffff does not exist",
-    }  # fmt: skip
-    response = await env.http.get(at(1234, "/"))
+    # With the token, the caller hears what is wrong; without it, only that the token is
+    # (tests/integration/test_proxy_auth.py has the answers without it).
+    token = {"X-Stockade-Access-Token": ACCESS}
+    response = await env.http.get(f"/proxy/sb-ffffffffffffffff/{HTTP_PORT}/", headers=token)
+    assert response.status_code == 403  # no such sandbox: no token of it matches
+    assert error_of(response)["code"] == "forbidden"
+    response = await env.http.get(at(1234, "/"), headers=token)
     assert response.status_code == 404
     assert "not exposed" in error_of(response)["message"]
-    response = await env.http.get("/", headers={"Host": f"80-{DEAD}.localhost"})
+    response = await env.http.get("/", headers={"Host": f"80-{DEAD}.localhost", **token})
     assert response.status_code == 409
     assert error_of(response)["code"] == "sandbox_terminated"
 
@@ -397,6 +418,9 @@ async def test_not_started_is_503(env: Env) -> None:
 
 
 class BrokenTargets:
+    async def get(self, sandbox_id: str) -> FakeRecord:
+        raise RuntimeError("database is locked")
+
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
         raise RuntimeError("database is locked")
 

@@ -11,13 +11,23 @@ server:
   the FastAPI app so that none of the API's rules (the admin token, JSON bodies, the body
   size limit) apply to a sandbox's own traffic. A private port asks for the sandbox's access
   token instead (header ``X-Stockade-Access-Token`` or query ``stockade_token``), which is
-  removed before the request goes on.
+  removed before the request goes on, as is an ``Authorization`` header that carries the
+  server's own admin token.
+
+  The token is checked before anything else happens to the sandbox: only once it matches
+  (or the port is public) is the port resolved, which may resume a paused ``auto_resume``
+  sandbox, wake a dozing one and count as activity for ``idle_timeout``. Until then every
+  refusal reads the same, whether the sandbox exists, runs, is paused, or exposes the port,
+  so that a caller without the token learns nothing about it.
 - :data:`router` serves ``/v1/sandboxes/{id}/ports/{port}/connect``: a WebSocket carrying one
   raw TCP connection, for ``stockade port-forward`` and anything else that is not HTTP
   (databases, SSH). It is an API route, guarded by the admin token.
 
 Where a port lives is asked of a :class:`PortTargets` (the sandbox service), the one seam
 between this module and the sandboxes; tests point it at servers on 127.0.0.1.
+
+Connections to sandboxes, HTTP and WebSocket together, are capped (``_MAX_CONNECTIONS``,
+or ``STOCKADE_PROXY_MAX_CONNECTIONS``); past the cap a request waits a while, then gets 503.
 
 Bodies stream in both directions with bounded memory: a request body is sent upstream as
 it is received, a response is passed down chunk by chunk (so server-sent events arrive as
@@ -37,9 +47,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import re
 import secrets
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, unquote_plus
@@ -62,6 +73,7 @@ __all__ = [
     "WS_MAX_SIZE",
     "PortTarget",
     "PortTargets",
+    "SandboxAccess",
     "SandboxProxy",
     "TargetsGetter",
     "router",
@@ -79,9 +91,12 @@ CONNECT_TIMEOUT = 5.0
 # whole in memory, so it has to be bounded.
 WS_MAX_SIZE = 16 * 1024 * 1024
 _READ_SIZE = 64 * 1024
-# Connections to all sandboxes together. Streams (SSE, long downloads) each hold one for
-# their whole life, so this is generous; past it a request waits _POOL_TIMEOUT, then 503.
+# Connections to all sandboxes together, HTTP and WebSocket alike. Streams (SSE, long
+# downloads, WebSockets) each hold one for their whole life, so this is generous; past it a
+# request waits _POOL_TIMEOUT, then 503. Each one costs the server two file descriptors
+# (client and sandbox side): an operator with a higher open-files limit may raise it.
 _MAX_CONNECTIONS = 1024
+_MAX_CONNECTIONS_ENV = "STOCKADE_PROXY_MAX_CONNECTIONS"
 _POOL_TIMEOUT = 10.0
 
 _PROXY_PREFIX = b"/proxy/"
@@ -95,6 +110,13 @@ _HOP_BY_HOP = frozenset({
     b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })  # fmt: skip
 _TOKEN_HEADER = ACCESS_TOKEN_HEADER.lower().encode()
+# Compared against when there is no real token to compare with (no such sandbox), so that
+# every refusal takes the same path.
+_NO_TOKEN = secrets.token_bytes(32)
+_HOW = (
+    f"send the sandbox's access token in the {ACCESS_TOKEN_HEADER} header or the "
+    f"{ACCESS_TOKEN_QUERY} query parameter (?{ACCESS_TOKEN_QUERY}=<token>)"
+)
 # Set by this proxy; a client's own values would let it claim another origin.
 _FORWARDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"}
@@ -124,15 +146,39 @@ class PortTarget:
     access_token: str
 
 
+class SandboxAccess(Protocol):
+    """What the proxy reads of a sandbox's record to decide who may reach its ports."""
+
+    @property
+    def ports(self) -> Sequence[Mapping[str, Any]]:
+        """The exposed ports: ``[{"port": 8080, "public": False}]``."""
+        ...
+
+    @property
+    def access_token(self) -> str | None:
+        """The token that opens the sandbox's non-public ports."""
+        ...
+
+
 class PortTargets(Protocol):
     """Finds the address of a sandbox's exposed port (implemented by the sandbox service)."""
 
-    async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
-        """The target of ``port`` in ``sandbox_id``.
+    async def get(self, sandbox_id: str) -> SandboxAccess:
+        """The sandbox's record as it is, for the access check.
 
-        Raises :class:`~stockade.errors.NotFoundError` for an unknown sandbox or a port that
-        was not exposed, and :class:`~stockade.errors.SandboxTerminatedError` for a sandbox
-        that is no longer running. Called once per request: keep it cheap.
+        Must have no side effects on the sandbox: it runs for callers who have not shown a
+        token yet, so it never resumes, wakes or counts as activity. Raises
+        :class:`~stockade.errors.NotFoundError` for an unknown sandbox.
+        """
+        ...
+
+    async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
+        """The target of ``port`` in ``sandbox_id``, the sandbox made ready for traffic.
+
+        Called only once the caller may reach the port. Raises
+        :class:`~stockade.errors.NotFoundError` for an unknown sandbox or a port that was not
+        exposed, and :class:`~stockade.errors.SandboxTerminatedError` for a sandbox that is
+        no longer running. Called once per request: keep it cheap.
         """
         ...
 
@@ -212,21 +258,51 @@ def _split_query(query: bytes) -> tuple[bytes, str | None]:
     return b"&".join(kept), token
 
 
-def _check_access(scope: Scope, target: PortTarget, route: _Route, query_token: str | None) -> None:
-    if target.public:
-        return
+def _given_token(scope: Scope, query_token: str | None) -> bytes:
+    """The access token the client sent (the header wins over the query); empty: none."""
     header = _header(scope, _TOKEN_HEADER)
-    given = header.decode("latin-1").strip() if header is not None else query_token
-    where = f"port {route.port} of sandbox {route.sandbox_id}"
-    how = (
-        f"send the sandbox's access token in the {ACCESS_TOKEN_HEADER} header or the "
-        f"{ACCESS_TOKEN_QUERY} query parameter (?{ACCESS_TOKEN_QUERY}=<token>)"
-    )
+    if header is not None:
+        return header.strip()
+    return query_token.encode() if query_token else b""
+
+
+def _check_token(given: bytes, expected: str | None) -> None:
+    """Refuse unless ``given`` is ``expected``, with answers that do not depend on why.
+
+    ``expected`` is None when there is no such sandbox: the caller hears the same as for a
+    wrong token, and the messages name neither the sandbox nor the port (both came from
+    the caller anyway), so no answer tells which sandboxes exist or which ports they expose.
+    """
     if not given:
-        raise AuthenticationError(f"{where} is private: {how}, or expose the port with public=True")
+        raise AuthenticationError(
+            f"this sandbox port is private: {_HOW}; a port exposed with public=True needs none"
+        )
     # Bytes: compare_digest refuses str with non-ASCII characters, which a client controls.
-    if not hmac.compare_digest(given.encode(), target.access_token.encode()):
-        raise StockadeError(f"wrong access token for {where}: {how}", code="forbidden", status=403)
+    matches = hmac.compare_digest(given, expected.encode() if expected else _NO_TOKEN)
+    if not (matches and expected):
+        raise StockadeError(
+            f"wrong access token for this sandbox port: {_HOW}",
+            code="forbidden",
+            status=403,
+        )
+
+
+async def _authorize(targets: PortTargets, route: _Route, given: bytes) -> None:
+    """Refuse a request that may not reach ``route``, from the record alone.
+
+    Nothing here touches the sandbox (see :meth:`PortTargets.get`): a paused sandbox stays
+    paused, a dozing one dozes on and the idle clock keeps running for a caller without the
+    token. A public port needs no token.
+    """
+    try:
+        record: SandboxAccess | None = await targets.get(route.sandbox_id)
+    except NotFoundError:
+        record = None
+    if record is not None and any(
+        p.get("port") == route.port and p.get("public") for p in record.ports
+    ):
+        return
+    _check_token(given, record.access_token if record is not None else None)
 
 
 def _not_listening(route: _Route) -> StockadeError:
@@ -292,6 +368,36 @@ def _internal() -> StockadeError:
     )
 
 
+def _refusal(exc: Exception) -> StockadeError:
+    """How to answer ``exc``; call :func:`_refuse` with it inside the ``except`` block, so
+    that an internal error is logged with its traceback."""
+    return exc if isinstance(exc, StockadeError) else _internal()
+
+
+def _too_many() -> StockadeError:
+    return StockadeError(
+        "too many connections to sandboxes are open on this server; try again",
+        code="unavailable",
+        status=503,
+    )
+
+
+def _max_connections() -> int:
+    """The connection cap: ``STOCKADE_PROXY_MAX_CONNECTIONS`` if set, else the default."""
+    raw = os.environ.get(_MAX_CONNECTIONS_ENV, "").strip()
+    if not raw:
+        return _MAX_CONNECTIONS
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    # Read when the app builds its middleware, where an exception would turn every
+    # request into a 500: say so in the log and go on with the default.
+    log.warning(
+        "%s=%r is not a positive whole number; using %d", _MAX_CONNECTIONS_ENV, raw,
+        _MAX_CONNECTIONS,
+    )  # fmt: skip
+    return _MAX_CONNECTIONS
+
+
 def _end_to_end(
     headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
@@ -311,9 +417,20 @@ def _end_to_end(
 def _upstream_headers(
     scope: Scope, target: PortTarget, route: _Route, drop: frozenset[bytes] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
-    """The client's end-to-end headers, as the sandbox's server should see them."""
+    """The client's end-to-end headers, as the sandbox's server should see them.
+
+    The access token (header; the query's is removed by :func:`_split_query`) and an
+    ``Authorization`` that carries the server's admin token are the proxy's business: the
+    app in the sandbox, which runs untrusted code, must never see either. Any other
+    ``Authorization`` is the app's own and goes on.
+    """
     raw = scope.get("headers", [])
     headers = _end_to_end(raw, drop | _FORWARDED | {b"host", b"expect", _TOKEN_HEADER})
+    if any(k == b"authorization" for k, _ in headers):
+        admin = _admin_token(scope)
+        headers = [
+            (k, v) for k, v in headers if k != b"authorization" or not _is_admin_bearer(v, admin)
+        ]
     if b"host" not in drop:  # the websockets client writes its own
         headers.append((b"host", f"{target.host}:{target.port}".encode()))
     # Behind a trusted proxy uvicorn already rewrote client and scheme from its headers.
@@ -331,6 +448,29 @@ def _upstream_headers(
     if route.prefix:
         headers.append((b"x-forwarded-prefix", route.prefix.encode("latin-1")))
     return headers
+
+
+def _admin_token(scope: Scope) -> bytes | None:
+    """The server's admin token, from the app the request came in through (Starlette puts
+    itself in ``scope["app"]``); None when it is not known."""
+    # Imported here: api.deps pulls in the services, which use this module's PortTarget.
+    from ..api.deps import server_token
+
+    return server_token(scope.get("app"))
+
+
+def _is_admin_bearer(value: bytes, admin: bytes | None) -> bool:
+    """Whether the ``Authorization`` value ``value`` is ``Bearer <admin>``.
+
+    With the admin token unknown every bearer token counts as one: dropping an app's own
+    header now and then is better than handing the admin token to a sandbox.
+    """
+    from ..api.deps import bearer_credentials
+
+    given = bearer_credentials(value)
+    if given is None:
+        return False
+    return admin is None or hmac.compare_digest(given, admin)
 
 
 async def _first_of(*jobs: Coroutine[Any, Any, None]) -> None:
@@ -359,15 +499,23 @@ class SandboxProxy:
     Example::
 
         app = FastAPI()
-        app.state.port_targets = service  # anything with `async resolve(id, port)`
+        app.state.port_targets = service  # a PortTargets: `get(id)` and `resolve(id, port)`
         app.add_middleware(SandboxProxy, targets_getter=lambda: app.state.port_targets)
         # GET http://127.0.0.1:7423/proxy/sb-0123456789abcdef/8080/?stockade_token=...
     """
 
-    def __init__(self, app: ASGIApp, targets_getter: TargetsGetter) -> None:
+    def __init__(
+        self, app: ASGIApp, targets_getter: TargetsGetter, max_connections: int | None = None
+    ) -> None:
         self.app = app
         self.targets_getter = targets_getter
         self._http: httpx.AsyncClient | None = None
+        self.max_connections = max_connections or _max_connections()
+        # One slot per connection to a sandbox, taken for a request's (or a WebSocket's)
+        # whole life: httpx's own pool limit sees only HTTP, and a WebSocket left out of
+        # the count would let a client hold any number of connections (and file
+        # descriptors) open.
+        self._slots = asyncio.Semaphore(self.max_connections)
 
     async def aclose(self) -> None:
         """Close the pooled upstream connections; a later request opens new ones."""
@@ -382,7 +530,9 @@ class SandboxProxy:
                 trust_env=False,
                 # No read or write timeout: a stream may rightly stay silent for hours.
                 timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT, pool=_POOL_TIMEOUT),
-                limits=httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=64),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections, max_keepalive_connections=64
+                ),
                 follow_redirects=False,
             )
             # httpx adds its own Accept, Accept-Encoding, Connection and User-Agent to
@@ -411,22 +561,42 @@ class SandboxProxy:
             await self._redirect(scope, receive, send, route)
             return
         query, query_token = _split_query(scope.get("query_string", b""))
+        given = _given_token(scope, query_token)
         try:
             targets = self.targets_getter()
             if targets is None:
                 raise _unavailable()
-            target = await targets.resolve(route.sandbox_id, route.port)
-            _check_access(scope, target, route, query_token)
-        except StockadeError as err:
-            await _refuse(scope, receive, send, err)
+            # The token first, from the record alone: resolve() makes the sandbox ready
+            # (resumes, wakes, counts activity), which only a caller with the token may do.
+            await _authorize(targets, route, given)
+            # Then a slot, so that a full server does not resume a sandbox it cannot serve.
+            await self._take_slot()
+        except Exception as exc:
+            await _refuse(scope, receive, send, _refusal(exc))
             return
-        except Exception:
-            await _refuse(scope, receive, send, _internal())
-            return
-        if scope["type"] == "http":
-            await self._http_request(scope, receive, send, route, target, query)
-        else:
-            await _proxy_websocket(scope, receive, send, route, target, query)
+        try:
+            try:
+                target = await targets.resolve(route.sandbox_id, route.port)
+                if not target.public:
+                    # Again, on the record as it is now: the port may have turned private.
+                    _check_token(given, target.access_token)
+            except Exception as exc:
+                await _refuse(scope, receive, send, _refusal(exc))
+                return
+            if scope["type"] == "http":
+                await self._http_request(scope, receive, send, route, target, query)
+            else:
+                await _proxy_websocket(scope, receive, send, route, target, query)
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self) -> None:
+        """Take a connection slot, waiting up to ``_POOL_TIMEOUT`` for one to come free."""
+        try:
+            async with asyncio.timeout(_POOL_TIMEOUT):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _too_many() from None
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -479,12 +649,7 @@ class SandboxProxy:
                 await _refuse(scope, receive, send, _not_listening(route))
                 return
             except httpx.PoolTimeout:
-                err = StockadeError(
-                    "too many connections to sandboxes are open on this server; try again",
-                    code="unavailable",
-                    status=503,
-                )
-                await _refuse(scope, receive, send, err)
+                await _refuse(scope, receive, send, _too_many())
                 return
             except httpx.HTTPError as exc:
                 await _refuse(scope, receive, send, _bad_gateway(route, exc))
