@@ -4,9 +4,10 @@ Starts its own server (temporary data directory, the machine's image cache), the
 figure prints the median and p95 over ``--runs`` repetitions and the ratio Stockade/raw.
 ``--only code`` measures the code-interpreter figures alone (bench/code.py), ``--only
 snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py),
-``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py).
+``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py),
+``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots|load]
+    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from stockade import Sandbox
 
 from .baseline import RawRunsc
+from .bounds import bounds_rows
 from .code import code_legend, code_rows
 from .images import image_rows
 from .load import Rate, cold_start_breakdown, load_rates, rate_lines
@@ -143,7 +145,7 @@ def main() -> None:
     ap.add_argument("--image", default="debian")
     ap.add_argument(
         "--only",
-        choices=["code", "snapshots", "load"],
+        choices=["code", "snapshots", "load", "bounds"],
         help="measure this group of figures alone",
     )
     args = ap.parse_args()
@@ -170,6 +172,8 @@ def main() -> None:
             rows += snapshot_rows(server, snap_raw, "python", runs)
         if args.only in (None, "code"):
             rows += code_rows(work, server.runsc(), cache, runs, _time)
+        if args.only in (None, "bounds"):
+            rows += bounds_rows(work, args.image, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -179,6 +183,7 @@ def main() -> None:
         "code": "code interpreter",
         "snapshots": "snapshots, image 'python'",
         "load": f"load, image {args.image!r}",
+        "bounds": f"the cost of the bounds, image {args.image!r}",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")
@@ -207,6 +212,9 @@ def main() -> None:
         print("direct = the same request from the host straight to the sandbox's address.")
         print("last changed = the same build with its last step changed (that step rebuilt);")
         print("base image = the same create from the 1 GB image's base, `debian`.")
+    if args.only in (None, "bounds"):
+        print("before = the same figure on the server of the last commit without bounds on")
+        print("what sandboxes feed it (bench/bounds.py), measured in turns with this one.")
     if breakdown or rates:
         print("\n".join(breakdown + rate_lines(rates)))
     if args.only in (None, "snapshots"):

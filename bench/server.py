@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -14,13 +15,18 @@ import httpx
 
 class Server:
     def __init__(
-        self, work: Path, *, extra_args: tuple[str, ...] = (), port_offset: int = 0
+        self,
+        work: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        port_offset: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.token = "sk_bench_" + secrets.token_hex(8)
         self.port = 7900 + os.getpid() % 90 + port_offset
         self.data = work / "data"
         self.log = open(work / "server.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "STOCKADE_TOKEN": self.token}
+        env = {**os.environ, **(env or {}), "STOCKADE_TOKEN": self.token}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "stockade"), "serve",
              "--port", str(self.port), "--data-dir", str(self.data), *extra_args],
