@@ -151,7 +151,8 @@ class SandboxInfo:
 
     ``status`` is ``starting``, ``running``, ``paused``, ``terminated`` or ``failed``;
     once it has ended, ``reason`` says why (``terminated``, ``timeout``, ``idle``, ``oom``,
-    ``error`` or ``exited``) and ``message`` gives the detail.
+    ``error``, ``exited`` or ``agent_protocol``: its agent broke the channel protocol, so
+    it was stopped) and ``message`` gives the detail.
 
     Example::
 

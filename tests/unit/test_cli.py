@@ -213,7 +213,7 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
                     "tunnel_domain": None, "code_output_limit": 65536,
-                    "retention": None, "doze_after": 2.5}  # fmt: skip
+                    "retention": None, "doze_after": 2.5, "max_log_bytes": None}  # fmt: skip
     seen.clear()
     args = ["serve", "--no-network", "--dns-upstream", "127.0.0.1:5353",
             "--tunnel-domain", "sbx.example.com"]  # fmt: skip

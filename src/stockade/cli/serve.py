@@ -79,6 +79,14 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     "50 ms late, which makes an idle sandbox cost far less CPU; 0 never dozes "
     "[env: STOCKADE_DOZE_AFTER; default: 10].",
 )
+@click.option(
+    "--max-log-bytes",
+    type=click.IntRange(min=65536),
+    default=None,
+    metavar="BYTES",
+    help="The most of each sandbox's output (its logs) kept on disk; past it the older "
+    "half is dropped [env: STOCKADE_MAX_LOG_BYTES; default: 10 MiB].",
+)
 def serve(
     host: str,
     port: int,
@@ -91,6 +99,7 @@ def serve(
     code_output_limit: int | None,
     retention: float | None,
     doze_after: float | None,
+    max_log_bytes: int | None,
 ) -> None:
     """Run the Stockade server in the foreground (as root).
 
@@ -118,4 +127,5 @@ def serve(
         code_output_limit=code_output_limit,
         retention=retention,
         doze_after=doze_after,
+        max_log_bytes=max_log_bytes,
     )

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runtime.output_log import DEFAULT_MAX_LOG_BYTES, MIN_MAX_LOG_BYTES
 from .runtime.runsc import MIN_RUNSC_VERSION, runsc_version
 
 __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "ServerConfig", "find_runsc"]
@@ -73,6 +74,9 @@ class ServerConfig:
     retention: float = DEFAULT_RETENTION
     # Seconds without API use after which a sandbox dozes (service/doze.py; 0: never).
     doze_after: float = DEFAULT_DOZE_AFTER
+    # Bytes of each sandbox's output (output.log) kept on disk; past it the older half
+    # goes (runtime/output_log.py).
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
 
     @classmethod
     def load(
@@ -89,6 +93,7 @@ class ServerConfig:
         code_output_limit: int | None = None,
         retention: float | None = None,
         doze_after: float | None = None,
+        max_log_bytes: int | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -135,6 +140,7 @@ class ServerConfig:
             doze_after, "--doze-after", "STOCKADE_DOZE_AFTER", DEFAULT_DOZE_AFTER,
             "0: sandboxes never doze",
         )  # fmt: skip
+        cfg.max_log_bytes = _max_log_bytes(max_log_bytes)
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg
@@ -189,6 +195,24 @@ def _seconds(flag: float | None, flag_name: str, env: str, default: float, zero:
             value = math.nan
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{source} is not a number of seconds >= 0 ({zero})")
+    return value
+
+
+def _max_log_bytes(flag: int | None) -> int:
+    """``--max-log-bytes``, else ``$STOCKADE_MAX_LOG_BYTES``, else the default."""
+    if flag is not None:
+        value, source = flag, f"--max-log-bytes {flag}"
+    else:
+        raw = os.environ.get("STOCKADE_MAX_LOG_BYTES", "").strip()
+        if not raw:
+            return DEFAULT_MAX_LOG_BYTES
+        source = f"STOCKADE_MAX_LOG_BYTES={raw!r}"
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{source} is not a number of bytes") from None
+    if value < MIN_MAX_LOG_BYTES:
+        raise ConfigError(f"{source}: the log cap must be at least {MIN_MAX_LOG_BYTES} bytes")
     return value
 
 

@@ -47,6 +47,7 @@ def run_server(
     code_output_limit: int | None = None,
     retention: float | None = None,
     doze_after: float | None = None,
+    max_log_bytes: int | None = None,
 ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. Sandboxes outlive it."""
     logging.basicConfig(
@@ -57,7 +58,7 @@ def run_server(
             data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,
             network=network, dns_upstreams=dns_upstreams, tunnel_domain=tunnel_domain,
             code_output_limit=code_output_limit, retention=retention,
-            doze_after=doze_after,
+            doze_after=doze_after, max_log_bytes=max_log_bytes,
         )  # fmt: skip
         parse_pool_specs(config.pools)
         for upstream in config.dns_upstreams:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -161,35 +159,7 @@ async def terminate_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def sandbox_logs(sandbox_id: str, svc: Svc, follow: bool = False) -> StreamingResponse:
-    await svc.sandboxes.get(sandbox_id)
-    path = svc.sandboxes.log_path(sandbox_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        offset = 0
-        while True:
-            data = await asyncio.to_thread(_read_from, path, offset)
-            if data:
-                offset += len(data)
-                yield data
-                continue
-            if not follow:
-                return
-            record = await svc.sandboxes.get(sandbox_id)
-            if not record.alive:
-                tail = await asyncio.to_thread(_read_from, path, offset)
-                if tail:
-                    yield tail
-                return
-            await asyncio.sleep(0.2)
-
-    return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
-
-
-def _read_from(path: object, offset: int, limit: int = 1 << 20) -> bytes:
-    try:
-        with open(path, "rb") as f:  # type: ignore[call-overload]
-            f.seek(offset)
-            data: bytes = f.read(limit)
-            return data
-    except FileNotFoundError:
-        return b""
+    await svc.sandboxes.get(sandbox_id)  # a 404 before the stream starts
+    # Chunks of the capped log files (the service never holds more than one at a time).
+    chunks = svc.sandboxes.logs(sandbox_id, follow=follow)
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")

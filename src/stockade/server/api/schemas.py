@@ -172,7 +172,9 @@ def _iso(t: float | None) -> str | None:
 class SandboxOut(BaseModel):
     id: str
     status: Literal["starting", "running", "paused", "terminated", "failed"]
-    reason: Literal["terminated", "timeout", "idle", "oom", "error", "exited"] | None
+    reason: (
+        Literal["terminated", "timeout", "idle", "oom", "error", "exited", "agent_protocol"] | None
+    )
     message: str | None
     exit_code: int | None
     image: str

@@ -9,6 +9,25 @@ Concurrency: use a link from the event loop only. Output never blocks the loop: 
 :class:`Channel` queues its frames, and the agent's per-channel window bounds how much
 can queue. Input is written as the FIFO accepts it; :meth:`Channel.send` waits while a
 large backlog is pending, which is what slows down a fast uploader.
+
+Bounds. Everything the agent sends is treated as hostile (code in the sandbox can take
+the agent's place), and nothing it sends can make the server hold more than a fixed
+amount per link:
+
+- at most :data:`_READ_BUDGET` bytes are read per readiness callback, so a flooding
+  sandbox gets its turn like every other one and cannot starve them;
+- a frame being decoded is at most ``MAX_PAYLOAD`` + header (FrameDecoder);
+- each channel queues at most :data:`_QUEUE_LIMIT` bytes, and exec and file-read output
+  never more than the window the server granted;
+- the write buffer to the agent is at most :data:`_BACKLOG_LIMIT` plus one frame for
+  senders that wait, and :data:`_WBUF_LIMIT` in all;
+- closed channels are remembered (to drop their late frames) only until the agent shows
+  it has moved past their CLOSE, and never more than :data:`_CLOSED_REMEMBERED` of them.
+
+An agent that breaks the protocol after the handshake (garbage or an oversized frame,
+output past its window, an unknown frame on channel 0, a frame for a channel that was
+never opened or long closed, a queue or write buffer past its bound) gets its link
+closed, and ``on_protocol_error`` tells the owner, which stops the sandbox.
 """
 
 from __future__ import annotations
@@ -19,11 +38,13 @@ import errno
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..agent.protocol import (
+    DEFAULT_WINDOW,
     SYNC_PREAMBLE,
     Frame,
     FrameDecoder,
@@ -39,8 +60,36 @@ __all__ = ["AgentLink", "AgentLost", "Channel"]
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
+# Most bytes read from one agent per readiness callback; the loop then serves the others.
+_READ_BUDGET = 256 * 1024
 _BACKLOG_LIMIT = 4 * 1024 * 1024
+# Input that cannot wait (grants, resizes, closes) on top of the backlog: past this the
+# agent has stopped reading its channel while still being sent to.
+_WBUF_LIMIT = _BACKLOG_LIMIT + 4 * 1024 * 1024
+# Bytes one channel may hold queued for its reader. An honest agent stays far below: exec
+# and file-read output are held to the window (256 KiB), other frames are answers read
+# as they come, and a listing's parts are taken as fast as they arrive.
+_QUEUE_LIMIT = 4 * 1024 * 1024
+# What each queued frame costs besides its payload (the Frame and bytes objects).
+_FRAME_COST = 128
+# After the server closes a channel, what the agent may still have sent on it before it
+# read the CLOSE: the unused window, plus these bytes of frames no window limits. A listing
+# keeps up to about 2 MiB queued in the agent and the FIFO at any time; its parts are the
+# only such frames of any size.
+_LATE_SLACK = 64 * 1024
+_LATE_SLACK_LIST = 8 * 1024 * 1024
+_CLOSED_REMEMBERED = 16384
+# ERROR frames on channel 0 logged before the agent counts as misbehaving: an honest one
+# sends them only when the server sent garbage, which it never does.
+_CONTROL_ERRORS = 16
 _HANDSHAKE_TIMEOUT = 10.0
+_HANDSHAKE_KEEP = 8 * 1024 * 1024
+
+# Output frames counted against a channel's window, by the request that opened it.
+_WINDOWED: dict[int, frozenset[int]] = {
+    FrameType.EXEC: frozenset({FrameType.STDOUT, FrameType.STDERR}),
+    FrameType.FILE_READ: frozenset({FrameType.DATA}),
+}
 
 
 class AgentLost(Exception):
@@ -50,13 +99,22 @@ class AgentLost(Exception):
 class Channel:
     """One exec or file operation on a link. Frames arrive in order on :meth:`recv`."""
 
-    def __init__(self, link: AgentLink, number: int) -> None:
+    def __init__(self, link: AgentLink, number: int, serial: int) -> None:
         self.link = link
         self.number = number
+        self.serial = serial  # the link's count of channels opened before this one
+        # Unbounded as a queue, bounded by the link: _accept refuses past _QUEUE_LIMIT.
         self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._queued = 0  # bytes in _frames, with _FRAME_COST each
         self.finished = False  # the agent sent the channel's last frame
+        self.kind = 0  # the request that opened it (FrameType), once sent
+        # Output bytes the agent may still send (exec and file read), None: no window.
+        self.credit: int | None = None
+        self.agent_done = False  # the agent's last frame of this channel arrived
 
     def _deliver(self, frame: Frame | None) -> None:
+        if frame is not None:
+            self._queued += len(frame.payload) + _FRAME_COST
         self._frames.put_nowait(frame)
 
     async def recv(self) -> Frame:
@@ -65,15 +123,25 @@ class Channel:
         if frame is None:
             self._frames.put_nowait(None)  # keep reporting to later calls
             raise AgentLost(self.link.lost_reason)
+        self._queued -= len(frame.payload) + _FRAME_COST
         if frame.type in _LAST_FRAMES:
             self.finished = True
             self.link._forget(self.number)
         return frame
 
+    def _note_request(self, ftype: int) -> None:
+        # The first frame sent decides what the channel is, and so what its window covers.
+        if not self.kind:
+            self.kind = ftype
+            if ftype in _WINDOWED:
+                self.credit = DEFAULT_WINDOW
+
     async def send(self, ftype: int, payload: bytes = b"") -> None:
+        self._note_request(ftype)
         await self.link._send(encode(ftype, self.number, payload))
 
     async def send_json(self, ftype: int, obj: Any) -> None:
+        self._note_request(ftype)
         await self.link._send(encode_json(ftype, self.number, obj))
 
     def post_json(self, ftype: int, obj: Any) -> None:
@@ -83,7 +151,9 @@ class Channel:
 
     def grant(self, nbytes: int) -> None:
         """Let the agent send ``nbytes`` more output on this channel."""
-        if not self.finished and nbytes > 0:
+        if not self.finished and not self.agent_done and nbytes > 0:
+            if self.credit is not None:
+                self.credit += nbytes
             self.link._send_nowait(encode_window(self.number, nbytes))
 
     def close(self, last: Frame | None = None) -> None:
@@ -95,13 +165,24 @@ class Channel:
         if not self.finished:
             self.finished = True
             self.link._forget(self.number)
-            if not self.link.dead:
+            if not self.link.dead and not self.agent_done:
+                self.link._closing(self)
                 self.link._send_nowait(encode(FrameType.CLOSE, self.number))
             if last is not None:
                 self._deliver(last)
 
 
 _LAST_FRAMES = frozenset({FrameType.EXIT, FrameType.ERROR, FrameType.END, FrameType.RESULT})
+
+
+class _Late:
+    """A channel the server closed while the agent may still be sending on it."""
+
+    __slots__ = ("allowance", "opened_after")
+
+    def __init__(self, allowance: int, opened_after: int) -> None:
+        self.allowance = allowance  # bytes of late frames still tolerated
+        self.opened_after = opened_after  # channels with this serial or above came later
 
 
 class AgentLink:
@@ -114,6 +195,7 @@ class AgentLink:
         out_fifo: Path,
         *,
         on_entrypoint_exit: Callable[[int], None] | None = None,
+        on_protocol_error: Callable[[str], None] | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self._in_path = in_fifo
@@ -125,11 +207,18 @@ class AgentLink:
         self._drained.set()
         self._decoder = FrameDecoder()
         self._channels: dict[int, Channel] = {}
+        self._closed: OrderedDict[int, _Late] = OrderedDict()
         self._next = 1
+        self._opened = 0
+        self._control_errors = 0
         self._on_entrypoint_exit = on_entrypoint_exit
+        self._on_protocol_error = on_protocol_error
+        self._connected = False
         self.dead = False
         self.closed = asyncio.Event()
         self.lost_reason = f"the agent of sandbox {sandbox_id} is not connected"
+        # Why the agent's link was cut for breaking the protocol; None if it never was.
+        self.violation: str | None = None
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifetime
@@ -155,6 +244,8 @@ class AgentLink:
 
         def on_handshake_readable() -> None:
             nonlocal ack_end
+            if got.is_set():
+                return
             data = self._read_available()
             if data is None:
                 got.set()
@@ -165,7 +256,7 @@ class AgentLink:
                 self.info = ack.info
                 ack_end = ack.end
                 got.set()
-            elif len(pending) > 8 * 1024 * 1024:
+            elif len(pending) > _HANDSHAKE_KEEP:
                 # Stale output of an earlier session: keep only a tail that may hold
                 # the beginning of our answer.
                 del pending[: len(pending) - 1024]
@@ -184,7 +275,12 @@ class AgentLink:
         if ack_end < 0:
             self.close(f"the agent channel of sandbox {self.sandbox_id} closed")
             raise AgentLost(self.lost_reason)
-        self._dispatch(self._decoder.feed(bytes(pending[ack_end:])))
+        # From here on the agent must speak the protocol: everything before our
+        # HELLO_ACK was an earlier session's and is allowed to be anything.
+        self._connected = True
+        self._feed(bytes(pending[ack_end:]))
+        if self.dead:  # what followed the answer already broke the protocol
+            raise AgentLost(self.lost_reason)
         loop.add_reader(self._out_fd, self._on_readable)
 
     def close(self, reason: str = "the agent link was closed") -> None:
@@ -208,7 +304,19 @@ class AgentLink:
         for ch in list(self._channels.values()):
             ch._deliver(None)
         self._channels.clear()
+        self._closed.clear()
+        self._wbuf.clear()
         self._drained.set()
+
+    def _violation(self, why: str) -> None:
+        """The agent broke the protocol: cut the link and tell the owner (once)."""
+        if self.dead:
+            return
+        self.violation = why
+        log.warning("agent of sandbox %s broke the protocol: %s", self.sandbox_id, why)
+        self.close(f"the agent of sandbox {self.sandbox_id} broke the protocol: {why}")
+        if self._on_protocol_error is not None:
+            self._on_protocol_error(why)
 
     # ------------------------------------------------------------------ channels
 
@@ -217,12 +325,21 @@ class AgentLink:
             raise AgentLost(self.lost_reason)
         number = self._next
         self._next = self._next + 1 if self._next < 0xFFFFFFFF else 1
-        ch = Channel(self, number)
+        ch = Channel(self, number, self._opened)
+        self._opened += 1
         self._channels[number] = ch
         return ch
 
     def _forget(self, number: int) -> None:
         self._channels.pop(number, None)
+
+    def _closing(self, ch: Channel) -> None:
+        """``ch`` is being closed by the server: tolerate what the agent sent meanwhile."""
+        slack = _LATE_SLACK_LIST if ch.kind == FrameType.FILE_LIST else _LATE_SLACK
+        self._closed.pop(ch.number, None)
+        self._closed[ch.number] = _Late(max(ch.credit or 0, 0) + slack, self._opened)
+        while len(self._closed) > _CLOSED_REMEMBERED:
+            self._closed.popitem(last=False)
 
     @property
     def open_channels(self) -> int:
@@ -231,11 +348,16 @@ class AgentLink:
     # ------------------------------------------------------------------ reading
 
     def _read_available(self) -> bytes | None:
-        """Whatever the FIFO holds now; None once every writer is gone (sandbox ended)."""
+        """What the FIFO holds now, up to _READ_BUDGET; None once every writer is gone.
+
+        Stops at the budget even if more is waiting: the loop calls again on its next
+        turn, after the other sandboxes' links had theirs.
+        """
         chunks: list[bytes] = []
-        while True:
+        got = 0
+        while got < _READ_BUDGET:
             try:
-                data = os.read(self._out_fd, _READ_CHUNK)
+                data = os.read(self._out_fd, min(_READ_CHUNK, _READ_BUDGET - got))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -247,6 +369,7 @@ class AgentLink:
                     break
                 return None
             chunks.append(data)
+            got += len(data)
             if len(data) < _READ_CHUNK:
                 break
         return b"".join(chunks)
@@ -257,40 +380,112 @@ class AgentLink:
             self.close(f"sandbox {self.sandbox_id} ended: its agent channel closed")
             return
         if data:
-            self._dispatch(self._decoder.feed(data))
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        runs = self._decoder.garbage_runs
+        frames = self._decoder.feed(data)
+        if self._connected and self._decoder.garbage_runs != runs:
+            # Bytes that are not a frame, or a header announcing more than MAX_PAYLOAD.
+            self._violation(
+                f"{self._decoder.garbage_bytes} bytes that are not a frame (or a frame "
+                "larger than the protocol allows)"
+            )
+            return
+        self._dispatch(frames)
 
     def _dispatch(self, frames: list[Frame]) -> None:
         for frame in frames:
+            if self.dead:
+                return
             if frame.channel == 0:
                 self._control(frame)
                 continue
             ch = self._channels.get(frame.channel)
-            if ch is not None:
-                ch._deliver(frame)
+            if ch is None:
+                self._late(frame)
+            else:
+                self._accept(ch, frame)
+
+    def _accept(self, ch: Channel, frame: Frame) -> None:
+        size = len(frame.payload)
+        if ch.credit is not None and frame.type in _WINDOWED.get(ch.kind, ()):
+            ch.credit -= size
+            if ch.credit < 0:
+                self._violation(
+                    f"{-ch.credit} bytes of output past the window of channel {ch.number}"
+                )
+                return
+        if ch._queued + size + _FRAME_COST > _QUEUE_LIMIT:
+            self._violation(
+                f"more than {_QUEUE_LIMIT} bytes queued on channel {ch.number} "
+                "(frames its reader does not take)"
+            )
+            return
+        if self._closed:
+            # A frame answering a request sent after a CLOSE shows that the agent has
+            # read that CLOSE: nothing more can come for the channel it closed.
+            while self._closed:
+                number, late = next(iter(self._closed.items()))
+                if late.opened_after > ch.serial:
+                    break
+                del self._closed[number]
+        if frame.type in _LAST_FRAMES:
+            # The agent forgets the channel now: anything more on it is a violation.
+            ch.agent_done = True
+            self._channels.pop(ch.number, None)
+        ch._deliver(frame)
+
+    def _late(self, frame: Frame) -> None:
+        late = self._closed.get(frame.channel)
+        if late is None:
+            self._violation(f"a frame (type {frame.type}) for channel {frame.channel}, "
+                            "which is not open")  # fmt: skip
+            return
+        late.allowance -= len(frame.payload) + _FRAME_COST
+        if late.allowance < 0:
+            self._violation(f"frames for channel {frame.channel} long after it was closed")
+            return
+        if frame.type in _LAST_FRAMES:
+            del self._closed[frame.channel]
 
     def _control(self, frame: Frame) -> None:
-        if frame.type == FrameType.ENTRYPOINT_EXIT and self._on_entrypoint_exit is not None:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                self._on_entrypoint_exit(int(frame.json()["exit_code"]))
+        if frame.type == FrameType.ENTRYPOINT_EXIT:
+            if self._on_entrypoint_exit is not None:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self._on_entrypoint_exit(int(frame.json()["exit_code"]))
         elif frame.type == FrameType.ERROR:
+            self._control_errors += 1
+            if self._control_errors > _CONTROL_ERRORS:
+                self._violation(f"more than {_CONTROL_ERRORS} errors on channel 0")
+                return
             log.warning("agent of %s reported: %r", self.sandbox_id, frame.payload[:200])
+        else:
+            # A second HELLO_ACK included: the server sent one HELLO.
+            self._violation(f"a frame of type {frame.type} on channel 0")
 
     # ------------------------------------------------------------------ writing
 
     def _send_nowait(self, data: bytes) -> None:
         if self.dead:
             return
+        if len(self._wbuf) + len(data) > _WBUF_LIMIT:
+            # Only an agent that stopped reading its input lets this pile up.
+            self._violation(f"it stopped reading: {len(self._wbuf)} bytes wait for it")
+            return
         self._wbuf += data
         self._flush()
 
     async def _send(self, data: bytes) -> None:
+        # Wait for room first: however many senders wait, the buffer holds at most the
+        # backlog limit and one frame of theirs.
+        while len(self._wbuf) >= _BACKLOG_LIMIT and not self.dead:
+            self._drained.clear()
+            await self._drained.wait()
         if self.dead:
             raise AgentLost(self.lost_reason)
         self._wbuf += data
         self._flush()
-        while len(self._wbuf) > _BACKLOG_LIMIT and not self.dead:
-            self._drained.clear()
-            await self._drained.wait()
         if self.dead:
             raise AgentLost(self.lost_reason)
 
@@ -309,7 +504,7 @@ class AgentLink:
             loop.add_writer(self._in_fd, self._on_writable)
         else:
             loop.remove_writer(self._in_fd)
-        if len(self._wbuf) <= _BACKLOG_LIMIT:
+        if len(self._wbuf) < _BACKLOG_LIMIT:
             self._drained.set()
 
     def _on_writable(self) -> None:

@@ -11,12 +11,13 @@ launcher that works around runsc's root-namespace check (network/stockade-netexe
 
 A detached sandbox inherits the descriptors of the ``runsc`` that started it, so
 ``run --detach`` is never given pipes of ours (they would never reach EOF): its stdio are
-the agent's FIFOs, opened read-write, and the log file.
+the agent's FIFOs, opened read-write, and the log (a FIFO the server copies from).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -84,23 +85,29 @@ class Runsc:
         *,
         stdin: int,
         stdout: int,
-        log: Path,
+        log: Path | int,
         launcher: Sequence[str] = (),
         checkpoint: Path | None = None,
     ) -> None:
         """Create and start a sandbox from ``bundle``.
 
-        ``stdin``/``stdout`` become the init's (the agent's FIFOs); ``log`` receives its
-        stderr and runsc's own complaints. A ``launcher`` (the netexec prefix) means the
-        spec names a network namespace and the sandbox gets gVisor's netstack in it.
-        With ``checkpoint`` (a directory written by :meth:`checkpoint`) the sandbox is
-        restored from it instead of booted: its processes carry on where they were, with
-        the new stdin/stdout in place of the old ones.
+        ``stdin``/``stdout`` become the init's (the agent's FIFOs); ``log`` (a file, or a
+        descriptor to use as is) receives its stderr and runsc's own complaints; with a
+        descriptor the caller reads them for the error message. A ``launcher`` (the
+        netexec prefix) means the spec names a network namespace and the sandbox gets
+        gVisor's netstack in it. With ``checkpoint`` (a directory written by
+        :meth:`checkpoint`) the sandbox is restored from it instead of booted: its
+        processes carry on where they were, with the new stdin/stdout in place of the old
+        ones.
         """
         verb = ["run"] if checkpoint is None else ["restore", f"--image-path={checkpoint}"]
         run = [*verb, "--detach", f"--bundle={bundle}", f"--pid-file={bundle / 'pid'}", sandbox_id]
         argv = [*launcher, *self._argv(*run, network="sandbox")] if launcher else self._argv(*run)
-        with open(log, "ab") as err:  # noqa: ASYNC230  (a local file, opened once)
+        with (
+            open(log, "ab")  # noqa: ASYNC230  (a local file, opened once)
+            if isinstance(log, Path)
+            else contextlib.nullcontext(log)
+        ) as err:
             p = await proc.spawn(
                 argv,
                 stdin=stdin,
@@ -114,7 +121,8 @@ class Runsc:
                 await proc.wait(p)
                 result = -9
         if result != 0:
-            raise RunscError(f"runsc {verb[0]} {sandbox_id} exited {result}: {_tail(log)}")
+            tail = f": {_tail(log)}" if isinstance(log, Path) else ""
+            raise RunscError(f"runsc {verb[0]} {sandbox_id} exited {result}{tail}")
 
     async def checkpoint(self, sandbox_id: str, image_path: Path) -> None:
         """Save the sandbox's memory and kernel state into ``image_path``; it keeps running
@@ -179,7 +187,9 @@ class Runsc:
 
 def _tail(path: Path, limit: int = 2000) -> str:
     try:
-        data = path.read_bytes()[-limit:]
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - limit))
+            data = f.read(limit)
     except OSError:
         return ""
     return data.decode(errors="replace").strip()

@@ -44,9 +44,10 @@ from ..network.policy import NetworkPolicy
 from ..runtime import bundle, cgroups, proc
 from ..runtime.agent_layer import AGENT_PATH, ensure_agent_layer
 from ..runtime.agent_link import AgentLink, AgentLost
+from ..runtime.output_log import OutputLog, read_log, read_tail
 from ..runtime.reaper import Reaper
 from ..runtime.rootfs import RootFS, makedirs_in_root
-from ..runtime.runsc import Runsc, SandboxState
+from ..runtime.runsc import Runsc, RunscError, SandboxState
 from ..state.records import SandboxRecord
 from ..state.store import Store
 from . import lifetimes
@@ -121,6 +122,8 @@ class SandboxService:
         self._links: dict[str, AgentLink] = {}
         # Entrypoint exit codes as the agent reported them over its channel.
         self._entry_codes: dict[str, int] = {}
+        # The copiers of the sandboxes' output into their capped output.log.
+        self._outputs: dict[str, OutputLog] = {}
         self._agent_layer: Path | None = None
         self._boot_slots = asyncio.Semaphore(2 * (os.cpu_count() or 1))
         self._boots = 0  # boots holding or waiting for a slot
@@ -171,6 +174,31 @@ class SandboxService:
 
     def log_path(self, sandbox_id: str) -> Path:
         return self.sandbox_dir(sandbox_id) / "output.log"
+
+    def _output(self, sandbox_id: str) -> OutputLog:
+        out = self._outputs.get(sandbox_id)
+        if out is None:
+            out = OutputLog(self.sandbox_dir(sandbox_id), self.config.max_log_bytes)
+            self._outputs[sandbox_id] = out
+        return out
+
+    def _log_tail(self, sandbox_id: str, limit: int = 1500) -> str:
+        """The end of the sandbox's output, with what its FIFO still holds copied first."""
+        out = self._outputs.get(sandbox_id)
+        if out is not None:
+            out.drain()
+        return _tail(self.sandbox_dir(sandbox_id), limit)
+
+    async def logs(self, sandbox_id: str, *, follow: bool) -> AsyncIterator[bytes]:
+        """The entrypoint's output (at most ``max_log_bytes``, its end), a chunk at a
+        time; with ``follow`` until the sandbox ends."""
+        await self.get(sandbox_id)
+
+        async def alive() -> bool:
+            return (await self.get(sandbox_id)).alive
+
+        async for chunk in read_log(self.sandbox_dir(sandbox_id), follow=follow, alive=alive):
+            yield chunk
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -517,10 +545,8 @@ class SandboxService:
         # The pid file saves a `runsc state` (a whole runsc process) per create.
         running = record.pid is not None and proc.pid_alive(record.pid)
         if not running and not record.entrypoint:
-            raise ServerError(
-                f"sandbox {record.id} stopped right after starting: "
-                f"{_tail(self.log_path(record.id))}"
-            )
+            tail = self._log_tail(record.id)
+            raise ServerError(f"sandbox {record.id} stopped right after starting: {tail}")
         return running
 
     def oom_kills(self, sandbox_id: str) -> int:
@@ -648,16 +674,21 @@ class SandboxService:
                 fifo.unlink()
             os.mkfifo(fifo, 0o600)
         fds = [os.open(f, os.O_RDWR | os.O_CLOEXEC) for f in fifos]
+        # Its stderr (the entrypoint's output) goes through a FIFO the server copies into
+        # output.log with a cap, never straight into a file that could fill the disk.
+        fds.append(self._output(sandbox_id).new_pipe())
         try:
             await self.runsc.run_detached(
                 sandbox_id,
                 directory,
                 stdin=fds[0],
                 stdout=fds[1],
-                log=self.log_path(sandbox_id),
+                log=fds[2],
                 launcher=launcher,
                 checkpoint=checkpoint,
             )
+        except RunscError as exc:
+            raise RunscError(f"{exc}: {self._log_tail(sandbox_id)}") from None
         finally:
             for fd in fds:
                 os.close(fd)
@@ -677,11 +708,33 @@ class SandboxService:
                 directory / "agent.in",
                 directory / "agent.out",
                 on_entrypoint_exit=functools.partial(self._entry_codes.__setitem__, sandbox_id),
+                on_protocol_error=functools.partial(self._agent_broke_protocol, sandbox_id),
             )
             self._links[sandbox_id] = new
             await new.connect(resync=sandbox_id not in self._fresh)
             self._fresh.discard(sandbox_id)
             return new
+
+    def _agent_broke_protocol(self, sandbox_id: str, why: str) -> None:
+        """The sandbox's agent (or what took its place) broke the channel protocol; its
+        link is cut already. Nothing it sends can be trusted from now on: stop it."""
+        self._spawn_task(self._fail_agent_protocol(sandbox_id, why))
+
+    async def _fail_agent_protocol(self, sandbox_id: str, why: str) -> None:
+        async with self._lock(sandbox_id):
+            record = await self.store.get_sandbox(sandbox_id)
+            if record is None or not record.alive:
+                return
+            self._unwatch(sandbox_id)
+            await self._cleanup(sandbox_id)
+            record.status, record.reason = "failed", "agent_protocol"
+            record.message = (
+                f"its agent broke the channel protocol ({why}), so the sandbox was stopped"
+            )
+            record.ended_at = time.time()
+            await self.store.put_sandbox(record)
+            log.warning("sandbox %s ended: agent_protocol: %s", sandbox_id, why)
+        self._ended(sandbox_id)
 
     def _drop_link(self, sandbox_id: str, reason: str) -> None:
         self._fresh.discard(sandbox_id)
@@ -920,17 +973,22 @@ class SandboxService:
                     os.kill(pid, 9)
             with contextlib.suppress(Exception):
                 await self.runsc.delete(sandbox_id)
+        output = self._outputs.pop(sandbox_id, None)
+        if output is not None:
+            output.close()  # what the sandbox wrote last is in the FIFO still
         await self._release_slot(sandbox_id)
         rootfs = RootFS(self.sandbox_dir(sandbox_id))
         try:
             if capture is not None:
                 await rootfs.capture_upper(capture)
         finally:
-            await rootfs.destroy_keeping(("output.log",))
+            await rootfs.destroy_keeping(("output.log", "output.log.1"))
 
     # ------------------------------------------------------- watching for the end
 
     def _watch(self, record: SandboxRecord) -> None:
+        # A sandbox found again by a restarted server: copy its output from its FIFO.
+        self._output(record.id).attach()
         if record.entrypoint:
             # Keep a link open: the agent reports the entrypoint's exit code over it,
             # whenever that happens. `runsc wait` below is the second witness.
@@ -1035,7 +1093,7 @@ class SandboxService:
                 record.status, record.reason, record.exit_code = "terminated", "exited", code
                 record.message = f"the entrypoint exited with code {code}"
                 if code in (126, 127):  # it could not even start: say why
-                    record.message += f": {_tail(self.log_path(sandbox_id), 300)}"
+                    record.message += f": {self._log_tail(sandbox_id, 300)}"
             else:
                 record.status, record.reason = "failed", "error"
                 record.message = "the sandbox's runsc process exited unexpectedly"
@@ -1348,6 +1406,9 @@ class SandboxService:
             fut.cancel()
         for sid in list(self._links):
             self._drop_link(sid, "the server is shutting down")
+        for output in self._outputs.values():
+            output.close()  # the next server reads on from the FIFO
+        self._outputs.clear()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -1385,8 +1446,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _tail(path: Path, limit: int = 1500) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
+def _tail(directory: Path, limit: int = 1500) -> str:
+    """The end of a sandbox's output as text; reads only those bytes."""
+    return read_tail(directory, limit).decode(errors="replace").strip()
