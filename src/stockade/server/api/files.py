@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
 from ..service.changes import sandbox_changes
 from .deps import Services, services
@@ -49,9 +51,22 @@ async def read_file(sandbox_id: str, path: PathQ, svc: Svc) -> StreamingResponse
     return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
-@router.get("/list", response_model=FileList, summary="List a directory")
-async def list_dir(sandbox_id: str, path: PathQ, svc: Svc) -> FileList:
-    return FileList(entries=[FileInfoOut.of(f) for f in await svc.files.list(sandbox_id, path)])
+class FileListing(FileList):
+    truncated: bool = Field(
+        False,
+        description="The listing is incomplete: the directory has more entries than one "
+        "listing returns (100 000, or 8 MiB of them); these are the first by name.",
+    )
+
+
+@router.get("/list", response_model=FileListing, summary="List a directory")
+async def list_dir(sandbox_id: str, path: PathQ, svc: Svc) -> Response:
+    listing = await svc.files.listing(sandbox_id, path)
+    entries = [FileInfoOut.of(f) for f in listing.entries]
+    body = FileListing(entries=entries, truncated=listing.truncated).model_dump()
+    # ASCII JSON: a name that is not UTF-8 travels as its \udc80-\udcff escapes (as on the
+    # agent's channel), which the default UTF-8 encoding of a response cannot carry.
+    return Response(json.dumps(body, ensure_ascii=True), media_type="application/json")
 
 
 @router.get("/stat", response_model=FileInfoOut, summary="Stat a path")

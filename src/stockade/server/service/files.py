@@ -3,11 +3,13 @@
 The agent does the work inside, so every path is resolved by the gVisor kernel: a symlink
 planted by sandboxed code can never point the server at a host file, and the server sees
 what the sandbox sees, tmpfs mounts included. Bytes stream both ways in frames; the
-server holds at most a window of a file at a time.
+server holds at most a window of a file at a time, and at most :data:`LIST_MAX_BYTES` of
+a listing (:meth:`FileService.listing` says when it stopped there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import posixpath
 from collections.abc import AsyncIterator
@@ -24,10 +26,17 @@ from ..agent.protocol import Frame, FrameType
 from ..runtime.agent_link import AgentLost, Channel
 from .execs import ExecService, lost, open_channel
 
-__all__ = ["FileInfo", "FileService", "check_path"]
+__all__ = ["LIST_MAX_BYTES", "LIST_MAX_ENTRIES", "FileInfo", "FileService", "Listing",
+           "check_path"]  # fmt: skip
 
 _MAX_PATH = 4096
 _CHUNK = 256 * 1024
+# A listing is cut (and says so) past either: the agent sends up to 100 000 entries of up to
+# a few KiB each (long names that are not UTF-8 come escaped, six bytes per byte), which
+# would be hundreds of MiB once parsed. The entries come sorted by name, so a cut listing
+# is the first ones in order.
+LIST_MAX_ENTRIES = 100_000
+LIST_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,12 @@ class FileInfo:
             mtime=float(d.get("mtime", 0.0)),
             target=d.get("target"),
         )
+
+
+@dataclass(frozen=True)
+class Listing:
+    entries: list[FileInfo]
+    truncated: bool  # the directory has more entries than the listing holds
 
 
 def check_path(path: str) -> str:
@@ -86,13 +101,19 @@ def _error(frame: Frame, sandbox_id: str, disk: int) -> StockadeError:
         return ConflictError(f"{text}; pass recursive=True to remove it with its contents")
     if code == errno.EEXIST:
         return ConflictError(text)
+    # The path is in use (a mount point such as /tmp or /proc, a running program): the
+    # caller picked it; the server did not fail.
+    if code in (errno.EBUSY, errno.ETXTBSY):
+        return ConflictError(text)
     if code == errno.ENOSPC:
         return ConflictError(
             f"{text}: the sandbox's disk (disk={disk} MiB) is full; "
             "free space or create the sandbox with a larger `disk=`"
         )
+    # ENXIO, ENODEV, EOPNOTSUPP: a device or special file that cannot do this operation.
     if code in (errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENAMETOOLONG,
-                errno.ELOOP, errno.EROFS, errno.E2BIG):  # fmt: skip
+                errno.ELOOP, errno.EROFS, errno.E2BIG, errno.ENXIO, errno.ENODEV,
+                errno.EOPNOTSUPP):  # fmt: skip
         return InvalidArgumentError(text)
     return StockadeError(text, code="internal", status=500)
 
@@ -106,25 +127,18 @@ class FileService:
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
     async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:
-        """One request, one answer. A long listing arrives as DATA parts before RESULT."""
+        """One request, one answer."""
         ch, disk = await self._open(sandbox_id)
-        parts: list[Any] = []
         try:
             await ch.send_json(ftype, request)
             frame = await ch.recv()
-            while frame.type == FrameType.DATA:
-                parts.extend(frame.json().get("entries", []))
-                frame = await ch.recv()
         except AgentLost as exc:
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
         finally:
             ch.close()
         if frame.type == FrameType.ERROR:
             raise _error(frame, sandbox_id, disk)
-        result = frame.json()
-        if parts and isinstance(result, dict):
-            result["entries"] = parts + list(result.get("entries", []))
-        return result
+        return _json_object(frame)
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
         return FileInfo.of(
@@ -132,8 +146,46 @@ class FileService:
         )
 
     async def list(self, sandbox_id: str, path: str) -> list[FileInfo]:
-        result = await self._call(sandbox_id, FrameType.FILE_LIST, {"path": check_path(path)})
-        return sorted((FileInfo.of(e) for e in result.get("entries", [])), key=lambda i: i.name)
+        return (await self.listing(sandbox_id, path)).entries
+
+    async def listing(self, sandbox_id: str, path: str) -> Listing:
+        """A directory's entries sorted by name: all of them, or the first ones up to
+        LIST_MAX_ENTRIES / LIST_MAX_BYTES (``truncated``).
+
+        A long listing arrives as DATA parts before its RESULT. Past the bounds the
+        channel is closed: the agent drops the rest, and the link drops what it had sent
+        of it already.
+        """
+        ch, disk = await self._open(sandbox_id)
+        entries: list[FileInfo] = []
+        received = 0
+        truncated = False
+        try:
+            await ch.send_json(FrameType.FILE_LIST, {"path": check_path(path)})
+            while True:
+                frame = await ch.recv()
+                if frame.type not in (FrameType.DATA, FrameType.RESULT):
+                    break
+                received += len(frame.payload)
+                part = _json_object(frame).get("entries")
+                for item in part if isinstance(part, list) else ():
+                    if len(entries) == LIST_MAX_ENTRIES:
+                        truncated = True
+                        break
+                    with contextlib.suppress(AttributeError, TypeError, ValueError):
+                        entries.append(FileInfo.of(item))
+                if frame.type == FrameType.RESULT:
+                    break
+                if truncated or received >= LIST_MAX_BYTES:
+                    truncated = True
+                    break
+        except AgentLost as exc:
+            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        finally:
+            ch.close()
+        if frame.type == FrameType.ERROR:
+            raise _error(frame, sandbox_id, disk)
+        return Listing(sorted(entries, key=lambda i: i.name), truncated)
 
     async def mkdir(self, sandbox_id: str, path: str, *, parents: bool) -> FileInfo:
         request = {"path": check_path(path), "parents": parents}
@@ -183,6 +235,15 @@ class FileService:
             ch.close()
             raise _error(first, sandbox_id, disk)
         return _stream(ch, first)
+
+
+def _json_object(frame: Frame) -> dict[str, Any]:
+    """A frame's JSON object; {} for anything else (the agent's answers are untrusted)."""
+    try:
+        value = frame.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _stream(ch: Channel, first: Frame) -> AsyncIterator[bytes]:
