@@ -301,6 +301,39 @@ def test_since_a_snapshot(fs: Layers) -> None:
     assert ("/etc/os-release", "modified") in fs.changes()
 
 
+def _sparse(path: Path, size: int, data: dict[int, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, chunk in data.items():
+            f.seek(offset)
+            f.write(chunk)
+
+
+def test_since_a_snapshot_sparse_terabytes_cost_seeks_not_reads(fs: Layers) -> None:
+    """Sandboxed code may leave 1 TiB sparse files: unchanged ones compare by their data
+    alone, a change past a hole is still found, and a hole equals written zeros."""
+    snap = fs.tmp / "snap"
+    tib = 1 << 40
+    for root in (snap, fs.upper):
+        _sparse(root / "big" / "same", tib, {0: b"head", tib - 4: b"tail"})
+        _sparse(root / "big" / "zeros", 4 << 20, {})
+    _sparse(snap / "big" / "later", tib, {1 << 39: b"one"})
+    _sparse(fs.upper / "big" / "later", tib, {1 << 39: b"two"})
+    (fs.upper / "big" / "zeros").write_bytes(bytes(4 << 20))  # the same bytes, not a hole
+    result = diff(fs.upper, fs.lowers, snap, STOCKADE_PATHS, read_budget=64 << 20)
+    assert [(c.path, c.kind) for c in result.changes] == [("/big/later", "modified")]
+
+
+def test_past_the_read_budget_equal_sized_files_count_as_modified(fs: Layers) -> None:
+    snap = fs.tmp / "snap"
+    for root in (snap, fs.upper):
+        build(root, {"/data/a": b"x" * (1 << 20), "/data/b": b"y" * (1 << 20)})
+    assert fs.changes(snap) == []  # within the default budget: read, and the same
+    result = diff(fs.upper, fs.lowers, snap, STOCKADE_PATHS, read_budget=(1 << 20) + (1 << 19))
+    assert [(c.path, c.kind) for c in result.changes] == [("/data/b", "modified")]
+
+
 def test_since_a_snapshot_with_opaque_directories(fs: Layers) -> None:
     snap = build(fs.tmp / "snap", {"/opt/app": OPAQUE, "/opt/app/x": "x"})
     assert fs.changes(snap) == [

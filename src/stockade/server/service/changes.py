@@ -52,6 +52,7 @@ import errno
 import os
 import re
 import stat
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,15 @@ STOCKADE_PATHS: Final = ("/.stockade", "/proc", "/sys", "/dev", "/etc/hosts", "/
 OPAQUE_XATTR: Final = "trusted.overlay.opaque"
 _METACOPY_XATTR: Final = "trusted.overlay.metacopy"
 _CHUNK: Final = 256 * 1024
+# Bytes of file content one diff may read to tell "same bytes" from "modified"; a file
+# whose comparison would pass it counts as modified. Sandboxed code picks the files (sparse
+# terabytes, say), so without a budget one changes() call could read for hours.
+READ_BUDGET: Final = 1 << 30
+# What one lseek(SEEK_DATA/SEEK_HOLE) is charged: a file of a million tiny extents costs
+# as much as reading them.
+_SEEK_COST: Final = 64 * 1024
+# Diffs at once: each holds a worker thread, which the store's calls need too.
+_CONCURRENT_DIFFS: Final = 2
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in for a file between lstat and open must not hang the walk.
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -137,6 +147,7 @@ def diff(
     *,
     quiet: Collection[str] = (),
     limit: int = MAX_CHANGES,
+    read_budget: int = READ_BUDGET,
 ) -> ChangeList:
     """The changes of ``overlay(upper, lowers)`` relative to ``overlay(base_upper, lowers)``
     (or to the bare ``lowers`` when ``base_upper`` is None). Blocking: run it in a thread.
@@ -144,6 +155,8 @@ def diff(
     ``lowers`` are top-first. ``ignore``: absolute paths left out, with everything below
     them. ``quiet``: directories whose own addition or change is not reported (directories
     that Stockade created, such as a sandbox's working directory); their entries are.
+    ``read_budget``: bytes of content read in all to compare files of equal size; past it
+    such files count as modified (holes are skipped, not read).
 
     Example::
 
@@ -158,8 +171,9 @@ def diff(
         base_fd = _open_root(base_upper, stack) if base_upper is not None else None
         lower_fds = [_open_root(p, stack) for p in lowers]
         walk = _Walk(
-            ignore={_parts(p) for p in ignore}, quiet={_parts(p) for p in quiet}, limit=limit
-        )
+            ignore={_parts(p) for p in ignore}, quiet={_parts(p) for p in quiet}, limit=limit,
+            budget=_Budget(read_budget),
+        )  # fmt: skip
         now = _Side(now_fd, lowers_visible=not is_opaque(now_fd))
         before = _Side(base_fd, lowers_visible=base_fd is None or not is_opaque(base_fd))
         try:
@@ -212,10 +226,11 @@ async def sandbox_changes(
                 f"({record.image})"
             )
     try:
-        result = await asyncio.to_thread(
-            diff, upper, lowers, base, ignored_paths(record), quiet=quiet_paths(record),
-            limit=limit,
-        )  # fmt: skip
+        async with _diff_slots():
+            result = await asyncio.to_thread(
+                diff, upper, lowers, base, ignored_paths(record), quiet=quiet_paths(record),
+                limit=limit,
+            )  # fmt: skip
     except FileNotFoundError as exc:
         await sandboxes.fs_layers(sandbox_id)  # raises if it ended, saying how
         raise ConflictError(
@@ -225,6 +240,20 @@ async def sandbox_changes(
     # A sandbox that ended during the walk may have been read half torn down.
     await sandboxes.fs_layers(sandbox_id)
     return result
+
+
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _diff_slots() -> asyncio.Semaphore:
+    """The running loop's limit on concurrent diffs (one per loop: tests run several)."""
+    loop = asyncio.get_running_loop()
+    slots = _SLOTS.get(loop)
+    if slots is None:
+        slots = _SLOTS[loop] = asyncio.Semaphore(_CONCURRENT_DIFFS)
+    return slots
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -262,8 +291,14 @@ class _Walk:
     """
 
     def __init__(
-        self, *, ignore: set[tuple[str, ...]], quiet: set[tuple[str, ...]], limit: int
+        self,
+        *,
+        ignore: set[tuple[str, ...]],
+        quiet: set[tuple[str, ...]],
+        limit: int,
+        budget: _Budget,
     ) -> None:
+        self.budget = budget
         self.ignore = ignore
         self.quiet = quiet
         self.limit = limit
@@ -312,7 +347,9 @@ class _Walk:
         if before_e is None:
             if not quiet:
                 self._report(rel, "added")
-        elif _differs(now_e, before_e, lowers, name) and not (quiet and before_e.is_dir):
+        elif not (quiet and before_e.is_dir) and _differs(
+            now_e, before_e, lowers, name, self.budget
+        ):
             self._report(rel, "modified")
         if now_e.is_dir:
             self._descend(rel, now_e, now, before_e, before, lowers)
@@ -421,7 +458,7 @@ def _child_lowers(lowers: Sequence[int], name: str, stack: contextlib.ExitStack)
     return found
 
 
-def _differs(a: _Entry, b: _Entry, lowers: Sequence[int], name: str) -> bool:
+def _differs(a: _Entry, b: _Entry, lowers: Sequence[int], name: str, budget: _Budget) -> bool:
     sa, sb = a.st, b.st
     if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
         return True
@@ -444,7 +481,7 @@ def _differs(a: _Entry, b: _Entry, lowers: Sequence[int], name: str) -> bool:
     ):  # fmt: skip
         return False  # the very same file, untouched since
     # Times are not trusted to mean "unchanged": sandboxed code can set them.
-    return not _same_content(_data_of(a, lowers, name), _data_of(b, lowers, name))
+    return not _same_content(_data_of(a, lowers, name), _data_of(b, lowers, name), budget)
 
 
 def _data_of(entry: _Entry, lowers: Sequence[int], name: str) -> _Entry:
@@ -464,7 +501,20 @@ def _data_of(entry: _Entry, lowers: Sequence[int], name: str) -> _Entry:
     return _lower_entry(lowers, name) or entry
 
 
-def _same_content(a: _Entry, b: _Entry) -> bool:
+class _Budget:
+    """Bytes of content a diff may still read (see READ_BUDGET)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def take(self, cost: int) -> bool:
+        self.left -= cost
+        return self.left >= 0
+
+
+def _same_content(a: _Entry, b: _Entry, budget: _Budget) -> bool:
     fa = _open_file(a)
     if fa is None:
         return False  # replaced under us: count it as changed
@@ -473,27 +523,50 @@ def _same_content(a: _Entry, b: _Entry) -> bool:
         if fb is None:
             return False
         try:
-            while True:
-                ca, cb = _read_chunk(fa), _read_chunk(fb)
-                if ca != cb:
-                    return False
-                if not ca:
-                    return True
+            return _same_bytes(fa, fb, a.st.st_size, budget)
         finally:
             os.close(fb)
     finally:
         os.close(fa)
 
 
-def _read_chunk(fd: int) -> bytes:
-    """Up to _CHUNK bytes, short only at the end of the file."""
-    data = os.read(fd, _CHUNK)
-    while data and len(data) < _CHUNK:
-        more = os.read(fd, _CHUNK - len(data))
-        if not more:
-            break
-        data += more
-    return data
+def _same_bytes(fa: int, fb: int, size: int, budget: _Budget) -> bool:
+    """Whether two files of ``size`` bytes hold the same bytes, reading only where either
+    has data: a hole reads as zeros, so ranges that are holes in both are skipped, and a
+    1 TiB sparse file costs a few seeks. False once the budget is spent."""
+    pos = 0
+    while pos < size:
+        if not budget.take(2 * _SEEK_COST):
+            return False
+        (data_a, end_a), (data_b, end_b) = _extent(fa, pos, size), _extent(fb, pos, size)
+        if not data_a and not data_b:
+            pos = min(end_a, end_b)  # zeros in both
+            continue
+        end = min(end_a, end_b, pos + _CHUNK)
+        if not budget.take(end - pos):
+            return False
+        ca = os.pread(fa, end - pos, pos) if data_a else bytes(end - pos)
+        cb = os.pread(fb, end - pos, pos) if data_b else bytes(end - pos)
+        if ca != cb or len(ca) != end - pos:
+            return False  # different, or shorter than stat said (changed under us)
+        pos = end
+    return True
+
+
+def _extent(fd: int, pos: int, size: int) -> tuple[bool, int]:
+    """Whether ``pos`` is in data (else in a hole), and where that run ends."""
+    try:
+        data = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False, size  # nothing but a hole up to the end
+        return True, size  # no SEEK_DATA here: all of it is data
+    if data > pos:
+        return False, min(data, size)
+    try:
+        return True, min(os.lseek(fd, pos, os.SEEK_HOLE), size)
+    except OSError:
+        return True, size
 
 
 def _open_file(entry: _Entry) -> int | None:
