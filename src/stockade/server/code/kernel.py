@@ -19,12 +19,14 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from ...errors import KernelUnavailableError, ServerError, StockadeError
 from ..service.execs import ExecService, ExecSession, ExitInfo, OutputChunk
 from .relay import UnixRelay
 
-__all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language"]
+__all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language", "image_python"]
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +175,67 @@ _INTERRUPT_GRACE = 10.0
 _NO_PYTHON = "python3 is not installed in the image"
 # After the execute_reply, how long iopub may stay silent before its end counts as lost.
 _IOPUB_AFTER_REPLY = 2.0
+# The interpreter when the image's PATH names none (its absence then reads as exit 127).
+DEFAULT_PYTHON = "/usr/bin/python3"
+# Bytes each queued iopub message counts for at least (its headers, the dicts around it).
+_MESSAGE_FLOOR = 1024
 _LOST = (
     "\n[stockade: output truncated: the kernel sent more output at once than the server "
     "accepts; the rest was dropped]\n"
 )
+
+
+def image_python(layers: Sequence[str], path: str) -> str:
+    """The absolute path of the image's ``python3``: the first directory of ``path`` (the
+    sandbox's PATH) that holds one in the image's layers (top first).
+
+    Looked up in the image as built, never in the running sandbox: a ``python3`` that code
+    in the sandbox wrote into a directory earlier on PATH (``/usr/local/bin`` comes before
+    ``/usr/bin``) must not become the interpreter of the server's own helpers. Relative
+    PATH entries (the working directory) are never used. Blocking (a few lstat calls).
+    """
+    for directory in path.split(":"):
+        if not directory.startswith("/"):
+            continue
+        inside = directory.strip("/")
+        for layer in layers:
+            parent = os.path.join(layer, inside)
+            root, real = os.path.realpath(layer), os.path.realpath(parent)
+            if real != root and not real.startswith(root + os.sep):
+                # A link out of the layer (an absolute one, resolved here on the host): no
+                # directory of this layer's.
+                continue
+            try:
+                st = os.lstat(os.path.join(parent, "python3"))
+            except OSError:
+                if os.path.lexists(os.path.join(parent, ".wh.python3")):
+                    break  # removed in this layer: lower layers' copy is gone
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                break  # an overlay whiteout: removed in this layer
+            return f"/{inside}/python3" if inside else "/python3"
+    return DEFAULT_PYTHON
+
+
+def message_size(msg: Mapping[str, Any]) -> int:
+    """Roughly the bytes a Jupyter message holds, for the bound on queued iopub messages."""
+    content = msg.get("content")
+    size = _MESSAGE_FLOOR
+    if isinstance(content, Mapping):
+        for key in ("text", "evalue", "code"):
+            value = content.get(key)
+            if isinstance(value, str):
+                size += len(value)
+        data = content.get("data")
+        if isinstance(data, Mapping):
+            size += payload_size(data)
+        traceback = content.get("traceback")
+        if isinstance(traceback, list):
+            size += sum(len(line) for line in traceback if isinstance(line, str))
+    for buffer in msg.get("buffers") or ():
+        with contextlib.suppress(TypeError):
+            size += len(buffer)
+    return size
 
 
 def strip_ansi(text: str) -> str:
@@ -203,9 +262,16 @@ class Kernel:
         zmq_context: zmq.asyncio.Context,
         runtime_root: Path,
         image: str,
+        python: str = DEFAULT_PYTHON,
+        queue_bytes: int = 16 * 1024 * 1024,
+        max_message: int | None = None,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.execs = execs
+        # Absolute: found in the image (image_python), never looked up in the sandbox's PATH.
+        self.python = python
+        # The most one message from the kernel may hold, all its parts together (relay.py).
+        self._max_message = max_message
         self._on_exit = on_exit
         self.sandbox_id = sandbox_id
         self.language = language
@@ -223,7 +289,13 @@ class Kernel:
         self.death = ""
         # The execute request whose iopub messages are wanted; the rest are dropped.
         self._current: str | None = None
-        self._iopub: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
+        # Its messages, with the bytes each holds: the reader waits while more than
+        # queue_bytes are queued (ZeroMQ then holds a few more, and the kernel the rest).
+        self._iopub: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
+        self._iopub_bytes = 0
+        self._iopub_limit = queue_bytes
+        self._iopub_room = asyncio.Event()
+        self._iopub_room.set()
         # Set when the shell socket brings the current request's execute_reply.
         self._replied = asyncio.Event()
         self._iopub_reader: asyncio.Task[None] | None = None
@@ -250,7 +322,7 @@ class Kernel:
         conn_path = f"/tmp/.stockade-kernel-{secrets.token_hex(8)}.json"
         self._handle = KernelHandle(self.language.name, self.cwd, 0, ports, key, conn_path)
         await self._connect(
-            ["python3", "-c", _LAUNCHER, self.language.module, conn_path, json.dumps(inside)],
+            [self.python, "-c", _LAUNCHER, self.language.module, conn_path, json.dumps(inside)],
             timeout,
         )
 
@@ -260,7 +332,7 @@ class Kernel:
         self._handle = handle
         self._pid_known.set()
         await self._connect(
-            ["python3", "-c", _REWATCH, str(handle.pid), handle.conn_path + ".log"], timeout
+            [self.python, "-c", _REWATCH, str(handle.pid), handle.conn_path + ".log"], timeout
         )
 
     @property
@@ -288,8 +360,9 @@ class Kernel:
         for number, channel in enumerate(_CHANNELS, start=1):
             if channel in ("shell", "iopub", "control"):
                 relay = UnixRelay(
-                    self.execs, self.sandbox_id, ports[channel], self._dir / f"k-{number}"
-                )
+                    self.execs, self.sandbox_id, ports[channel], self._dir / f"k-{number}",
+                    python=self.python, max_message=self._max_message,
+                )  # fmt: skip
                 await relay.start()
                 self._relays.append(relay)
         client = AsyncKernelClient(context=self._zmq)
@@ -387,18 +460,39 @@ class Kernel:
                 self._on_exit()
 
     def _note_pid(self, data: bytes) -> None:
+        if self._pid_known.is_set():
+            return  # the launcher's first line is all it has to say
         self._stdout += data
         line, sep, _ = self._stdout.partition(b"\n")
-        if sep and self._handle is not None and not self._pid_known.is_set():
+        if sep and self._handle is not None:
             with contextlib.suppress(ValueError):
                 self._handle = dataclasses.replace(self._handle, pid=int(line))
             self._pid_known.set()
+        elif len(self._stdout) > 64:
+            self._pid_known.set()  # no PID line: not the launcher talking; keep nothing
+        if self._pid_known.is_set():
+            self._stdout.clear()
 
     async def _read_iopub(self, client: AsyncKernelClient) -> None:
         while True:
             msg = await client.get_iopub_msg()
-            if self._current is not None and msg["parent_header"].get("msg_id") == self._current:
-                await self._iopub.put(msg)
+            wanted = msg["parent_header"].get("msg_id")
+            if self._current is None or wanted != self._current:
+                continue
+            size = message_size(msg)
+            # Room for it, unless nothing is queued: one message may be larger alone.
+            while self._iopub_bytes and self._iopub_bytes + size > self._iopub_limit:
+                self._iopub_room.clear()
+                await self._iopub_room.wait()
+            if wanted == self._current:  # the run it belongs to may have ended meanwhile
+                self._iopub_bytes += size
+                self._iopub.put_nowait((msg, size))
+
+    def _take(self, item: tuple[dict[str, Any], int]) -> dict[str, Any]:
+        msg, size = item
+        self._iopub_bytes -= size
+        self._iopub_room.set()
+        return msg
 
     async def _reconnect_iopub(self) -> None:
         """A new iopub connection: ZeroMQ never reconnects one it cut for a message above
@@ -438,7 +532,7 @@ class Kernel:
 
     async def _kill_tree(self, pid: int) -> None:
         session = await self.execs.start(
-            self.sandbox_id, ["python3", "-c", _KILL_TREE, str(pid)], activity=False
+            self.sandbox_id, [self.python, "-c", _KILL_TREE, str(pid)], activity=False
         )
         try:
             async for _ in session.events():
@@ -505,7 +599,7 @@ class Kernel:
             yield end
             return
         while not self._iopub.empty():
-            self._iopub.get_nowait()
+            self._take(self._iopub.get_nowait())
         msg_id: str = client.execute(
             code, silent=False, store_history=True, allow_stdin=False, stop_on_error=False
         )
@@ -585,7 +679,7 @@ class Kernel:
         deadline passed, or iopub stayed silent too long after the execute_reply."""
         while True:
             if not self._iopub.empty():
-                return self._iopub.get_nowait()
+                return self._take(self._iopub.get_nowait())
             if self.died.is_set():
                 return None
             waits: dict[asyncio.Task[Any], str] = {
@@ -606,8 +700,7 @@ class Kernel:
                     task.cancel()
             for task in done:
                 if waits[task] == "message" and not task.cancelled():
-                    msg: dict[str, Any] = task.result()
-                    return msg
+                    return self._take(task.result())
             if not done:
                 return None
             # The reply came (or the kernel died): wait again, with the shorter timeout.

@@ -34,17 +34,24 @@ from ..images.catalog import BASE_IMAGES
 from ..images.recipes import CODE_INTERPRETER
 from ..service.execs import ExecService
 from ..service.sandboxes import SandboxService, new_id
-from .kernel import LANGUAGES, Kernel, KernelHandle
+from ..state.records import SandboxRecord
+from .kernel import LANGUAGES, Kernel, KernelHandle, image_python
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "CodeContext", "CodeService"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_LIMIT = 16 * 1024 * 1024
-# ZeroMQ refuses (and drops the connection of) a single message above this many times
-# the output cap: one print of a gigabyte must not land in the server's memory, while one
-# a little over the cap still comes back truncated rather than lost.
-_MESSAGE_FACTOR = 4
+# ZeroMQ refuses (and drops the connection of) a single frame above the output cap plus
+# this, and the relay a whole message (all its frames) above the cap plus twice this: one
+# print of a gigabyte must not land in the server's memory, while one a little over the cap
+# still comes back truncated rather than lost.
+_MESSAGE_SLACK = 1024 * 1024
+# Whole messages ZeroMQ queues per socket before it stops reading (the kernel's side then
+# holds the rest, and drops past its own limit). With the bounds above and the kernel's
+# own queue (Kernel, at most the output cap), what one kernel can make the server hold is
+# about (this + 2) times the cap.
+_RECEIVE_QUEUE = 4
 _PORT_ATTEMPTS = 3
 
 
@@ -94,7 +101,8 @@ class CodeService:
         self.output_limit = output_limit
         self._zmq = zmq.asyncio.Context()
         # pyzmq applies these to every socket the context makes afterwards.
-        self._zmq.setsockopt(zmq.MAXMSGSIZE, output_limit * _MESSAGE_FACTOR + 65536)
+        self._zmq.setsockopt(zmq.MAXMSGSIZE, output_limit + _MESSAGE_SLACK)
+        self._zmq.setsockopt(zmq.RCVHWM, _RECEIVE_QUEUE)
         self._zmq.setsockopt(zmq.LINGER, 0)
         self._contexts: dict[str, dict[str, CodeContext]] = {}
         self._starting: dict[tuple[str, str], asyncio.Lock] = {}
@@ -106,6 +114,8 @@ class CodeService:
         self._attaching: dict[str, asyncio.Lock] = {}
         # Kernels let go of before a pause, disconnected after it.
         self._letting_go: dict[str, list[Kernel]] = {}
+        # The absolute python3 of each image (layers and PATH): kernel.image_python.
+        self._pythons: dict[tuple[tuple[str, ...], str], str] = {}
         sandboxes.before_pause.append(self.detach)
         sandboxes.after_pause.append(self._let_go)
         sandboxes.on_end.append(self.forget)
@@ -207,7 +217,7 @@ class CodeService:
                     entry["id"], sandbox_id, entry["language"], entry["cwd"],
                     bool(entry["default"]), created_at=float(entry["created_at"]),
                 )  # fmt: skip
-                ctx.kernel = self._kernel(ctx, record.image)
+                ctx.kernel = self._kernel(ctx, record.image, await self._python(record))
                 try:
                     await ctx.kernel.attach(KernelHandle.from_json(entry["handle"]))
                 except Exception as exc:
@@ -222,12 +232,25 @@ class CodeService:
                 contexts[ctx.id] = ctx
             await self._persist(sandbox_id)
 
-    def _kernel(self, ctx: CodeContext, image: str) -> Kernel:
+    def _kernel(self, ctx: CodeContext, image: str, python: str) -> Kernel:
         return Kernel(
             self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
             zmq_context=self._zmq, runtime_root=self.runtime_root, image=image,
+            python=python, queue_bytes=self.output_limit,
+            max_message=self.output_limit + 2 * _MESSAGE_SLACK,
             on_exit=lambda: self._background(self._reap(ctx.sandbox_id)),
         )  # fmt: skip
+
+    async def _python(self, record: SandboxRecord) -> str:
+        """The absolute python3 the sandbox's image has on its PATH (looked up once per
+        image, in its layers: nothing written in the sandbox can take its place)."""
+        path = self.sandboxes.process_env(record).get("PATH", "")
+        key = (tuple(record.layers), path)
+        python = self._pythons.get(key)
+        if python is None:
+            python = await asyncio.to_thread(image_python, record.layers, path)
+            self._pythons[key] = python
+        return python
 
     async def forget(self, sandbox_id: str) -> None:
         self._detached.pop(sandbox_id, None)
@@ -265,9 +288,10 @@ class CodeService:
 
     async def _start_kernel(self, ctx: CodeContext) -> None:
         record = await self.sandboxes.get_running(ctx.sandbox_id)
+        python = await self._python(record)
         ctx.ready.clear()
         for attempt in range(_PORT_ATTEMPTS):
-            kernel = self._kernel(ctx, record.image)
+            kernel = self._kernel(ctx, record.image, python)
             ctx.kernel = kernel
             try:
                 await kernel.start()
