@@ -26,8 +26,10 @@ What is translated (keywords are case-insensitive):
   (sorted); a directory's contents go into ``dest``; a file goes to ``dest`` itself, or to
   ``dest/<name>`` when ``dest`` ends with ``/`` (or is ``.``) or there are several sources.
   As in Docker, a source starting with ``/`` is still relative to the context, and nothing
-  may lead outside it. ``ADD`` of a local tar archive copies the archive as it is: there
-  is no auto-extraction (``RUN tar -xf`` it). ``.dockerignore`` is not read.
+  may lead outside it. A destination whose ``..`` climbs above ``/`` is refused, where
+  Docker would stop at ``/``: every copy step of the SDK and the server refuses it.
+  ``ADD`` of a local tar archive copies the archive as it is: there is no auto-extraction
+  (``RUN tar -xf`` it). ``.dockerignore`` is not read.
 - ``USER user[:group]``, ``ENTRYPOINT`` and ``CMD`` (the exec form as is; the shell form
   as ``["/bin/sh", "-c", text]``).
 - Comments, blank lines, line continuations, and the ``# escape=`` and ``# syntax=``
@@ -51,6 +53,7 @@ physical line of a continued instruction.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import shlex
@@ -121,6 +124,15 @@ _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The shell's special parameters: `$$` and `$?` are no variables of the Dockerfile.
 _SPECIAL_PARAMS = "@*#?-$!"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How deep ${VAR:-${VAR:-...}} may nest. The expansion recurses once per level, and Python's
+# stack is not Go's: a few thousand levels would end in a RecursionError. Real files nest
+# two or three deep.
+_MAX_NESTING = 64
+# Bounds on a COPY source, checked before pathlib sees it: no file has a name over NAME_MAX,
+# fnmatch's translation of a glob is quadratic in a name's length ("[[[[…" of 8 KiB takes
+# seconds), and pathlib's glob recurses once per component (a few hundred overflow it).
+_NAME_MAX = 255
+_MAX_GLOB_DEPTH = 64
 
 
 def image_from_dockerfile(
@@ -226,6 +238,8 @@ def _parse(where: str, text: str) -> tuple[str, list[_Instruction]]:
             # Lines are joined as they are: `a \` + `  b` is `a   b`, as in Docker.
             part, more = _cut(continued, line)
             text += part
+        if not text.strip():
+            continue  # only escape characters and blanks (a lone `\` line): no instruction
         keyword, *args = text.split(None, 1)
         instructions.append(_Instruction(first, keyword.upper(), "".join(args).strip()))
     return escape, instructions
@@ -283,6 +297,7 @@ class _Word:
         self._pos = 0
         self._escape = escape
         self._lookup = lookup
+        self._depth = 0  # ${...} open around the current position
 
     def expand(self) -> str:
         return self._until("")
@@ -359,7 +374,14 @@ class _Word:
         if not name or op not in ("-", "+", "?"):
             # Newer buildkit also has ${VAR#pattern}, ${VAR%pattern} and ${VAR/a/b}.
             raise self._bad_substitution()
+        if self._depth >= _MAX_NESTING:
+            raise _Bad(
+                f"substitutions nested more than {_MAX_NESTING} deep in {self._text[:60]!r}...; "
+                "set an ARG or ENV to the inner value instead"
+            )
+        self._depth += 1
         word = self._until("}")
+        self._depth -= 1
         value = self._value(name)
         if colon and value == "":
             value = None  # the ":" forms treat an empty value as unset
@@ -600,7 +622,7 @@ class _Translator:
         if len(items) < 2:
             raise _Bad(f"needs sources and a destination, e.g. {_USAGE[ins.keyword]}")
         *sources, dest = [self._expand(item) for item in items]
-        target = _image_path(self.workdir, dest)
+        target = _copy_destination(self.workdir, dest)
         paths = [path for source in sources for path in self._sources(source)]
         # Docker: a destination ending in "/" (or ".") is a directory; several sources
         # need one (Docker then insists on the "/", which is forgiven here).
@@ -628,16 +650,30 @@ class _Translator:
         relative = posixpath.normpath(source.lstrip("/") or ".")
         if relative == ".." or relative.startswith("../"):
             raise _Bad(f"{source} is outside the build context {self.context}")
-        if any(c in relative for c in "*?["):
-            paths = sorted(self.context.glob(relative))
-            if not paths:
-                raise _Bad(f"{source}: no file in the build context {self.context} matches it")
-        else:
-            paths = [self.context / relative]
-            if not paths[0].exists():
-                raise _Bad(f"{source}: no such file or directory in {self.context}")
+        components = relative.split("/")
+        if any(len(c.encode("utf-8", "surrogatepass")) > _NAME_MAX for c in components):
+            raise _Bad(f"{source}: a name in it is longer than {_NAME_MAX} bytes; no file is")
+        glob = any(c in relative for c in "*?[")
+        if glob and len(components) > _MAX_GLOB_DEPTH:
+            raise _Bad(f"{source}: a pattern of more than {_MAX_GLOB_DEPTH} path components")
+        try:
+            if glob:
+                paths = sorted(self.context.glob(relative))
+                if not paths:
+                    raise _Bad(f"{source}: no file in the build context {self.context} matches it")
+            else:
+                paths = [self.context / relative]
+                if not paths[0].exists():
+                    raise _Bad(f"{source}: no such file or directory in {self.context}")
+        except ValueError as exc:  # pathlib refuses "**" that is not a whole path component
+            raise _Bad(f"{source}: {exc}") from None
+        except OSError as exc:  # the kernel refuses the path itself, e.g. a name too long
+            raise _Bad(f"{source}: {exc.strerror or exc}") from None
         for path in paths:
-            if not path.resolve().is_relative_to(self.context):
+            # os.path.realpath, not Path.resolve: this Python's resolve raises RuntimeError for
+            # a symlink loop in the context; realpath leaves the loop in place, and add_local_*
+            # then refuses it as neither file nor directory.
+            if not Path(os.path.realpath(path)).is_relative_to(self.context):
                 raise _Bad(
                     f"{source}: {path} leads outside the build context {self.context} "
                     "(a symbolic link?)"
@@ -666,7 +702,7 @@ def _json_array(args: str, intended: re.Pattern[str]) -> list[str] | None:
         return None
     try:
         value = json.loads(args)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[…" nested too deep
         if intended.match(args):
             raise _Bad(
                 f'malformed JSON array ({exc}); write it as ["program", "arg"], with double '
@@ -676,6 +712,26 @@ def _json_array(args: str, intended: re.Pattern[str]) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Bad(f"{args}: the JSON array may hold only strings")
     return value
+
+
+def _copy_destination(workdir: str, dest: str) -> str:
+    """Where COPY/ADD write: ``dest`` relative to ``workdir``, refused when its ``..`` climbs
+    above "/" (Docker stops at "/"): the SDK and the server refuse such paths in every copy
+    step, since ``..`` past the root means to leave it; the message should name the line."""
+    parts: list[str] = []
+    for part in posixpath.join(workdir, dest).split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            parts.append(part)
+        elif parts:
+            parts.pop()
+        else:
+            raise _Bad(
+                f"the destination {dest!r} climbs above the image's root '/' with '..' "
+                f"(WORKDIR is {workdir}); name a path inside the image"
+            )
+    return "/" + "/".join(parts)
 
 
 def _image_path(workdir: str, path: str) -> str:

@@ -111,7 +111,13 @@ def encode_window(channel: int, grant: int) -> bytes:
 
 
 def decode_json(payload: bytes) -> Any:
-    return json.loads(payload.decode("utf-8", "surrogateescape"))
+    """The JSON value of a payload; raises ValueError (and only that) when it is not JSON."""
+    try:
+        return json.loads(payload.decode("utf-8", "surrogateescape"))
+    except RecursionError:
+        # The payload comes from inside the sandbox: a few KiB of "[" exhaust json's
+        # recursion limit. Callers catch ValueError for a bad payload, so that it is.
+        raise ValueError("JSON nested too deeply") from None
 
 
 class FrameDecoder:
@@ -214,7 +220,7 @@ def find_hello_ack(data: bytes | bytearray, nonce: bytes) -> HelloAck | None:
                     return None
                 try:
                     info = json.loads(bytes(data[i + len(needle) : end]))
-                except ValueError:
+                except (ValueError, RecursionError):  # deep nesting: not an answer either
                     info = None
                 if isinstance(info, dict):
                     return HelloAck(info, end)

@@ -226,12 +226,15 @@ _TLS_CLIENT_HELLO = 1
 _TLS_MAX_RECORD = 16384
 _EXT_SERVER_NAME = 0
 _SNI_HOST_NAME = 0
-_HOSTNAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+# Labels of 1 to 63 characters (RFC 1035): a longer one cannot be a name DNS answers for.
+_HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
 
 
 def _hostname(raw: str) -> str | None:
     name = raw.lower().rstrip(".")
-    return name if len(name) <= 253 and _HOSTNAME.match(name) else None
+    # fullmatch, not match with "$": "$" also matches before a final "\n", which let an SNI
+    # of "allowed.example\n" through as a name.
+    return name if len(name) <= 253 and _HOSTNAME.fullmatch(name) else None
 
 
 def _client_hello_body(data: bytes) -> bytes:

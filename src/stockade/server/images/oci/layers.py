@@ -49,6 +49,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -71,6 +72,13 @@ _CHUNK = 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOCK_POLL = 0.05
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+# Deeper names are refused: shutil.rmtree, which removes a directory that a later entry
+# replaces (and a failed unpack), recurses once per level and overflows Python's stack near
+# a thousand. Real layers stay far below; PATH_MAX itself allows 2048 levels at most.
+_MAX_DEPTH = 256
+# uid_t and gid_t are 32 bits, and chown reads (uid_t)-1 as "leave the owner as it is";
+# a tar's pax headers and base-256 fields can hold any number, negative ones included.
+_MAX_ID = 2**32 - 2
 # Errors of the host, not of the layer: they must not be reported as a bad image.
 _HOST_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
@@ -229,7 +237,15 @@ def unpack_layer(blob: Path, dest: Path) -> str:
                     pass
         except UnsafeLayerError:
             raise
-        except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+        # zlib.error: a corrupt deflate stream read outside tarfile's header reads (in a
+        # member's data or after the archive's end), which tarfile does not wrap for us.
+        except (
+            tarfile.TarError,
+            EOFError,
+            zstandard.ZstdError,
+            gzip.BadGzipFile,
+            zlib.error,
+        ) as exc:
             raise UnsafeLayerError(f"the layer is not a valid tar archive: {exc}") from exc
         finally:
             source.close()  # closing ``raw`` twice is harmless
@@ -528,7 +544,12 @@ def _split(name: str, what: str = "entry") -> tuple[str, ...]:
         return ()
     if norm == ".." or norm.startswith("../"):
         raise UnsafeLayerError(f"{what} {name!r} climbs out of the layer with '..'")
-    return tuple(norm.split("/"))
+    parts = tuple(norm.split("/"))
+    if len(parts) > _MAX_DEPTH:
+        raise UnsafeLayerError(
+            f"{what} {name[:100]!r}... is {len(parts)} directories deep; at most {_MAX_DEPTH}"
+        )
+    return parts
 
 
 def _exists(parent: int, name: str) -> bool:
@@ -556,9 +577,17 @@ def _xattrs(m: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     return result
 
 
+def _owner(m: tarfile.TarInfo) -> tuple[int, int]:
+    """The member's uid and gid, refused when they are no IDs (see _MAX_ID): chown would
+    raise OverflowError, or silently keep root as the owner for -1."""
+    if not (0 <= m.uid <= _MAX_ID and 0 <= m.gid <= _MAX_ID):
+        raise UnsafeLayerError(f"entry {m.name!r} has owner {m.uid}:{m.gid}, not a uid:gid")
+    return m.uid, m.gid
+
+
 def _apply_meta(fd: int, m: tarfile.TarInfo) -> None:
     # chown first: changing the owner clears setuid/setgid, which chmod then sets back.
-    os.fchown(fd, m.uid, m.gid)
+    os.fchown(fd, *_owner(m))
     os.fchmod(fd, m.mode & 0o7777)
     for attr, value in _xattrs(m):
         with contextlib.suppress(OSError):  # e.g. a filesystem without user xattrs
@@ -568,7 +597,7 @@ def _apply_meta(fd: int, m: tarfile.TarInfo) -> None:
 
 
 def _apply_meta_at(parent: int, name: str, m: tarfile.TarInfo, *, symlink: bool) -> None:
-    os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+    os.chown(name, *_owner(m), dir_fd=parent, follow_symlinks=False)
     if not symlink:  # a symlink's mode means nothing on Linux, and lchmod does not exist
         os.chmod(name, m.mode & 0o7777, dir_fd=parent)
     with contextlib.suppress(OverflowError, ValueError, OSError):
