@@ -27,7 +27,7 @@ from stockade.server.agent.protocol import (
     encode_json,
 )
 from stockade.server.runtime import agent_link
-from stockade.server.runtime.agent_link import AgentLink, AgentLost
+from stockade.server.runtime.agent_link import AgentLink, AgentLost, AgentSilent
 
 _F_SETPIPE_SZ = 1031
 
@@ -422,3 +422,13 @@ async def test_a_flooding_link_does_not_starve_another(
             link.close()
         flooder.close()
         quiet.close()
+
+
+async def test_an_answer_owed_past_its_deadline_raises_agent_silent() -> None:
+    """A stopped agent (``kill -STOP 1``) never answers: callers get AgentSilent, not a
+    wait without end, and the link stays up for the agent to come back."""
+    link = AgentLink("sb-silent", Path("/nonexistent/in"), Path("/nonexistent/out"))
+    ch = link.open()
+    with pytest.raises(AgentSilent, match=r"did not answer within 0\.05s"):
+        await ch.reply(0.05)
+    assert not link.dead

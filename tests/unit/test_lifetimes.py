@@ -396,6 +396,9 @@ class FakeChannel:
             await asyncio.Event().wait()  # a command that runs until killed
         return self.frames.pop(0)
 
+    async def reply(self, timeout: float = 30.0) -> Frame:
+        return await self.recv()
+
     def grant(self, nbytes: int) -> None:
         pass
 

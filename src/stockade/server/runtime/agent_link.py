@@ -55,7 +55,7 @@ from ..agent.protocol import (
     find_hello_ack,
 )
 
-__all__ = ["AgentLink", "AgentLost", "Channel"]
+__all__ = ["AGENT_REPLY_TIMEOUT", "AgentLink", "AgentLost", "AgentSilent", "Channel"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,17 @@ _WINDOWED: dict[int, frozenset[int]] = {
 
 class AgentLost(Exception):
     """The agent stopped answering: its sandbox ended, or the channel broke."""
+
+
+# How long the agent may take to answer a request it owes an answer to (a command started,
+# a file operation's result, the next part of a file). Far above an honest agent's worst
+# (tens of ms), and what a caller waits at most for an agent that code in its sandbox
+# stopped (``kill -STOP 1``) or starved.
+AGENT_REPLY_TIMEOUT = 30.0
+
+
+class AgentSilent(Exception):
+    """The agent did not answer in time; the link may still be alive."""
 
 
 class Channel:
@@ -136,9 +147,29 @@ class Channel:
             if ftype in _WINDOWED:
                 self.credit = DEFAULT_WINDOW
 
-    async def send(self, ftype: int, payload: bytes = b"") -> None:
+    async def send(self, ftype: int, payload: bytes = b"", *, timeout: float | None = None) -> None:
+        """Send a frame, waiting while the link's backlog is full; past ``timeout`` (an
+        agent that stopped reading) raise AgentSilent."""
         self._note_request(ftype)
-        await self.link._send(encode(ftype, self.number, payload))
+        try:
+            async with asyncio.timeout(timeout):
+                await self.link._send(encode(ftype, self.number, payload))
+        except TimeoutError:
+            raise self._silent(timeout or 0.0) from None
+
+    async def reply(self, timeout: float = AGENT_REPLY_TIMEOUT) -> Frame:
+        """The next frame, one the agent owes promptly (not a command's output, which may
+        take any time); raises AgentSilent past ``timeout``, AgentLost if the link died."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.recv()
+        except TimeoutError:
+            raise self._silent(timeout) from None
+
+    def _silent(self, timeout: float) -> AgentSilent:
+        return AgentSilent(
+            f"the agent of sandbox {self.link.sandbox_id} did not answer within {timeout:g}s"
+        )
 
     async def send_json(self, ftype: int, obj: Any) -> None:
         self._note_request(ftype)

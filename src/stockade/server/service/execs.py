@@ -24,9 +24,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import InvalidArgumentError, SandboxTerminatedError, ServerError, StockadeError
+from ...errors import (
+    InvalidArgumentError,
+    SandboxTerminatedError,
+    ServerError,
+    StockadeError,
+    StockadeTimeoutError,
+)
 from ..agent.protocol import MAX_PAYLOAD, Frame, FrameType
-from ..runtime.agent_link import AgentLost, Channel
+from ..runtime.agent_link import AGENT_REPLY_TIMEOUT, AgentLost, AgentSilent, Channel
 from .sandboxes import SandboxService, describe_end
 
 __all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk"]
@@ -70,6 +76,15 @@ async def lost(sandboxes: SandboxService, sandbox_id: str, exc: AgentLost) -> St
     if record.status != "running":
         return SandboxTerminatedError(describe_end(record))
     return ServerError(f"lost the connection to the agent of sandbox {sandbox_id}: {exc}")
+
+
+def silent(sandbox_id: str, exc: AgentSilent) -> StockadeTimeoutError:
+    """The error for an agent that owes an answer and gives none: the sandbox runs, but
+    code in it stopped or starved its init."""
+    return StockadeTimeoutError(
+        f"{exc}: code in the sandbox may have stopped its init (kill -STOP 1) or starved it; "
+        f"try again, or end the sandbox with `stockade rm {sandbox_id}`"
+    )
 
 
 class ExecSession:
@@ -122,9 +137,15 @@ class ExecSession:
     async def _start(self, request: dict[str, object]) -> None:
         try:
             await self._ch.send_json(FrameType.EXEC, request)
-            frame = await self._ch.recv()
+            # A command with a deadline of its own is not kept waiting longer than it for
+            # an agent that does not even start it.
+            wait = min(AGENT_REPLY_TIMEOUT, self._timeout or AGENT_REPLY_TIMEOUT)
+            frame = await self._ch.reply(wait)
         except AgentLost as exc:
             raise await lost(self._sandboxes, self.sandbox_id, exc) from None
+        except AgentSilent as exc:
+            self._ch.close()
+            raise silent(self.sandbox_id, exc) from None
         if frame.type == FrameType.ERROR:
             info = _json(frame)
             self._start_errno = int(info.get("errno", 0) or 0)

@@ -23,8 +23,8 @@ from ...errors import (
     StockadeError,
 )
 from ..agent.protocol import Frame, FrameType
-from ..runtime.agent_link import AgentLost, Channel
-from .execs import ExecService, lost, open_channel
+from ..runtime.agent_link import AGENT_REPLY_TIMEOUT, AgentLost, AgentSilent, Channel
+from .execs import ExecService, lost, open_channel, silent
 
 __all__ = ["LIST_MAX_BYTES", "LIST_MAX_ENTRIES", "FileInfo", "FileService", "Listing",
            "check_path"]  # fmt: skip
@@ -131,9 +131,11 @@ class FileService:
         ch, disk = await self._open(sandbox_id)
         try:
             await ch.send_json(ftype, request)
-            frame = await ch.recv()
+            frame = await ch.reply()
         except AgentLost as exc:
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        except AgentSilent as exc:
+            raise silent(sandbox_id, exc) from None
         finally:
             ch.close()
         if frame.type == FrameType.ERROR:
@@ -163,7 +165,7 @@ class FileService:
         try:
             await ch.send_json(FrameType.FILE_LIST, {"path": check_path(path)})
             while True:
-                frame = await ch.recv()
+                frame = await ch.reply()
                 if frame.type not in (FrameType.DATA, FrameType.RESULT):
                     break
                 received += len(frame.payload)
@@ -181,6 +183,8 @@ class FileService:
                     break
         except AgentLost as exc:
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        except AgentSilent as exc:
+            raise silent(sandbox_id, exc) from None
         finally:
             ch.close()
         if frame.type == FrameType.ERROR:
@@ -205,16 +209,20 @@ class FileService:
         ch, disk = await self._open(sandbox_id)
         try:
             await ch.send_json(FrameType.FILE_WRITE, {"path": path, "mode": 0o644})
-            ready = await ch.recv()
+            ready = await ch.reply()
             if ready.type == FrameType.ERROR:
                 raise _error(ready, sandbox_id, disk)
             async for chunk in chunks:
                 for i in range(0, len(chunk), _CHUNK):
-                    await ch.send(FrameType.DATA, chunk[i : i + _CHUNK])
-            await ch.send(FrameType.END)
-            result = await ch.recv()
+                    await ch.send(
+                        FrameType.DATA, chunk[i : i + _CHUNK], timeout=AGENT_REPLY_TIMEOUT
+                    )
+            await ch.send(FrameType.END, timeout=AGENT_REPLY_TIMEOUT)
+            result = await ch.reply()
         except AgentLost as exc:
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        except AgentSilent as exc:
+            raise silent(sandbox_id, exc) from None
         finally:
             ch.close()
         if result.type == FrameType.ERROR:
@@ -227,10 +235,13 @@ class FileService:
         ch, disk = await self._open(sandbox_id)
         try:
             await ch.send_json(FrameType.FILE_READ, {"path": path})
-            first = await ch.recv()
+            first = await ch.reply()
         except AgentLost as exc:
             ch.close()
             raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        except AgentSilent as exc:
+            ch.close()
+            raise silent(sandbox_id, exc) from None
         if first.type == FrameType.ERROR:
             ch.close()
             raise _error(first, sandbox_id, disk)
@@ -252,7 +263,7 @@ async def _stream(ch: Channel, first: Frame) -> AsyncIterator[bytes]:
         while frame.type == FrameType.DATA:
             yield frame.payload
             ch.grant(len(frame.payload))
-            frame = await ch.recv()
+            frame = await ch.reply()
         if frame.type == FrameType.ERROR:
             raise RuntimeError(f"reading failed midway: {frame.payload[:200]!r}")
     finally:

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1096,7 +1097,7 @@ class SandboxService:
                     record.message += f": {self._log_tail(sandbox_id, 300)}"
             else:
                 record.status, record.reason = "failed", "error"
-                record.message = "the sandbox's runsc process exited unexpectedly"
+                record.message = _init_ended(code)
             await self._cleanup(sandbox_id)
             record.ended_at = time.time()
             await self.store.put_sandbox(record)
@@ -1416,6 +1417,26 @@ class SandboxService:
                 await t
         await self.spares.stop()
         await self.network.stop()
+
+
+def _init_ended(code: int | None) -> str:
+    """Why a sandbox without an entrypoint ended by itself: its init, the agent, is gone.
+    Root in the sandbox may kill it (``kill -9 1``); the message says so, since nothing
+    else ends such a sandbox but a crash."""
+    what = "the sandbox's init, the Stockade agent (PID 1),"
+    signo = -code if code is not None and code < 0 else (code or 0) - 128
+    if code is not None and 0 < signo < 65:
+        try:
+            name = signal.Signals(signo).name
+        except ValueError:
+            name = f"signal {signo}"
+        return (
+            f"{what} was killed by {name}: code in the sandbox killed it, or it crashed; "
+            "a sandbox ends with its agent"
+        )
+    if code is not None:
+        return f"{what} exited with code {code}; a sandbox ends with its agent"
+    return f"{what} ended without an exit status (its runsc process exited unexpectedly)"
 
 
 def _access_token() -> str:
