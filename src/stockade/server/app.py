@@ -12,6 +12,7 @@ from .._version import __version__
 from .api import code, execs, files, image_export, images, pools, sandboxes, snapshots, volumes
 from .api.deps import Services, require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
+from .api.openapi import bearer_scheme
 from .api.schemas import ErrorBody
 from .code.service import CodeService
 from .config import ServerConfig
@@ -115,7 +116,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=_ERRORS,
     )
     install_error_handlers(app)
-    auth = [Depends(require_token)]
+    # require_token checks the token; bearer_scheme only declares it in the OpenAPI document.
+    auth = [Depends(require_token), Depends(bearer_scheme)]
     app.include_router(sandboxes.router, dependencies=auth)
     app.include_router(execs.router, dependencies=auth)
     app.include_router(files.router, dependencies=auth)

@@ -13,10 +13,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import StockadeError
+from ..code.kernel import LANGUAGES
 from ..code.service import CodeContext
 from . import ndjson
 from .deps import Services, services
 from .limits import check_range
+from .params import ABS_PATH, CONTEXT_ID, ContextIdP, SandboxIdP, documented
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code", tags=["code"])
 Svc = Annotated[Services, Depends(services)]
@@ -30,20 +32,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The code service checks the language and the working directory itself, with messages
+# that list the languages or quote the path: the schema only states them.
+_Language = Annotated[str, Field(json_schema_extra=documented(enum=list(LANGUAGES)))]
+
+
 class RunCode(_Strict):
     code: str = Field(..., max_length=_MAX_CODE, description="The code of one cell.")
-    language: str | None = Field(
+    language: _Language | None = Field(
         None, description="`python` or `bash`; default: the context's, else python."
     )
-    context: str | None = Field(None, description="A context ID; default: the language's.")
-    timeout: float | None = Field(
-        None, description="Seconds; the cell is then interrupted (KeyboardInterrupt)."
+    # An ID that names no context is a 404, whatever its shape.
+    context: Annotated[str, Field(json_schema_extra=documented(pattern=CONTEXT_ID))] | None = Field(
+        None, description="A context ID (`ctx-…`); default: the language's."
     )
+    timeout: (
+        Annotated[float, Field(json_schema_extra=documented(minimum=0.001, maximum=_MAX_TIMEOUT))]
+        | None
+    ) = Field(None, description="Seconds; the cell is then interrupted (KeyboardInterrupt).")
 
 
 class NewContext(_Strict):
-    language: str = "python"
-    cwd: str | None = Field(None, description="The kernel's working directory.")
+    language: _Language = "python"
+    cwd: Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))] | None = Field(
+        None, description="The kernel's working directory (absolute)."
+    )
 
 
 class ContextOut(BaseModel):
@@ -68,7 +81,7 @@ def _out(ctx: CodeContext) -> ContextOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
-async def run_code(sandbox_id: str, body: RunCode, svc: Svc) -> StreamingResponse:
+async def run_code(sandbox_id: SandboxIdP, body: RunCode, svc: Svc) -> StreamingResponse:
     if body.timeout is not None:
         check_range("timeout", body.timeout, 0.001, _MAX_TIMEOUT, " seconds")
     ctx = await svc.code.prepare(sandbox_id, body.language, body.context)
@@ -85,12 +98,12 @@ async def run_code(sandbox_id: str, body: RunCode, svc: Svc) -> StreamingRespons
 
 
 @router.post("/contexts", status_code=201, response_model=ContextOut, summary="New context")
-async def create_context(sandbox_id: str, body: NewContext, svc: Svc) -> ContextOut:
+async def create_context(sandbox_id: SandboxIdP, body: NewContext, svc: Svc) -> ContextOut:
     return _out(await svc.code.create(sandbox_id, body.language, body.cwd))
 
 
 @router.get("/contexts", response_model=ContextList, summary="List contexts")
-async def list_contexts(sandbox_id: str, svc: Svc) -> ContextList:
+async def list_contexts(sandbox_id: SandboxIdP, svc: Svc) -> ContextList:
     return ContextList(contexts=[_out(c) for c in await svc.code.list(sandbox_id)])
 
 
@@ -99,13 +112,13 @@ async def list_contexts(sandbox_id: str, svc: Svc) -> ContextList:
     response_model=ContextOut,
     summary="Restart a context's kernel (its state is lost)",
 )
-async def restart_context(sandbox_id: str, context_id: str, svc: Svc) -> ContextOut:
+async def restart_context(sandbox_id: SandboxIdP, context_id: ContextIdP, svc: Svc) -> ContextOut:
     return _out(await svc.code.restart(sandbox_id, context_id))
 
 
 @router.delete(
     "/contexts/{context_id}", status_code=204, response_class=Response, summary="Remove context"
 )
-async def remove_context(sandbox_id: str, context_id: str, svc: Svc) -> Response:
+async def remove_context(sandbox_id: SandboxIdP, context_id: ContextIdP, svc: Svc) -> Response:
     await svc.code.remove(sandbox_id, context_id)
     return Response(status_code=204)

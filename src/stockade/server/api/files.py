@@ -12,11 +12,12 @@ from pydantic import Field
 
 from ..service.changes import sandbox_changes
 from .deps import Services, services
+from .params import SNAPSHOT_ID, AbsPathQ, RemovablePathQ, SandboxIdP, documented_optional
 from .schemas import FileChangeOut, FileChanges, FileInfoOut, FileList, MkdirRequest
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 Svc = Annotated[Services, Depends(services)]
-PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
+PathQ = AbsPathQ
 
 
 @router.put(
@@ -31,7 +32,9 @@ PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
         }
     },
 )
-async def write_file(sandbox_id: str, path: PathQ, request: Request, svc: Svc) -> FileInfoOut:
+async def write_file(
+    sandbox_id: SandboxIdP, path: PathQ, request: Request, svc: Svc
+) -> FileInfoOut:
     async def body() -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             if chunk:
@@ -46,7 +49,7 @@ async def write_file(sandbox_id: str, path: PathQ, request: Request, svc: Svc) -
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def read_file(sandbox_id: str, path: PathQ, svc: Svc) -> StreamingResponse:
+async def read_file(sandbox_id: SandboxIdP, path: PathQ, svc: Svc) -> StreamingResponse:
     chunks = await svc.files.read(sandbox_id, path)
     return StreamingResponse(chunks, media_type="application/octet-stream")
 
@@ -60,7 +63,7 @@ class FileListing(FileList):
 
 
 @router.get("/list", response_model=FileListing, summary="List a directory")
-async def list_dir(sandbox_id: str, path: PathQ, svc: Svc) -> Response:
+async def list_dir(sandbox_id: SandboxIdP, path: PathQ, svc: Svc) -> Response:
     listing = await svc.files.listing(sandbox_id, path)
     entries = [FileInfoOut.of(f) for f in listing.entries]
     body = FileListing(entries=entries, truncated=listing.truncated).model_dump()
@@ -70,17 +73,19 @@ async def list_dir(sandbox_id: str, path: PathQ, svc: Svc) -> Response:
 
 
 @router.get("/stat", response_model=FileInfoOut, summary="Stat a path")
-async def stat_path(sandbox_id: str, path: PathQ, svc: Svc) -> FileInfoOut:
+async def stat_path(sandbox_id: SandboxIdP, path: PathQ, svc: Svc) -> FileInfoOut:
     return FileInfoOut.of(await svc.files.stat(sandbox_id, path))
 
 
 @router.post("/mkdir", response_model=FileInfoOut, summary="Make a directory")
-async def make_dir(sandbox_id: str, body: MkdirRequest, svc: Svc) -> FileInfoOut:
+async def make_dir(sandbox_id: SandboxIdP, body: MkdirRequest, svc: Svc) -> FileInfoOut:
     return FileInfoOut.of(await svc.files.mkdir(sandbox_id, body.path, parents=body.parents))
 
 
 @router.delete("", status_code=204, summary="Remove a file or directory")
-async def remove_path(sandbox_id: str, path: PathQ, svc: Svc, recursive: bool = False) -> Response:
+async def remove_path(
+    sandbox_id: SandboxIdP, path: RemovablePathQ, svc: Svc, recursive: bool = False
+) -> Response:
     await svc.files.remove(sandbox_id, path, recursive=recursive)
     return Response(status_code=204)
 
@@ -91,11 +96,15 @@ async def remove_path(sandbox_id: str, path: PathQ, svc: Svc, recursive: bool = 
     summary="What changed: paths added, modified or deleted since the image or a snapshot",
 )
 async def list_changes(
-    sandbox_id: str,
+    sandbox_id: SandboxIdP,
     svc: Svc,
     since: Annotated[
         str | None,
-        Query(description="A memory snapshot (`sn-…`) to compare with instead of the image."),
+        Query(
+            description="A memory snapshot (`sn-…`) to compare with instead of the image.",
+            # sandbox_changes answers a malformed one itself, quoting it.
+            json_schema_extra=documented_optional(pattern=SNAPSHOT_ID),
+        ),
     ] = None,
 ) -> FileChanges:
     # Read on the host from the overlay's layers: works on a paused sandbox too, and does

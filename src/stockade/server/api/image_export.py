@@ -36,6 +36,7 @@ from ..images.catalog import ImageCatalog
 from ..images.oci import ImageConfig, export_layout, parse_reference, pull
 from ..runtime.bundle import DEFAULT_ENV
 from .deps import Services, services
+from .params import IMAGE_REF, MAX_REFERENCE, documented, documented_optional
 
 __all__ = ["router"]
 
@@ -47,11 +48,19 @@ RefQ = Annotated[
         min_length=1,
         description="A base image (`debian`, `python`) or a pulled registry reference, "
         "as `GET /v1/images` lists it (or pinned by digest).",
+        # parse_reference answers a malformed one itself, saying what is wrong with it.
+        json_schema_extra=documented(
+            pattern=IMAGE_REF, maxLength=MAX_REFERENCE, examples=["debian", "python"]
+        ),
     ),
 ]
 TagQ = Annotated[
     str | None,
-    Query(description="The tag inside the tarball [default: the reference's tag, or latest]."),
+    Query(
+        description="The tag inside the tarball [default: the reference's tag, or latest].",
+        # export_layout answers a bad one itself.
+        json_schema_extra=documented_optional(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"),
+    ),
 ]
 
 _CHUNK = 1024 * 1024

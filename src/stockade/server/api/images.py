@@ -12,7 +12,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...errors import ConflictError, InvalidArgumentError, NotFoundError, StockadeError
@@ -25,12 +25,15 @@ from ..images.oci.image import forget_pulled
 from ..images.tags import parse_tag
 from . import ndjson
 from .deps import Services, services
-from .schemas import ImageList, ImageOut, PullImage
+from .openapi import inline_body, raw_body
+from .params import IMAGE_REF, MAX_REFERENCE, DigestP, ImageNameP, documented
+from .schemas import BuildRequest, ImageList, ImageOut, PullImage
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _CONTEXT_LIMIT = 4 << 30
+_MAX_MIN_AGE = 86400 * 365
 # Log lines of a build or pull waiting for a slow client (each at most 16 KiB + prefix).
 _LOG_BACKLOG = 1000
 
@@ -51,9 +54,19 @@ async def list_images(svc: Svc) -> ImageList:
 
 
 @router.post("/gc", summary="Remove the layers no image or sandbox needs")
-async def collect_garbage(svc: Svc, min_age: float = 60.0) -> dict[str, int]:
-    if not 0 <= min_age <= 86400 * 365:
-        raise InvalidArgumentError("min_age must be between 0 and 31536000 seconds")
+async def collect_garbage(
+    svc: Svc,
+    min_age: Annotated[
+        float,
+        Query(
+            description="Seconds: younger entries are kept.",
+            # Checked below, with a message naming the range.
+            json_schema_extra=documented(minimum=0, maximum=_MAX_MIN_AGE),
+        ),
+    ] = 60.0,
+) -> dict[str, int]:
+    if not 0 <= min_age <= _MAX_MIN_AGE:
+        raise InvalidArgumentError(f"min_age must be between 0 and {_MAX_MIN_AGE} seconds")
     # Paused sandboxes and snapshots mount their layers again when they come back.
     in_use = await svc.snapshots.layers_in_use()
     result = await asyncio.to_thread(collect, svc.images, min_age=min_age, in_use=in_use)
@@ -61,7 +74,17 @@ async def collect_garbage(svc: Svc, min_age: float = 60.0) -> dict[str, int]:
 
 
 @router.delete("/{name:path}", summary="Delete a named image (name:tag) or a pulled one")
-async def delete_image(name: str, svc: Svc) -> dict[str, str]:
+async def delete_image(
+    name: Annotated[
+        str,
+        Path(
+            description="A built image's `name:tag` (`name` alone: `name:latest`) or a pulled "
+            "registry reference; one that names no image is a 404.",
+            json_schema_extra=documented(pattern=IMAGE_REF, maxLength=MAX_REFERENCE),
+        ),
+    ],
+    svc: Svc,
+) -> dict[str, str]:
     """Only the name goes: the layers stay until `image gc`, so a running sandbox of the
     image never loses its files."""
     if name in svc.images.names():
@@ -78,8 +101,9 @@ async def delete_image(name: str, svc: Svc) -> dict[str, str]:
     "/contexts/{digest}",
     status_code=204,
     summary="Upload the files of a copy step (a tar named by its sha256)",
+    openapi_extra=raw_body("The tar; its SHA-256 must be the one in the path."),
 )
-async def put_context(digest: str, request: Request, svc: Svc) -> Response:
+async def put_context(digest: DigestP, request: Request, svc: Svc) -> Response:
     path = svc.builder.context_path(digest)
     if path.exists():
         return Response(status_code=204)
@@ -108,7 +132,7 @@ async def put_context(digest: str, request: Request, svc: Svc) -> Response:
 
 
 @router.head("/contexts/{digest}", summary="Whether the files of a copy step are uploaded")
-async def has_context(digest: str, svc: Svc) -> Response:
+async def has_context(digest: DigestP, svc: Svc) -> Response:
     found = await asyncio.to_thread(svc.builder.context_path(digest).exists)
     return Response(status_code=200 if found else 404)
 
@@ -118,6 +142,9 @@ async def has_context(digest: str, svc: Svc) -> Response:
     summary="Build an image from steps, streaming its log as NDJSON events",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}},
+    # parse_spec validates the body (naming the step that is wrong); BuildRequest says what
+    # it accepts.
+    openapi_extra=inline_body(BuildRequest),
 )
 async def build_steps(body: dict[str, Any], svc: Svc) -> StreamingResponse:
     spec = parse_spec(body)
@@ -209,7 +236,7 @@ def _built_out(svc: Services, built: BuiltImage, tag: str | None) -> ImageOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
-async def build_image(name: str, svc: Svc) -> StreamingResponse:
+async def build_image(name: ImageNameP, svc: Svc) -> StreamingResponse:
     info = svc.images.info(name)  # 404 naming the known images
 
     async def events() -> AsyncIterator[bytes]:

@@ -6,12 +6,14 @@ import os
 
 from ...errors import InvalidArgumentError
 
-__all__ = ["check_create_ranges", "check_range", "cpu_limit"]
+__all__ = ["MAX_PORTS", "check_create_ranges", "check_range", "cpu_limit"]
 
 MEMORY_RANGE = (64, 65536)
 DISK_RANGE = (64, 102400)
 TIMEOUT_RANGE = (1.0, 86400.0)
 MIN_CPU = 0.1
+# Distinct ports one sandbox may expose through the proxy.
+MAX_PORTS = 64
 
 
 def cpu_limit() -> float:

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime.rootfs import DEFAULT_DISK_MIB
-from ..service.pools import PoolSpec
+from ..service.pools import MAX_POOL_SIZE, PoolSpec
 from .deps import Services, services
-from .limits import check_create_ranges
+from .limits import DISK_RANGE, MEMORY_RANGE, MIN_CPU, check_create_ranges, cpu_limit
+from .params import ImageNameP, documented
 
 router = APIRouter(prefix="/v1/pools", tags=["pools"])
 Svc = Annotated[Services, Depends(services)]
@@ -40,10 +41,19 @@ class PoolList(BaseModel):
 
 class PoolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: int = Field(description="Sandboxes to keep started; 0 empties the pool.")
-    cpu: float = 1.0
-    memory: int = 512
-    disk: int = DEFAULT_DISK_MIB
+    # PoolManager.set_size and check_create_ranges check these, naming the allowed range.
+    size: int = Field(
+        description="Sandboxes to keep started; 0 empties the pool.",
+        json_schema_extra=documented(minimum=0, maximum=MAX_POOL_SIZE),
+    )
+    cpu: float = Field(1.0, json_schema_extra=documented(minimum=MIN_CPU, maximum=cpu_limit()))
+    memory: int = Field(
+        512, json_schema_extra=documented(minimum=MEMORY_RANGE[0], maximum=MEMORY_RANGE[1])
+    )
+    disk: int = Field(
+        DEFAULT_DISK_MIB,
+        json_schema_extra=documented(minimum=DISK_RANGE[0], maximum=DISK_RANGE[1]),
+    )
 
 
 @router.get("", response_model=PoolList, summary="List the warm pools")
@@ -56,7 +66,7 @@ async def list_pools(svc: Svc) -> PoolList:
 
 
 @router.put("/{image}", response_model=PoolOut, summary="Create or resize a warm pool")
-async def set_pool(image: str, body: PoolRequest, svc: Svc) -> PoolOut:
+async def set_pool(image: ImageNameP, body: PoolRequest, svc: Svc) -> PoolOut:
     svc.images.info(image)  # 404 naming the images
     check_create_ranges(body.cpu, body.memory, body.disk, 300)
     svc.pools.set_size(PoolSpec(image, body.size, body.cpu, body.memory, body.disk))

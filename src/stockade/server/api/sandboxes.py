@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
@@ -13,13 +13,13 @@ from ..service.sandboxes import CreateRequest
 from ..service.stages import collect, stage
 from ..state.records import SandboxRecord
 from .deps import Services, services
+from .limits import MAX_PORTS as _MAX_PORTS
 from .limits import TIMEOUT_RANGE, check_create_ranges, check_range
+from .params import PortP, SandboxIdP, documented
 from .schemas import CreateSandbox, NetworkIn, PortIn, SandboxList, SandboxOut, TimeoutIn
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
-_STATUSES = ("starting", "running", "paused", "terminated", "failed")
-_MAX_PORTS = 64
 
 Svc = Annotated[Services, Depends(services)]
 
@@ -98,7 +98,7 @@ def _ports(ports: list[int | PortIn]) -> list[tuple[int, bool]]:
 
 
 @router.put("/{sandbox_id}/network", response_model=SandboxOut, summary="Change the network policy")
-async def set_network(sandbox_id: str, body: NetworkIn, svc: Svc) -> SandboxOut:
+async def set_network(sandbox_id: SandboxIdP, body: NetworkIn, svc: Svc) -> SandboxOut:
     policy = NetworkPolicy.parse(
         block_network=body.block_network,
         outbound_cidr_allowlist=body.outbound_cidr_allowlist,
@@ -108,7 +108,7 @@ async def set_network(sandbox_id: str, body: NetworkIn, svc: Svc) -> SandboxOut:
 
 
 @router.post("/{sandbox_id}/ports", response_model=SandboxOut, summary="Expose a port")
-async def expose_port(sandbox_id: str, body: PortIn, svc: Svc) -> SandboxOut:
+async def expose_port(sandbox_id: SandboxIdP, body: PortIn, svc: Svc) -> SandboxOut:
     record = await svc.sandboxes.get_running(sandbox_id)
     if len(record.ports) >= _MAX_PORTS and all(p["port"] != body.port for p in record.ports):
         raise InvalidArgumentError(f"at most {_MAX_PORTS} exposed ports per sandbox")
@@ -118,14 +118,14 @@ async def expose_port(sandbox_id: str, body: PortIn, svc: Svc) -> SandboxOut:
 @router.delete(
     "/{sandbox_id}/ports/{port}", response_model=SandboxOut, summary="Stop exposing a port"
 )
-async def unexpose_port(sandbox_id: str, port: int, svc: Svc) -> SandboxOut:
+async def unexpose_port(sandbox_id: SandboxIdP, port: PortP, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.unexpose(sandbox_id, port))
 
 
 @router.post(
     "/{sandbox_id}/timeout", response_model=SandboxOut, summary="End the sandbox N seconds from now"
 )
-async def set_timeout(sandbox_id: str, body: TimeoutIn, svc: Svc) -> SandboxOut:
+async def set_timeout(sandbox_id: SandboxIdP, body: TimeoutIn, svc: Svc) -> SandboxOut:
     check_range("timeout", body.timeout, *TIMEOUT_RANGE, " seconds")
     return _out(svc, await svc.sandboxes.set_timeout(sandbox_id, body.timeout))
 
@@ -133,22 +133,30 @@ async def set_timeout(sandbox_id: str, body: TimeoutIn, svc: Svc) -> SandboxOut:
 @router.get("", response_model=SandboxList, summary="List sandboxes")
 async def list_sandboxes(
     svc: Svc,
-    status: Annotated[str | None, Query(description="Only sandboxes in this status.")] = None,
-    tag: Annotated[list[str], Query(description="key=value; repeat to require several.")] = [],  # noqa: B006
+    status: Annotated[
+        Literal["starting", "running", "paused", "terminated", "failed"] | None,
+        Query(description="Only sandboxes in this status."),
+    ] = None,
+    tag: Annotated[
+        list[str],
+        Query(
+            description="key=value; repeat to require several.",
+            # _parse_tags answers a malformed one itself, quoting it.
+            json_schema_extra=documented(items={"type": "string", "pattern": "^[^=]+="}),
+        ),
+    ] = [],  # noqa: B006
 ) -> SandboxList:
-    if status is not None and status not in _STATUSES:
-        raise InvalidArgumentError(f"status must be one of {', '.join(_STATUSES)}")
     records = await svc.sandboxes.list(status=status, tags=_parse_tags(tag))
     return SandboxList(sandboxes=[_out(svc, r) for r in records])
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut, summary="Get a sandbox")
-async def get_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
+async def get_sandbox(sandbox_id: SandboxIdP, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.get(sandbox_id))
 
 
 @router.delete("/{sandbox_id}", response_model=SandboxOut, summary="Terminate a sandbox")
-async def terminate_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
+async def terminate_sandbox(sandbox_id: SandboxIdP, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.terminate(sandbox_id))
 
 
@@ -158,7 +166,7 @@ async def terminate_sandbox(sandbox_id: str, svc: Svc) -> SandboxOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/plain": {}}}},
 )
-async def sandbox_logs(sandbox_id: str, svc: Svc, follow: bool = False) -> StreamingResponse:
+async def sandbox_logs(sandbox_id: SandboxIdP, svc: Svc, follow: bool = False) -> StreamingResponse:
     await svc.sandboxes.get(sandbox_id)  # a 404 before the stream starts
     # Chunks of the capped log files (the service never holds more than one at a time).
     chunks = svc.sandboxes.logs(sandbox_id, follow=follow)

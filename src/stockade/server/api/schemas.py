@@ -10,12 +10,31 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..images.built import BuiltImage
 from ..images.catalog import ImageInfo
 from ..images.oci import PulledImage
-from ..network.policy import NetworkPolicy
+from ..network.policy import MAX_ALLOWLIST, NetworkPolicy
 from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..service.files import FileInfo
+from ..service.snapshots import MAX_FORKS
+from ..service.volumes import MAX_MOUNTS, SIZE_RANGE_MIB
 from ..state.records import SandboxRecord, SnapshotRecord
+from .limits import DISK_RANGE, MAX_PORTS, MEMORY_RANGE, MIN_CPU, TIMEOUT_RANGE, cpu_limit
+from .params import (
+    ABS_PATH,
+    CIDR,
+    CONTEXT_DIGEST,
+    DOMAIN_PATTERN,
+    IMAGE_REF,
+    MAX_PATH,
+    MAX_REFERENCE,
+    MOUNT_PATH,
+    REFERENCE,
+    SNAPSHOT_ID,
+    TAG_NAME,
+    VOLUME_REF,
+    documented,
+)
 
 __all__ = [
+    "BuildRequest",
     "CreateSandbox",
     "ErrorBody",
     "ExecRequest",
@@ -51,15 +70,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Strings whose shape a handler or service checks itself, with a message of its own: the
+# schema states the shape (documented), the check enforces it. Constraints that live in an
+# Annotated item type land on the string itself, not on a `null` alternative or the list.
+_AbsPath = Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))]
+_Cidr = Annotated[str, Field(json_schema_extra=documented(pattern=CIDR))]
+_Domain = Annotated[str, Field(json_schema_extra=documented(pattern=DOMAIN_PATTERN, maxLength=255))]
+_Argument = Annotated[str, Field(json_schema_extra=documented(pattern=r"^[^\x00]*$"))]
+_VolumeRef = Annotated[str, Field(json_schema_extra=documented(pattern=VOLUME_REF))]
+_Timeout = Annotated[
+    float, Field(json_schema_extra=documented(minimum=TIMEOUT_RANGE[0], maximum=TIMEOUT_RANGE[1]))
+]
+
+
+# NetworkPolicy.parse checks these (its messages name the entry that is wrong).
+_CidrList = Annotated[list[_Cidr], Field(json_schema_extra=documented(maxItems=MAX_ALLOWLIST))]
+_DomainList = Annotated[list[_Domain], Field(json_schema_extra=documented(maxItems=MAX_ALLOWLIST))]
+_NOT_BOTH = " Not together with `block_network`."
+
+
 class NetworkIn(_Strict):
     block_network: bool = Field(False, description="Loopback only: no traffic in or out.")
-    outbound_cidr_allowlist: list[str] | None = Field(
-        None, description='Only these IPv4 ranges may be reached, e.g. `["203.0.113.0/24"]`.'
+    outbound_cidr_allowlist: _CidrList | None = Field(
+        None,
+        description='Only these IPv4 ranges may be reached, e.g. `["203.0.113.0/24"]`.' + _NOT_BOTH,
     )
-    outbound_domain_allowlist: list[str] | None = Field(
+    outbound_domain_allowlist: _DomainList | None = Field(
         None,
         description="Only these names may be reached (`example.com`, `*.example.org`); "
-        "enforced on DNS and on the TLS SNI / HTTP Host of every connection.",
+        "enforced on DNS and on the TLS SNI / HTTP Host of every connection." + _NOT_BOTH,
     )
 
 
@@ -69,16 +108,41 @@ class PortIn(_Strict):
 
 
 class CreateSandbox(_Strict):
-    image: str = Field("python", description="Name of a built image, e.g. `python` or `debian`.")
-    cpu: float = Field(1.0, description="CPU cores (fractional allowed).")
-    memory: int = Field(512, description="Memory limit in MiB.")
-    disk: int = Field(DEFAULT_DISK_MIB, description="Writable disk space in MiB.")
-    timeout: float = Field(300.0, description="Lifetime in seconds; the sandbox ends after it.")
+    image: str = Field(
+        "python",
+        description="A base image (`python`, `debian`), a built-in one (`code-interpreter`), "
+        "a built image (`name:tag` or `img-…`) or a registry reference (`python:3.12-slim`, "
+        "pulled on first use).",
+        json_schema_extra=documented(
+            pattern=IMAGE_REF, maxLength=MAX_REFERENCE, examples=["python", "debian"]
+        ),
+    )
+    # check_create_ranges enforces these, with messages naming the allowed range.
+    cpu: float = Field(
+        1.0,
+        description="CPU cores (fractional allowed), at most the host's.",
+        json_schema_extra=documented(minimum=MIN_CPU, maximum=cpu_limit()),
+    )
+    memory: int = Field(
+        512,
+        description="Memory limit in MiB.",
+        json_schema_extra=documented(minimum=MEMORY_RANGE[0], maximum=MEMORY_RANGE[1]),
+    )
+    disk: int = Field(
+        DEFAULT_DISK_MIB,
+        description="Writable disk space in MiB.",
+        json_schema_extra=documented(minimum=DISK_RANGE[0], maximum=DISK_RANGE[1]),
+    )
+    timeout: _Timeout = Field(300.0, description="Lifetime in seconds; the sandbox ends after it.")
     env: dict[str, str] = Field(default_factory=dict)
-    workdir: str | None = Field(None, description="Absolute working directory.")
+    workdir: _AbsPath | None = Field(None, description="Absolute working directory.")
     tags: dict[str, str] = Field(default_factory=dict)
-    entrypoint: list[str] | None = Field(
-        None, description="Main process; its output is the sandbox log."
+    entrypoint: (
+        Annotated[list[_Argument], Field(json_schema_extra=documented(minItems=1))] | None
+    ) = Field(
+        None,
+        description="Main process; its output is the sandbox log. Not together with "
+        "`image_entrypoint`.",
     )
     image_entrypoint: bool = Field(
         False,
@@ -86,22 +150,31 @@ class CreateSandbox(_Strict):
         "by default a sandbox idles until its commands come.",
     )
     block_network: bool = Field(False, description="Loopback only: no traffic in or out.")
-    outbound_cidr_allowlist: list[str] | None = Field(
-        None, description="Only these IPv4 ranges may be reached."
+    outbound_cidr_allowlist: _CidrList | None = Field(
+        None, description="Only these IPv4 ranges may be reached." + _NOT_BOTH
     )
-    outbound_domain_allowlist: list[str] | None = Field(
-        None, description="Only these names may be reached (`example.com`, `*.example.org`)."
+    outbound_domain_allowlist: _DomainList | None = Field(
+        None,
+        description="Only these names may be reached (`example.com`, `*.example.org`)." + _NOT_BOTH,
     )
     ports: list[Annotated[int, Field(ge=1, le=65535, strict=True)] | PortIn] = Field(
         default_factory=list,
         description="Ports served through the server's proxy: `8080` or "
-        '`{"port": 8080, "public": true}`.',
+        f'`{{"port": 8080, "public": true}}`; at most {MAX_PORTS} distinct ones.',
+        json_schema_extra=documented(maxItems=MAX_PORTS),
     )
-    volumes: dict[str, str] = Field(
+    volumes: dict[str, _VolumeRef] = Field(
         default_factory=dict,
-        description='Volumes to mount: `{"/data": "<volume name or ID>"}`.',
+        description='Volumes to mount: `{"/data": "<volume name or ID>"}`; mount points are '
+        "normalised absolute paths that neither nest nor cover `/`, `/proc`, `/dev`, `/sys`, "
+        "`/etc/hosts` or `/etc/resolv.conf`.",
+        # service/volumes.py resolve_mounts checks them, naming the mount that is wrong.
+        json_schema_extra=documented(
+            propertyNames={"pattern": MOUNT_PATH, "maxLength": MAX_PATH},
+            maxProperties=MAX_MOUNTS,
+        ),
     )
-    idle_timeout: float | None = Field(
+    idle_timeout: _Timeout | None = Field(
         None,
         description="Seconds without exec, file or API activity after which `on_timeout` "
         "applies (unset: never).",
@@ -114,10 +187,13 @@ class CreateSandbox(_Strict):
         description="A paused sandbox wakes by itself on its next exec, files call or port "
         "request.",
     )
-    snapshot: str | None = Field(
-        None,
-        description="Restore this memory snapshot (`sn-…`) instead of booting the image: "
-        "its processes carry on where they were.",
+    # An ID that names no snapshot is a 404, whatever its shape.
+    snapshot: Annotated[str, Field(json_schema_extra=documented(pattern=SNAPSHOT_ID))] | None = (
+        Field(
+            None,
+            description="Restore this memory snapshot (`sn-…`) instead of booting the image: "
+            "its processes carry on where they were.",
+        )
     )
 
 
@@ -238,13 +314,33 @@ class SandboxList(BaseModel):
     sandboxes: list[SandboxOut]
 
 
+# api/execs.py checks these: a command to run (its name not empty), no NUL anywhere.
+_Argv = Annotated[
+    list[_Argument],
+    Field(
+        json_schema_extra=documented(minItems=1, prefixItems=[{"type": "string", "minLength": 1}])
+    ),
+]
+_ExecTimeout = Annotated[
+    float, Field(json_schema_extra=documented(minimum=0.001, maximum=TIMEOUT_RANGE[1]))
+]
+# Standard base64 with its padding (base64.b64decode(validate=True)).
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
 class ExecRequest(_Strict):
-    argv: list[str] = Field(..., description="The command and its arguments.")
+    argv: _Argv = Field(..., description="The command and its arguments.")
     env: dict[str, str] = Field(default_factory=dict)
-    workdir: str | None = None
-    timeout: float | None = Field(None, description="Seconds; the command is killed after it.")
-    stdin: str | None = Field(None, description="Text written to stdin, which is then closed.")
-    stdin_b64: str | None = Field(None, description="Like `stdin`, base64-encoded bytes.")
+    workdir: _AbsPath | None = Field(None, description="Absolute; default: the sandbox's.")
+    timeout: _ExecTimeout | None = Field(
+        None, description="Seconds; the command is killed after it."
+    )
+    stdin: str | None = Field(
+        None, description="Text written to stdin, which is then closed. Not with `stdin_b64`."
+    )
+    stdin_b64: Annotated[str, Field(json_schema_extra=documented(pattern=_BASE64))] | None = Field(
+        None, description="Like `stdin`, base64-encoded bytes."
+    )
 
 
 class WsExecRequest(_Strict):
@@ -279,7 +375,12 @@ class FileList(BaseModel):
 
 
 class MkdirRequest(_Strict):
-    path: str
+    # check_path answers a bad path itself, naming it.
+    path: str = Field(
+        ...,
+        description="Absolute path inside the sandbox.",
+        json_schema_extra=documented(pattern=ABS_PATH, maxLength=MAX_PATH),
+    )
     parents: bool = True
 
 
@@ -332,12 +433,98 @@ class RegistryLogin(_Strict):
 
 
 class PullImage(_Strict):
-    ref: str = Field(..., description="A registry reference, e.g. `python:3.12-slim`.")
+    # parse_reference answers a malformed one itself, saying what is wrong with it.
+    ref: str = Field(
+        ...,
+        description="A registry reference, e.g. `python:3.12-slim`.",
+        json_schema_extra=documented(pattern=REFERENCE, maxLength=MAX_REFERENCE),
+    )
     auth: RegistryLogin | None = Field(None, description="Registry credentials, if needed.")
 
 
 class ImageList(BaseModel):
     images: list[ImageOut]
+
+
+# The body of POST /v1/images/builds, for the OpenAPI document only: images/builder.py
+# parse_spec validates the request (its messages name the step that is wrong) and, as it
+# always has, ignores fields it does not know; so these models state no additionalProperties.
+_Word = Annotated[str, Field(json_schema_extra=documented(minLength=1))]
+_Words = Annotated[list[_Word], Field(json_schema_extra=documented(minItems=1))]
+_Package = Annotated[str, Field(json_schema_extra=documented(pattern=r"^[^\s-]\S*$"))]
+_StepPath = Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))]
+
+
+class RunStep(BaseModel):
+    op: Literal["run"]
+    commands: _Words = Field(..., description="Shell commands, run one after the other.")
+
+
+class PackagesStep(BaseModel):
+    op: Literal["apt_install", "pip_install"]
+    packages: Annotated[list[_Package], Field(json_schema_extra=documented(minItems=1))]
+
+
+class EnvStep(BaseModel):
+    op: Literal["env"]
+    vars: dict[str, str] = Field(
+        ..., json_schema_extra=documented(minProperties=1, propertyNames={"pattern": "^[^=]+$"})
+    )
+
+
+class WorkdirStep(BaseModel):
+    op: Literal["workdir"]
+    path: _StepPath
+
+
+class UserStep(BaseModel):
+    op: Literal["user"]
+    user: str = Field(
+        ...,
+        description="A name, uid or uid:gid.",
+        json_schema_extra=documented(pattern=r"^\S+$"),
+    )
+
+
+class ArgvStep(BaseModel):
+    op: Literal["entrypoint", "cmd"]
+    argv: _Words
+
+
+class CopyStep(BaseModel):
+    op: Literal["copy"]
+    dest: _StepPath = Field(..., description="Where the uploaded tar is unpacked.")
+    context: str = Field(
+        ...,
+        description="The uploaded tar's digest (`PUT /v1/images/contexts/{digest}` first).",
+        json_schema_extra=documented(pattern=CONTEXT_DIGEST),
+    )
+
+
+class BuildRequest(BaseModel):
+    image: str = Field(
+        ...,
+        description="The base: a base or built image, or with `registry` a registry reference.",
+        json_schema_extra=documented(
+            pattern=IMAGE_REF, maxLength=MAX_REFERENCE, examples=["debian", "python"]
+        ),
+    )
+    steps: list[RunStep | PackagesStep | EnvStep | WorkdirStep | UserStep | ArgvStep | CopyStep] = (
+        Field(default_factory=list, description="Applied in order; each is a cached layer.")
+    )
+    python_version: str | None = Field(
+        None, description="With the `python` base: the Python it provides (`3.11`)."
+    )
+    auth: RegistryLogin | None = Field(None, description="Credentials for a registry base.")
+    timeout: float = Field(
+        1800.0,
+        description="Seconds the whole build may take.",
+        json_schema_extra=documented(minimum=TIMEOUT_RANGE[0], maximum=TIMEOUT_RANGE[1]),
+    )
+    registry: bool = Field(False, description="`image` is a registry reference, to be pulled.")
+    tag: Annotated[str, Field(json_schema_extra=documented(pattern=TAG_NAME))] | None = Field(
+        None, description="Name the result `name:tag` (and `name:latest`)."
+    )
 
 
 class _ErrorDetail(BaseModel):
@@ -355,13 +542,19 @@ class SnapshotIn(_Strict):
 
 
 class FsSnapshotIn(_Strict):
-    name: str | None = Field(
+    # parse_tag answers a bad name itself, with an example of a good one.
+    name: Annotated[str, Field(json_schema_extra=documented(pattern=TAG_NAME))] | None = Field(
         None, description="Image name (`name:tag`); default `<sandbox id>:fs-<ms>`."
     )
 
 
 class ForkIn(_Strict):
-    count: int = Field(1, strict=True, description="How many sandboxes to fork (1 to 32).")
+    count: int = Field(
+        1,
+        strict=True,
+        description=f"How many sandboxes to fork (1 to {MAX_FORKS}).",
+        json_schema_extra=documented(minimum=1, maximum=MAX_FORKS),
+    )
 
 
 class SnapshotOut(BaseModel):
@@ -385,11 +578,24 @@ class SnapshotList(BaseModel):
 
 
 class VolumeCreate(_Strict):
+    # service/volumes.py checks both, with messages that say what a good one looks like.
     name: str = Field(
         ...,
-        description="1–63 of `a-z 0-9 . _ -`, starting with a letter or digit; unique.",
+        description="1–63 of `a-z 0-9 . _ -`, starting with a letter or digit, and not shaped "
+        "like a volume ID (`vol-` and 16 hex digits); unique.",
+        json_schema_extra=documented(
+            pattern=VOLUME_REF, **{"not": {"pattern": r"^vol-[0-9a-f]{16}$"}}
+        ),
     )
-    size: int | None = Field(
+    size: (
+        Annotated[
+            int,
+            Field(
+                json_schema_extra=documented(minimum=SIZE_RANGE_MIB[0], maximum=SIZE_RANGE_MIB[1])
+            ),
+        ]
+        | None
+    ) = Field(
         None, strict=True, description="The most it may hold, in MiB (16 to 1048576; default 1024)."
     )
     create_if_missing: bool = Field(
@@ -431,7 +637,7 @@ class FileChanges(BaseModel):
 
 
 class TimeoutIn(_Strict):
-    timeout: float = Field(
+    timeout: _Timeout = Field(
         ...,
         description="Seconds from now until the sandbox ends (or pauses, with "
         '`on_timeout="pause"`): more or less than it had left; 1–86400.',

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from ..state.records import SandboxRecord
 from .deps import Services, services
+from .params import SANDBOX_ID, SandboxIdP, SnapshotIdP, documented_optional
 from .schemas import (
     ForkIn,
     FsSnapshotIn,
@@ -35,7 +36,7 @@ def _out(svc: Services, record: SandboxRecord) -> SandboxOut:
     response_model=SnapshotOut,
     summary="Snapshot a sandbox's memory and files (it keeps running)",
 )
-async def snapshot(sandbox_id: str, svc: Svc, body: SnapshotIn | None = None) -> SnapshotOut:
+async def snapshot(sandbox_id: SandboxIdP, svc: Svc, body: SnapshotIn | None = None) -> SnapshotOut:
     record = await svc.snapshots.create(sandbox_id, body.name if body else None)
     return SnapshotOut.of(record)
 
@@ -47,7 +48,7 @@ async def snapshot(sandbox_id: str, svc: Svc, body: SnapshotIn | None = None) ->
     summary="Save a sandbox's files as a new image (it keeps running)",
 )
 async def filesystem_snapshot(
-    sandbox_id: str, svc: Svc, body: FsSnapshotIn | None = None
+    sandbox_id: SandboxIdP, svc: Svc, body: FsSnapshotIn | None = None
 ) -> ImageOut:
     image, name = await svc.snapshots.filesystem(sandbox_id, body.name if body else None)
     return ImageOut.of_built(image, name)
@@ -58,7 +59,7 @@ async def filesystem_snapshot(
     response_model=SandboxOut,
     summary="Pause: save the sandbox's memory to disk and stop it",
 )
-async def pause(sandbox_id: str, svc: Svc) -> SandboxOut:
+async def pause(sandbox_id: SandboxIdP, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.pause(sandbox_id))
 
 
@@ -67,7 +68,7 @@ async def pause(sandbox_id: str, svc: Svc) -> SandboxOut:
     response_model=SandboxOut,
     summary="Resume a paused sandbox: same ID, files and processes",
 )
-async def resume(sandbox_id: str, svc: Svc) -> SandboxOut:
+async def resume(sandbox_id: SandboxIdP, svc: Svc) -> SandboxOut:
     return _out(svc, await svc.sandboxes.resume(sandbox_id))
 
 
@@ -77,7 +78,7 @@ async def resume(sandbox_id: str, svc: Svc) -> SandboxOut:
     response_model=SandboxList,
     summary="Fork a running sandbox into independent copies of it",
 )
-async def fork(sandbox_id: str, svc: Svc, body: ForkIn | None = None) -> SandboxList:
+async def fork(sandbox_id: SandboxIdP, svc: Svc, body: ForkIn | None = None) -> SandboxList:
     count = body.count if body else 1
     source = await svc.sandboxes.get(sandbox_id)
     # Forks are new sandboxes: warm-pool ones give way to them as to any create.
@@ -89,17 +90,23 @@ async def fork(sandbox_id: str, svc: Svc, body: ForkIn | None = None) -> Sandbox
 @router.get("/v1/snapshots", response_model=SnapshotList, summary="List snapshots")
 async def list_snapshots(
     svc: Svc,
-    sandbox_id: Annotated[str | None, Query(description="Only snapshots of this sandbox.")] = None,
+    sandbox_id: Annotated[
+        str | None,
+        Query(
+            description="Only snapshots of this sandbox (an ID that names none: none).",
+            json_schema_extra=documented_optional(pattern=SANDBOX_ID),
+        ),
+    ] = None,
 ) -> SnapshotList:
     return SnapshotList(snapshots=[SnapshotOut.of(s) for s in await svc.snapshots.list(sandbox_id)])
 
 
 @router.get("/v1/snapshots/{snapshot_id}", response_model=SnapshotOut, summary="Get a snapshot")
-async def get_snapshot(snapshot_id: str, svc: Svc) -> SnapshotOut:
+async def get_snapshot(snapshot_id: SnapshotIdP, svc: Svc) -> SnapshotOut:
     return SnapshotOut.of(await svc.snapshots.get(snapshot_id))
 
 
 @router.delete("/v1/snapshots/{snapshot_id}", status_code=204, summary="Delete a snapshot")
-async def delete_snapshot(snapshot_id: str, svc: Svc) -> Response:
+async def delete_snapshot(snapshot_id: SnapshotIdP, svc: Svc) -> Response:
     await svc.snapshots.delete(snapshot_id)
     return Response(status_code=204)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 
 from ..state.records import VolumeRecord
 from .deps import Services, services
+from .params import VolumeRefP
 from .schemas import VolumeCreate, VolumeList, VolumeOut, _iso
 
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
@@ -50,7 +51,7 @@ async def list_volumes(svc: Svc) -> VolumeList:
 
 
 @router.get("/{name_or_id}", response_model=VolumeOut, summary="Get a volume by name or ID")
-async def get_volume(name_or_id: str, svc: Svc) -> VolumeOut:
+async def get_volume(name_or_id: VolumeRefP, svc: Svc) -> VolumeOut:
     record = await svc.volumes.get(name_or_id)
     return _out(record, await svc.volumes.users_of(record.id))
 
@@ -61,6 +62,6 @@ async def get_volume(name_or_id: str, svc: Svc) -> VolumeOut:
     response_class=Response,
     summary="Delete a volume and its files (409 while a sandbox has it mounted)",
 )
-async def delete_volume(name_or_id: str, svc: Svc) -> Response:
+async def delete_volume(name_or_id: VolumeRefP, svc: Svc) -> Response:
     await svc.volumes.delete(name_or_id)
     return Response(status_code=204)
