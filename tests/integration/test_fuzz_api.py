@@ -14,7 +14,11 @@ coverage phase, and the `ignored_auth` check on every operation).
 
 The run is bounded by the schema's own limits (memory, timeouts, pool sizes, fork counts:
 whatever it says the API accepts) and by a fixed seed and example count, so a failure
-replays with the same data.
+replays with the same data. What a schema cannot give, fuzz_hooks.py and the config
+supply: a registry on loopback for every image reference (no test reaches the internet),
+live sandboxes for the valid cases to name (a keeper for the operations that leave a
+sandbox as it was, an expendable one for those that end it), an upload's digest that is
+its body's, and no endless `follow` of a live sandbox's log.
 """
 
 from __future__ import annotations
