@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,11 +113,22 @@ def test_a_listing_of_100000_long_names_answers_bounded(
     assert small["truncated"] is False and "d" in [e["name"] for e in small["entries"]]
 
 
-def test_an_agent_channel_fed_garbage_fails_the_sandbox(http: httpx.Client) -> None:
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_an_agent_channel_fed_garbage_fails_the_sandbox(
+    server: LiveServer, http: httpx.Client
+) -> None:
     bystander = Sandbox.create(image="debian", timeout=300)
     sb = Sandbox.create(image="debian", timeout=300)
     try:
         assert sb.run(["true"]).exit_code == 0  # its link is up
+        directory = server.data_dir / "sandboxes" / sb.id
+        pid = int((directory / "pid").read_text())
         # Code in the sandbox writes to the agent's own output channel (its fd 1); the
         # command's own session may end with the link.
         with contextlib.suppress(StockadeError):
@@ -124,6 +136,10 @@ def test_an_agent_channel_fed_garbage_fails_the_sandbox(http: httpx.Client) -> N
         info = _wait_ended(http, sb.id, 30)
         assert (info["status"], info["reason"]) == ("failed", "agent_protocol"), info
         assert "not a frame" in str(info["message"])
+        # Its runsc sandbox is gone, and only its output is kept.
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+        left = {p.name for p in directory.iterdir()} if directory.exists() else set()
+        assert left <= {"output.log", "output.log.1"}, left
         with pytest.raises(SandboxTerminatedError, match="agent_protocol"):
             sb.run(["true"])
         assert bystander.run(["echo", "fine"]).stdout == "fine\n"
