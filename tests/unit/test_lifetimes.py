@@ -24,16 +24,21 @@ from fastapi import Depends, FastAPI
 from stockade import AsyncClient, AsyncSandbox, Client, Sandbox
 from stockade.cli._common import CliState
 from stockade.cli.main import cli
-from stockade.errors import InvalidArgumentError, SandboxPausedError, SandboxTerminatedError
+from stockade.errors import (
+    InvalidArgumentError,
+    SandboxPausedError,
+    SandboxTerminatedError,
+    StockadeTimeoutError,
+)
 from stockade.server.agent.protocol import Frame, FrameType
 from stockade.server.api import sandboxes as sandbox_routes
 from stockade.server.api.deps import require_token
 from stockade.server.api.errors import install_error_handlers
 from stockade.server.config import DEFAULT_RETENTION, ConfigError, ServerConfig, _seconds
 from stockade.server.images.catalog import ImageCatalog
-from stockade.server.runtime.agent_link import Channel
+from stockade.server.runtime.agent_link import AgentSilent, Channel
 from stockade.server.service import lifetimes
-from stockade.server.service.execs import ExecSession
+from stockade.server.service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo
 from stockade.server.service.lifetimes import Deadline
 from stockade.server.service.sandboxes import SandboxService
 from stockade.server.state.records import SandboxRecord
@@ -424,6 +429,31 @@ async def test_a_session_is_busy_from_start_to_exit(svc: SandboxService) -> None
     await session.aclose()  # releasing twice does not go below zero
     assert svc._busy == {}
     assert time.time() - svc._active["sb-e"] < 1
+
+
+class SilentChannel(FakeChannel):
+    """The agent of a sandbox whose code stopped it: it never answers."""
+
+    async def reply(self, timeout: float = 30.0) -> Frame:
+        raise AgentSilent(f"the agent of sandbox sb-e did not answer within {timeout:g}s")
+
+
+async def test_a_command_whose_timeout_passes_before_it_starts_times_out(
+    svc: SandboxService,
+) -> None:
+    channel = SilentChannel()
+    session = ExecSession(cast(Channel, channel), svc, "sb-e", pty=False, timeout=0.5)
+    await session.start({"argv": ["true"]})
+    await session.write_stdin(b"ignored")  # no channel to send on: not an error
+    await session.close_stdin()
+    events = [e async for e in session.events()]
+    assert events == [ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True)] and channel.finished
+    assert svc._busy == {}
+    # Without a deadline of its own, the command waits the agent's, then it is a 504.
+    silent = ExecSession(cast(Channel, SilentChannel()), svc, "sb-e", pty=False, timeout=None)
+    with pytest.raises(StockadeTimeoutError, match="kill -STOP"):
+        await silent.start({"argv": ["true"]})
+    assert svc._busy == {}
 
 
 async def test_an_abandoned_or_killed_session_is_released(svc: SandboxService) -> None:

@@ -18,9 +18,8 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from ...errors import InvalidArgumentError, StockadeError, StockadeTimeoutError
-from ..runtime.agent_link import AGENT_REPLY_TIMEOUT
-from ..service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo, OutputChunk
+from ...errors import InvalidArgumentError, StockadeError
+from ..service.execs import ExecSession, ExitInfo, OutputChunk
 from ..service.files import check_path
 from . import ndjson
 from .deps import Services, check_token, services
@@ -46,37 +45,6 @@ def _validate(argv: list[str], workdir: str | None, timeout: float | None) -> st
     if timeout is not None:
         check_range("timeout", timeout, 0.001, _MAX_EXEC_TIMEOUT, " seconds")
     return check_path(workdir) if workdir is not None else None
-
-
-async def _start(
-    svc: Services,
-    sandbox_id: str,
-    argv: list[str],
-    *,
-    env: dict[str, str],
-    workdir: str | None,
-    timeout: float | None,
-    pty_size: tuple[int, int] | None = None,
-) -> ExecSession | None:
-    """Start the command; None when its own ``timeout`` ran out before it started.
-
-    ExecService waits for the agent to start a command at most AGENT_REPLY_TIMEOUT, or the
-    command's own timeout if that is shorter, and then raises StockadeTimeoutError (a 504
-    that says the sandbox does not answer). When the wait was the command's own timeout,
-    the sandbox is not the one that failed: the command's deadline passed, and it is
-    answered like any command that runs past its timeout (an exit event, timed_out).
-    """
-    try:
-        return await svc.execs.start(
-            sandbox_id, argv, env=env, workdir=workdir, timeout=timeout, pty_size=pty_size
-        )
-    except StockadeTimeoutError:
-        if timeout is not None and timeout < AGENT_REPLY_TIMEOUT:
-            return None
-        raise
-
-
-_TIMED_OUT = ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True)
 
 
 def exit_event(info: ExitInfo) -> dict[str, Any]:
@@ -105,12 +73,9 @@ async def exec_ndjson(sandbox_id: SandboxIdP, body: ExecRequest, svc: Svc) -> St
         except ValueError as exc:
             # binascii.Error for bad base64; a plain ValueError for non-ASCII text.
             raise InvalidArgumentError(f"stdin_b64 is not valid base64: {exc}") from None
-    session = await _start(
-        svc, sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout
+    session = await svc.execs.start(
+        sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout
     )
-    if session is None:
-        timed_out = [ndjson.line({"type": "started"}), ndjson.line(exit_event(_TIMED_OUT))]
-        return StreamingResponse(iter(timed_out), media_type="application/x-ndjson")
 
     async def feed() -> None:
         if stdin:
@@ -171,8 +136,8 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         except ValidationError as exc:
             raise InvalidArgumentError(f"bad exec request: {exc.errors()[0].get('msg')}") from None
         workdir = _validate(req.argv, req.workdir, req.timeout)
-        session = await _start(
-            svc, sandbox_id, req.argv, env=req.env, workdir=workdir, timeout=req.timeout,
+        session = await svc.execs.start(
+            sandbox_id, req.argv, env=req.env, workdir=workdir, timeout=req.timeout,
             pty_size=(req.cols, req.rows) if req.pty else None,
         )  # fmt: skip
     except StockadeError as err:
@@ -181,11 +146,6 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
     except (WebSocketDisconnect, KeyError, RuntimeError):
         return
     await ws.send_text('{"type":"started"}')
-    if session is None:
-        with contextlib.suppress(Exception):
-            await ws.send_text(json.dumps(exit_event(_TIMED_OUT)))
-            await ws.close(code=1000)
-        return
     reader = asyncio.create_task(_client_to_session(ws, session))
     try:
         try:

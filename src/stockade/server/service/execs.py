@@ -110,6 +110,7 @@ class ExecSession:
         self._deadline_task: asyncio.Task[None] | None = None
         self._start_error: bytes | None = None
         self._start_errno = 0
+        self._never_started = False  # its timeout passed before the agent started it
         self.pid: int | None = None
         self.exit: ExitInfo | None = None
         self._activity = activity
@@ -135,16 +136,21 @@ class ExecSession:
             self._sandboxes.idle_again(self.sandbox_id)
 
     async def _start(self, request: dict[str, object]) -> None:
+        # A command with a deadline of its own is not kept waiting longer than it for an
+        # agent that does not even start it.
+        wait = min(AGENT_REPLY_TIMEOUT, self._timeout or AGENT_REPLY_TIMEOUT)
         try:
             await self._ch.send_json(FrameType.EXEC, request)
-            # A command with a deadline of its own is not kept waiting longer than it for
-            # an agent that does not even start it.
-            wait = min(AGENT_REPLY_TIMEOUT, self._timeout or AGENT_REPLY_TIMEOUT)
             frame = await self._ch.reply(wait)
         except AgentLost as exc:
             raise await lost(self._sandboxes, self.sandbox_id, exc) from None
         except AgentSilent as exc:
-            self._ch.close()
+            self._ch.close()  # the agent kills the command if it starts after all
+            if wait < AGENT_REPLY_TIMEOUT:
+                # The command's own deadline passed first: it timed out, as any command
+                # that runs past its timeout does; the sandbox need not be at fault.
+                self._timed_out = self._never_started = True
+                return
             raise silent(self.sandbox_id, exc) from None
         if frame.type == FrameType.ERROR:
             info = _json(frame)
@@ -167,6 +173,9 @@ class ExecSession:
             self._release()
 
     async def _events(self) -> AsyncIterator[Event]:
+        if self._never_started:
+            yield self._finish(TIMEOUT_EXIT_CODE)
+            return
         if self._start_error is not None:
             # Like a shell: 127 for a missing program, 126 for one that cannot run.
             yield OutputChunk(2, self._start_error)
@@ -213,6 +222,8 @@ class ExecSession:
     # ------------------------------------------------------------ input side
 
     async def write_stdin(self, data: bytes) -> None:
+        if self._ch.finished:
+            return  # nothing reads it any more
         with contextlib.suppress(AgentLost):
             for i in range(0, len(data), MAX_PAYLOAD):
                 await self._ch.send(FrameType.STDIN, data[i : i + MAX_PAYLOAD])
@@ -221,6 +232,8 @@ class ExecSession:
         if self._pty:
             # A terminal has no EOF of its own; ^D at the start of a line is the convention.
             await self.write_stdin(b"\x04")
+            return
+        if self._ch.finished:
             return
         with contextlib.suppress(AgentLost):
             await self._ch.send(FrameType.STDIN_EOF)
