@@ -28,6 +28,7 @@ from stockade.errors import (
     InvalidArgumentError,
     SandboxPausedError,
     SandboxTerminatedError,
+    ServerError,
     StockadeTimeoutError,
 )
 from stockade.server.agent.protocol import Frame, FrameType
@@ -36,7 +37,9 @@ from stockade.server.api.deps import require_token
 from stockade.server.api.errors import install_error_handlers
 from stockade.server.config import DEFAULT_RETENTION, ConfigError, ServerConfig, _seconds
 from stockade.server.images.catalog import ImageCatalog
+from stockade.server.runtime import cgroups
 from stockade.server.runtime.agent_link import AgentSilent, Channel
+from stockade.server.runtime.runsc import RunscError, SandboxState
 from stockade.server.service import lifetimes
 from stockade.server.service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo
 from stockade.server.service.lifetimes import Deadline
@@ -577,3 +580,48 @@ def test_sync_sdk_and_cli_set_timeout() -> None:
     assert seen[-1] == {"timeout": 600.0}
     help_text = CliRunner().invoke(cli, ["set-timeout", "--help"]).output
     assert "SECONDS" in help_text
+
+
+@pytest.mark.parametrize(
+    ("state", "ooms", "error", "says"),
+    [
+        (None, 0, SandboxTerminatedError, "ended while being checkpointed"),
+        (SandboxState("sb-cp", "running", 1), 1, SandboxTerminatedError, "ran out of memory"),
+        (SandboxState("sb-cp", "running", 1), 0, ServerError, "checkpointing sandbox sb-cp"),
+    ],
+)
+async def test_a_failed_checkpoint_says_whether_the_sandbox_died_under_it(
+    svc: SandboxService,
+    monkeypatch: pytest.MonkeyPatch,
+    state: SandboxState | None,
+    ooms: int,
+    error: type[Exception],
+    says: str,
+) -> None:
+    """A sandbox killed (out of memory, say) while its pages are saved makes runsc's
+    checkpoint fail: that is the sandbox's end, a 409, not a 500 of the server's."""
+    await _running(svc, "sb-cp")
+    svc.sandbox_dir("sb-cp").mkdir(parents=True)
+    resumed: list[str] = []
+
+    async def nothing(sandbox_id: str, *args: object) -> None:
+        pass
+
+    async def fail(sandbox_id: str, path: Path) -> None:
+        raise RunscError("runsc checkpoint sb-cp failed: urpc: EOF")
+
+    async def resume(sandbox_id: str) -> None:
+        resumed.append(sandbox_id)
+
+    async def get_state(sandbox_id: str) -> SandboxState | None:
+        return state
+
+    monkeypatch.setattr(svc.runsc, "pause", nothing)
+    monkeypatch.setattr(svc.runsc, "checkpoint", fail)
+    monkeypatch.setattr(svc.runsc, "resume", resume)
+    monkeypatch.setattr(svc.runsc, "state", get_state)
+    monkeypatch.setattr(cgroups, "oom_kills", lambda sandbox_id: ooms)
+    with pytest.raises(error, match=says):
+        await svc._pause("sb-cp")
+    assert resumed == ["sb-cp"]
+    assert not (svc.checkpoint_dir("sb-cp").with_name("checkpoint.tmp")).exists()

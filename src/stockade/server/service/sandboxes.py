@@ -34,6 +34,7 @@ from ...errors import (
     SandboxPausedError,
     SandboxTerminatedError,
     ServerError,
+    StockadeError,
 )
 from ..agent.protocol import FrameType
 from ..config import ServerConfig
@@ -820,6 +821,11 @@ class SandboxService:
                 failpoint("pause.after-checkpoint")
                 await asyncio.to_thread(os.rename, tmp, final)
                 failpoint("pause.after-rename")
+            except RunscError as exc:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+                with contextlib.suppress(Exception):
+                    await self.runsc.resume(sandbox_id)
+                raise await self._checkpoint_failed(record, exc) from None
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
                 with contextlib.suppress(Exception):
@@ -834,6 +840,24 @@ class SandboxService:
             log.info("sandbox %s paused", sandbox_id)
         self._deadline_changed.set()
         return record
+
+    async def _checkpoint_failed(self, record: SandboxRecord, exc: RunscError) -> StockadeError:
+        """Why a checkpoint failed: most often the sandbox died under it (its code ran out
+        of memory while frozen pages were saved), which is the caller's to know, not a
+        fault of the server's. Its exit watcher records the end a moment later."""
+        sandbox_id = record.id
+        state = await self.runsc.state(sandbox_id)
+        if cgroups.oom_kills(sandbox_id) > 0:
+            return SandboxTerminatedError(
+                f"sandbox {sandbox_id} ran out of memory (memory={record.memory} MiB) while "
+                "being checkpointed and was killed; create it with a larger `memory=`"
+            )
+        if state is None or state.status not in ("running", "paused"):
+            return SandboxTerminatedError(
+                f"sandbox {sandbox_id} ended while being checkpointed; `stockade logs "
+                f"{sandbox_id}` shows its last output"
+            )
+        return ServerError(f"checkpointing sandbox {sandbox_id} failed: {exc}")
 
     async def _stop_paused(self, record: SandboxRecord) -> None:
         """Remove a paused sandbox's runsc sandbox, overlay and network; its disk and
@@ -902,7 +926,10 @@ class SandboxService:
         async with self.frozen(sandbox_id) as (record, rootfs):
             await rootfs.copy_upper(dest / "upper")
             (dest / "checkpoint").mkdir()
-            await self.runsc.checkpoint(sandbox_id, dest / "checkpoint")
+            try:
+                await self.runsc.checkpoint(sandbox_id, dest / "checkpoint")
+            except RunscError as exc:
+                raise await self._checkpoint_failed(record, exc) from None
             failpoint("checkpoint.frozen")
         return record
 
