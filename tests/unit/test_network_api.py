@@ -22,7 +22,8 @@ from stockade.errors import InvalidArgumentError, NotFoundError, SandboxTerminat
 from stockade.server.api import sandboxes
 from stockade.server.api.deps import require_token
 from stockade.server.api.errors import install_error_handlers
-from stockade.server.api.sandboxes import _MAX_PORTS, _ports
+from stockade.server.api.limits import MAX_PORTS as _MAX_PORTS
+from stockade.server.api.sandboxes import _ports
 from stockade.server.api.schemas import CreateSandbox, NetworkIn, PortIn, SandboxOut
 from stockade.server.config import ServerConfig
 from stockade.server.network.policy import NetworkPolicy

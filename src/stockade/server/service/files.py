@@ -126,18 +126,33 @@ class FileService:
         record = await self.execs.sandboxes.use(sandbox_id)
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
+    @contextlib.asynccontextmanager
+    async def _talking(
+        self, sandbox_id: str, ch: Channel, *, close: bool = True
+    ) -> AsyncIterator[None]:
+        """Agent failures in the block as the caller's errors (the sandbox's end, or an
+        agent that does not answer); ``ch`` is closed afterwards, or with ``close=False``
+        only when the block fails."""
+        try:
+            yield
+        except AgentLost as exc:
+            ch.close()
+            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+        except AgentSilent as exc:
+            ch.close()
+            raise silent(sandbox_id, exc) from None
+        except BaseException:
+            ch.close()
+            raise
+        if close:
+            ch.close()
+
     async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:
         """One request, one answer."""
         ch, disk = await self._open(sandbox_id)
-        try:
+        async with self._talking(sandbox_id, ch):
             await ch.send_json(ftype, request)
             frame = await ch.reply()
-        except AgentLost as exc:
-            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
-        except AgentSilent as exc:
-            raise silent(sandbox_id, exc) from None
-        finally:
-            ch.close()
         if frame.type == FrameType.ERROR:
             raise _error(frame, sandbox_id, disk)
         return _json_object(frame)
@@ -162,7 +177,7 @@ class FileService:
         entries: list[FileInfo] = []
         received = 0
         truncated = False
-        try:
+        async with self._talking(sandbox_id, ch):
             await ch.send_json(FrameType.FILE_LIST, {"path": check_path(path)})
             while True:
                 frame = await ch.reply()
@@ -181,12 +196,6 @@ class FileService:
                 if truncated or received >= LIST_MAX_BYTES:
                     truncated = True
                     break
-        except AgentLost as exc:
-            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
-        except AgentSilent as exc:
-            raise silent(sandbox_id, exc) from None
-        finally:
-            ch.close()
         if frame.type == FrameType.ERROR:
             raise _error(frame, sandbox_id, disk)
         return Listing(sorted(entries, key=lambda i: i.name), truncated)
@@ -207,7 +216,7 @@ class FileService:
         if path == "/":
             raise InvalidArgumentError("cannot write to /: give a file path")
         ch, disk = await self._open(sandbox_id)
-        try:
+        async with self._talking(sandbox_id, ch):
             await ch.send_json(FrameType.FILE_WRITE, {"path": path, "mode": 0o644})
             ready = await ch.reply()
             if ready.type == FrameType.ERROR:
@@ -219,12 +228,6 @@ class FileService:
                     )
             await ch.send(FrameType.END, timeout=AGENT_REPLY_TIMEOUT)
             result = await ch.reply()
-        except AgentLost as exc:
-            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
-        except AgentSilent as exc:
-            raise silent(sandbox_id, exc) from None
-        finally:
-            ch.close()
         if result.type == FrameType.ERROR:
             raise _error(result, sandbox_id, disk)
         return FileInfo.of(result.json())
@@ -233,15 +236,9 @@ class FileService:
         """Start reading; errors (missing, a directory) raise before the first chunk."""
         path = check_path(path)
         ch, disk = await self._open(sandbox_id)
-        try:
+        async with self._talking(sandbox_id, ch, close=False):
             await ch.send_json(FrameType.FILE_READ, {"path": path})
             first = await ch.reply()
-        except AgentLost as exc:
-            ch.close()
-            raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
-        except AgentSilent as exc:
-            ch.close()
-            raise silent(sandbox_id, exc) from None
         if first.type == FrameType.ERROR:
             ch.close()
             raise _error(first, sandbox_id, disk)
