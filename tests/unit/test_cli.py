@@ -281,3 +281,18 @@ def test_run_terminates_the_sandbox_on_ctrl_c(
     result = invoke("run", "--", "sleep", "100")
     assert result.exit_code == 130
     assert api.sandboxes["sb-2"]["status"] == "terminated"
+
+
+def test_ls_never_truncates_an_id_in_a_narrow_terminal() -> None:
+    from rich.console import Console
+
+    from stockade.cli.sandboxes import _table
+    from stockade.models import SandboxInfo
+
+    info = SandboxInfo(
+        id="sb-d7662e8a9764c58f", status="terminated", image="img-0123456789abcdef:a-long-tag",
+        cpu=1, memory=512, disk=1024, timeout=300, reason="agent_protocol", tags={"user": "me"},
+    )  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(_table([info]))
+    assert "sb-d7662e8a9764c58f" in console.export_text()

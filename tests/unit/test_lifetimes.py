@@ -404,7 +404,7 @@ class FakeChannel:
             await asyncio.Event().wait()  # a command that runs until killed
         return self.frames.pop(0)
 
-    async def reply(self, timeout: float = 30.0) -> Frame:
+    async def reply(self, timeout: float = 30.0, *, strict: bool = False) -> Frame:
         return await self.recv()
 
     def grant(self, nbytes: int) -> None:
@@ -437,7 +437,7 @@ async def test_a_session_is_busy_from_start_to_exit(svc: SandboxService) -> None
 class SilentChannel(FakeChannel):
     """The agent of a sandbox whose code stopped it: it never answers."""
 
-    async def reply(self, timeout: float = 30.0) -> Frame:
+    async def reply(self, timeout: float = 30.0, *, strict: bool = False) -> Frame:
         raise AgentSilent(f"the agent of sandbox sb-e did not answer within {timeout:g}s")
 
 

@@ -130,7 +130,9 @@ def ls(state: CliState, status: str | None, tags: dict[str, str], as_json: bool)
 
 def _table(infos: list[SandboxInfo]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "REASON", "IMAGE", "CPU", "MEM", "AGE", "TAGS"):
+    # IDs are what a user copies into the next command: other columns shrink, never them.
+    table.add_column("ID", no_wrap=True, min_width=max((len(i.id) for i in infos), default=2))
+    for column in ("STATUS", "REASON", "IMAGE", "CPU", "MEM", "AGE", "TAGS"):
         table.add_column(column, no_wrap=column != "TAGS")
     for info in infos:
         table.add_row(

@@ -440,12 +440,17 @@ class ImageBuilder:
             async for event in session.events():
                 if isinstance(event, OutputChunk):
                     pending += event.data
-                    *lines, pending = pending.split(b"\n")
+                    *whole, pending = pending.split(b"\n")
                     while len(pending) > _MAX_LINE:
                         # A step that prints without newlines must not grow this forever:
                         # past the limit its output is logged in pieces of that size.
-                        lines.append(pending[:_MAX_LINE])
+                        whole.append(pending[:_MAX_LINE])
                         pending = pending[_MAX_LINE:]
+                    lines = [
+                        line[i : i + _MAX_LINE]
+                        for line in whole
+                        for i in range(0, max(1, len(line)), _MAX_LINE)
+                    ]
                     for raw in lines:
                         line = raw.decode(errors="replace").rstrip("\r")
                         tail = [*tail[-(_TAIL_LINES - 1) :], line]

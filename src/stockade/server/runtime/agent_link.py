@@ -38,6 +38,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -157,14 +158,25 @@ class Channel:
         except TimeoutError:
             raise self._silent(timeout or 0.0) from None
 
-    async def reply(self, timeout: float = AGENT_REPLY_TIMEOUT) -> Frame:
+    async def reply(self, timeout: float = AGENT_REPLY_TIMEOUT, *, strict: bool = False) -> Frame:
         """The next frame, one the agent owes promptly (not a command's output, which may
-        take any time); raises AgentSilent past ``timeout``, AgentLost if the link died."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.recv()
-        except TimeoutError:
-            raise self._silent(timeout) from None
+        take any time); AgentLost if the link died.
+
+        AgentSilent once the agent has sent nothing at all, on any channel, for
+        ``timeout``: an agent busy answering others (a thousand execs queued on it) is
+        slow, not silent. ``strict``: past ``timeout`` from now, whatever the agent does.
+        """
+        started = time.monotonic()
+        while True:
+            since = started if strict else max(started, self.link.heard_at)
+            left = since + timeout - time.monotonic()
+            if left <= 0:
+                raise self._silent(timeout)
+            try:
+                async with asyncio.timeout(left):
+                    return await self.recv()
+            except TimeoutError:
+                continue
 
     def _silent(self, timeout: float) -> AgentSilent:
         return AgentSilent(
@@ -246,6 +258,7 @@ class AgentLink:
         self._on_protocol_error = on_protocol_error
         self._connected = False
         self.dead = False
+        self.heard_at = time.monotonic()  # when the agent last sent anything at all
         self.closed = asyncio.Event()
         self.lost_reason = f"the agent of sandbox {sandbox_id} is not connected"
         # Why the agent's link was cut for breaking the protocol; None if it never was.
@@ -411,6 +424,7 @@ class AgentLink:
             self.close(f"sandbox {self.sandbox_id} ended: its agent channel closed")
             return
         if data:
+            self.heard_at = time.monotonic()
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:

@@ -141,7 +141,7 @@ class ExecSession:
         wait = min(AGENT_REPLY_TIMEOUT, self._timeout or AGENT_REPLY_TIMEOUT)
         try:
             await self._ch.send_json(FrameType.EXEC, request)
-            frame = await self._ch.reply(wait)
+            frame = await self._ch.reply(wait, strict=wait < AGENT_REPLY_TIMEOUT)
         except AgentLost as exc:
             raise await lost(self._sandboxes, self.sandbox_id, exc) from None
         except AgentSilent as exc:
