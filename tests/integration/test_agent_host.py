@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from stockade.server.agent import agent_binary, agent_source
+from stockade.server.agent import agent_binary, agent_sources, sources_digest
 from stockade.server.agent.protocol import (
     DEFAULT_WINDOW,
     SYNC_PREAMBLE,
@@ -303,16 +303,42 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
 
 
 def test_source_compiles_with_werror(workdir: Path) -> None:
-    src = workdir / "werror.c"
-    src.write_bytes(agent_source())
-    flags = ["-static", "-O2", "-Wall", "-Wextra", "-Werror"]
-    cmd = ["gcc", *flags, "-o", str(workdir / "w"), str(src)]
+    src_dir = workdir / "werror"
+    src_dir.mkdir()
+    for name, content in agent_sources().items():
+        (src_dir / name).write_bytes(content)
+    c_files = sorted(str(p) for p in src_dir.glob("*.c"))
+    flags = ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-iquote", str(src_dir)]
+    cmd = ["gcc", *flags, "-o", str(workdir / "w"), *c_files]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
 
 
+def test_sources_are_every_c_and_h_file_of_the_agent_directory() -> None:
+    sources = agent_sources()
+    assert list(sources) == sorted(sources)
+    assert "main.c" in sources and "frame.h" in sources
+    assert all(name.endswith((".c", ".h")) for name in sources)
+    assert not any(name.endswith(".py") for name in sources)
+
+
+def test_any_source_file_changes_the_hash() -> None:
+    sources = agent_sources()
+    digest = sources_digest(sources)
+    assert sources_digest(dict(reversed(sources.items()))) == digest  # order of the dict
+    for name in ("main.c", "frame.h"):
+        assert sources_digest({**sources, name: sources[name] + b"\n"}) != digest
+    assert sources_digest({**sources, "extra.h": b""}) != digest
+    renamed = {("renamed.c" if n == "main.c" else n): c for n, c in sources.items()}
+    assert sources_digest(renamed) != digest
+    # A file's bytes cannot pass for the next file's name.
+    assert sources_digest({"a.c": b"xb.c", "c.h": b""}) != sources_digest(
+        {"a.c": b"x", "b.cc.h": b""}
+    )
+
+
 def test_binary_is_cached_by_source_hash(binary: Path, workdir: Path) -> None:
-    digest = hashlib.sha256(agent_source()).hexdigest()[:16]
+    digest = sources_digest(agent_sources())
     assert binary == workdir / "cache" / "agent" / f"stockade-agent-{digest}"
     assert os.access(binary, os.X_OK)
     assert agent_binary(workdir / "cache") == binary

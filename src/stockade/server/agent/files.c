@@ -1,0 +1,432 @@
+/* stockade-agent's file operations (files.h). */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "channel.h"
+#include "files.h"
+#include "frame.h"
+#include "json.h"
+
+/* ------------------------------------------------------------------------------------ */
+/* File operations                                                                       */
+/* ------------------------------------------------------------------------------------ */
+
+/* The request's "path": absolute, no NUL, at most PATH_LIMIT bytes. Sends ERROR if not. */
+const jv *req_path(uint32_t ch, const jv *req)
+{
+    const jv *p = jget(req, "path");
+    if (!p || p->t != J_STR) {
+        emit_bad(ch, "bad request: \"path\" must be a string", NULL, 0);
+        return NULL;
+    }
+    if (!cstring_ok(p) || p->s[0] != '/') {
+        emit_bad(ch, "bad request: the path must be absolute and without NUL:",
+                   p->s, p->n);
+        return NULL;
+    }
+    if (p->n > PATH_LIMIT) {
+        emit_error(ch, ENAMETOOLONG, "path too long:", p->s, p->n);
+        return NULL;
+    }
+    return p;
+}
+
+static int all_slashes(const char *p)
+{
+    return p[strspn(p, "/")] == 0;
+}
+
+/* The last component of the path ("/" for the root). */
+static void base_name(const char *path, size_t plen, const char **name, size_t *nlen)
+{
+    while (plen > 1 && path[plen - 1] == '/')
+        plen--;
+    size_t start = plen;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    if (start == plen) { /* only slashes */
+        *name = "/";
+        *nlen = 1;
+        return;
+    }
+    *name = path + start;
+    *nlen = plen - start;
+}
+
+/* The file info of path (lstat), in a RESULT; or an ERROR. */
+static void emit_info(uint32_t ch, const char *path, size_t plen)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        emit_error(ch, errno, "cannot stat", path, plen);
+        return;
+    }
+    char target[PATH_MAX + 1];
+    ssize_t tl = -1;
+    if (S_ISLNK(st.st_mode))
+        tl = readlink(path, target, sizeof target);
+    const char *name;
+    size_t nlen;
+    base_name(path, plen, &name, &nlen);
+    sb b = {0};
+    sb_info(&b, path, plen, name, nlen, &st, tl >= 0 ? target : NULL, tl >= 0 ? (size_t)tl : 0);
+    emit_sb(T_RESULT, ch, &b);
+}
+
+/* mkdir -p: every component of path (a writable copy) with mode 0755. 0 or an errno;
+ * a component that exists but is not a directory gives ENOTDIR. */
+static int mkdir_parents(char *path)
+{
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != 0)
+            continue;
+        char saved = *p;
+        *p = 0;
+        struct stat st;
+        int e = 0;
+        if (mkdir(path, 0755) < 0 && errno != EEXIST)
+            e = errno;
+        else if (stat(path, &st) < 0)
+            e = errno;
+        else if (!S_ISDIR(st.st_mode))
+            e = ENOTDIR;
+        *p = saved;
+        if (e || !saved)
+            return e;
+        while (p[1] == '/')
+            p++;
+        if (!p[1])
+            return 0; /* trailing slash */
+    }
+}
+
+void do_file_read(uint32_t ch, const jv *p)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; reads go through poll. */
+    int fd = open(p->s, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat st;
+    if (fd < 0) {
+        emit_error(ch, errno, "cannot open", p->s, p->n);
+        return;
+    }
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        emit_error(ch, EISDIR, "cannot read a directory (list it instead):", p->s, p->n);
+        return;
+    }
+    chan *c = new_chan(ch, K_READ);
+    if (!c || !(c->path = strdup(p->s))) {
+        close(fd);
+        emit_error(ch, ENOMEM, "too many open channels; cannot read", p->s, p->n);
+        if (c)
+            chan_abort(c);
+        return;
+    }
+    c->plen = p->n;
+    c->fd = fd;
+}
+
+void pump_file_read(chan *c)
+{
+    size_t want = c->window < CHUNK ? (size_t)c->window : CHUNK;
+    unsigned char buf[CHUNK];
+    ssize_t n;
+    if (!want)
+        return;
+    do
+        n = read(c->fd, buf, want);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        emit(T_DATA, c->id, buf, (size_t)n);
+        c->window -= (uint64_t)n;
+    } else if (n == 0) {
+        emit(T_END, c->id, NULL, 0);
+        chan_abort(c);
+    } else if (errno != EAGAIN) {
+        chan_fail(c, errno, "cannot read");
+    }
+}
+
+void do_file_write(uint32_t ch, const jv *p, const jv *req)
+{
+    long mode;
+    if (jint(req, "mode", 0, 07777, 0644, &mode)) {
+        emit_bad(ch, "bad request: \"mode\" must be an integer in 0..4095 for",
+                   p->s, p->n);
+        return;
+    }
+    if (all_slashes(p->s)) {
+        emit_error(ch, EISDIR, "cannot write", p->s, p->n);
+        return;
+    }
+    char *parent = strdup(p->s);
+    if (!parent) {
+        emit_error(ch, ENOMEM, "cannot write", p->s, p->n);
+        return;
+    }
+    char *slash = strrchr(parent, '/');
+    int e = 0;
+    if (slash != parent) { /* the parent of "/x" is "/", which exists */
+        *slash = 0;
+        e = mkdir_parents(parent);
+    }
+    free(parent);
+    if (e) {
+        emit_error(ch, e, "cannot create the parent directories of", p->s, p->n);
+        return;
+    }
+    /* The mode applies when the file is created (the agent's umask is 0), as with open(2).
+     * O_NONBLOCK: a FIFO planted at the path must not hang the agent. */
+    int fd = open(p->s, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                  (mode_t)mode);
+    if (fd < 0) {
+        emit_error(ch, errno, "cannot open", p->s, p->n);
+        return;
+    }
+    chan *c = new_chan(ch, K_WRITE);
+    if (!c || !(c->path = strdup(p->s))) {
+        close(fd);
+        emit_error(ch, ENOMEM, "too many open channels; cannot write", p->s, p->n);
+        if (c)
+            chan_abort(c);
+        return;
+    }
+    c->plen = p->n;
+    c->fd = fd;
+    emit(T_READY, ch, NULL, 0);
+}
+
+void on_file_data(chan *c, const unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(c->fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            /* Report now: the server can stop sending; later DATA finds no channel. */
+            chan_fail(c, w < 0 ? errno : EIO, "cannot write");
+            return;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void on_file_end(chan *c)
+{
+    int fd = c->fd;
+    c->fd = -1;
+    if (close(fd) < 0 && errno != EINTR) {
+        chan_fail(c, errno, "cannot write");
+        return;
+    }
+    emit_info(c->id, c->path, c->plen);
+    chan_abort(c);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void do_file_list(uint32_t ch, const jv *p)
+{
+    int dirfd = open(p->s, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        emit_error(ch, errno, "cannot list", p->s, p->n);
+        return;
+    }
+    int rfd = dup(dirfd);
+    DIR *d = rfd < 0 ? NULL : fdopendir(rfd);
+    if (!d) {
+        int e = errno;
+        close_fd(&rfd);
+        close(dirfd);
+        emit_error(ch, e, "cannot list", p->s, p->n);
+        return;
+    }
+    chan *c = new_chan(ch, K_LIST);
+    int e = c && (c->path = strdup(p->s)) ? 0 : ENOMEM;
+    size_t cap = 0;
+    struct dirent *de;
+    /* All names first: the count decides E2BIG before any entry is sent, and the result
+     * is sorted. Only names are held; each entry is stat'ed when its batch is built. */
+    while (!e && (errno = 0, de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (c->nnames >= LIST_MAX) {
+            e = E2BIG;
+            break;
+        }
+        if (c->nnames == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **grown = realloc(c->names, cap * sizeof *grown);
+            if (!grown) {
+                e = ENOMEM;
+                break;
+            }
+            c->names = grown;
+        }
+        if (!(c->names[c->nnames] = strdup(de->d_name)))
+            e = ENOMEM;
+        else
+            c->nnames++;
+    }
+    if (!e && errno)
+        e = errno;
+    closedir(d);
+    if (e) {
+        close(dirfd);
+        emit_error(ch, e, e == E2BIG ? "more than 100000 entries in" : "cannot list", p->s,
+                   p->n);
+        if (c)
+            chan_abort(c);
+        return;
+    }
+    c->plen = p->n;
+    c->dirfd = dirfd;
+    qsort(c->names, c->nnames, sizeof *c->names, cmp_names);
+    list_step(c);
+}
+
+/* One batch of entries: DATA {"entries": [...]} while more follow, RESULT for the last. */
+void list_step(chan *c)
+{
+    sb b = {0}, path = {0};
+    int first = 1;
+    sb_str(&b, "{\"entries\":[");
+    while (c->idx < c->nnames && b.len < LIST_BATCH && !b.oom) {
+        const char *name = c->names[c->idx++];
+        struct stat st;
+        if (fstatat(c->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* removed since readdir */
+        char target[PATH_MAX + 1];
+        ssize_t tl = S_ISLNK(st.st_mode) ? readlinkat(c->dirfd, name, target, sizeof target) : -1;
+        path.len = 0;
+        sb_put(&path, c->path, c->plen);
+        if (c->plen && c->path[c->plen - 1] != '/')
+            sb_put(&path, "/", 1);
+        sb_str(&path, name);
+        if (!first)
+            sb_put(&b, ",", 1);
+        first = 0;
+        sb_info(&b, path.p ? path.p : "", path.len, name, strlen(name), &st,
+                tl >= 0 ? target : NULL, tl >= 0 ? (size_t)tl : 0);
+        if (path.oom)
+            b.oom = 1;
+    }
+    sb_free(&path);
+    sb_str(&b, "]}");
+    if (b.oom) {
+        sb_free(&b);
+        chan_fail(c, ENOMEM, "cannot list");
+        return;
+    }
+    int last = c->idx >= c->nnames;
+    emit_sb(last ? T_RESULT : T_DATA, c->id, &b);
+    if (last)
+        chan_abort(c);
+}
+
+void do_file_stat(uint32_t ch, const jv *p) { emit_info(ch, p->s, p->n); }
+
+void do_file_mkdir(uint32_t ch, const jv *p, const jv *req)
+{
+    int parents;
+    if (jbool(req, "parents", 0, &parents)) {
+        emit_bad(ch, "bad request: \"parents\" must be a boolean for", p->s, p->n);
+        return;
+    }
+    struct stat st;
+    int e = 0;
+    if (stat(p->s, &st) == 0) {
+        e = S_ISDIR(st.st_mode) ? 0 : EEXIST;
+    } else if (errno != ENOENT) {
+        e = errno;
+    } else if (parents) {
+        char *copy = strdup(p->s);
+        e = copy ? mkdir_parents(copy) : ENOMEM;
+        free(copy);
+    } else if (mkdir(p->s, 0755) < 0) {
+        e = errno;
+        if (e == EEXIST) /* created meanwhile: fine if it is a directory */
+            e = stat(p->s, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : EEXIST;
+    }
+    if (e)
+        emit_error(ch, e, e == EEXIST ? "exists and is not a directory:" : "cannot create",
+                   p->s, p->n);
+    else
+        emit_info(ch, p->s, p->n);
+}
+
+static int rm_errno;
+static char rm_path[PATH_LIMIT + 1];
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    int r = flag == FTW_DP || flag == FTW_DNR ? rmdir(path) : unlink(path);
+    if (r < 0 && errno != ENOENT) {
+        rm_errno = errno;
+        snprintf(rm_path, sizeof rm_path, "%s", path);
+        return 1; /* stop at the first failure and report it */
+    }
+    return 0;
+}
+
+void do_file_remove(uint32_t ch, const jv *p, const jv *req)
+{
+    int recursive;
+    if (jbool(req, "recursive", 0, &recursive)) {
+        emit_bad(ch, "bad request: \"recursive\" must be a boolean for", p->s, p->n);
+        return;
+    }
+    if (all_slashes(p->s)) {
+        emit_error(ch, EACCES, "refusing to remove", p->s, p->n);
+        return;
+    }
+    struct stat st;
+    if (lstat(p->s, &st) < 0) {
+        emit_error(ch, errno, "cannot remove", p->s, p->n);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(p->s) < 0)
+            emit_error(ch, errno, "cannot remove", p->s, p->n);
+        else
+            emit(T_RESULT, ch, "{}", 2);
+        return;
+    }
+    if (!recursive) {
+        if (rmdir(p->s) < 0) {
+            int e = errno == EEXIST ? ENOTEMPTY : errno;
+            emit_error(ch, e, e == ENOTEMPTY ? "directory not empty (remove it recursively):"
+                                             : "cannot remove", p->s, p->n);
+        } else {
+            emit(T_RESULT, ch, "{}", 2);
+        }
+        return;
+    }
+    /* Depth first, never following symlinks: a link to elsewhere is removed, not walked. */
+    rm_errno = 0;
+    int r = nftw(p->s, rm_one, 32, FTW_DEPTH | FTW_PHYS);
+    if (r < 0 && !rm_errno) {
+        rm_errno = errno;
+        snprintf(rm_path, sizeof rm_path, "%s", p->s);
+    }
+    if (rm_errno)
+        emit_error(ch, rm_errno, "cannot remove", rm_path, strlen(rm_path));
+    else
+        emit(T_RESULT, ch, "{}", 2);
+}
