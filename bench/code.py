@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import cast
 
 from stockade import Sandbox
-from stockade.server.images.builder import ImageBuilder
 from stockade.server.images.catalog import ImageCatalog
-from stockade.server.images.recipes import CODE_INTERPRETER, code_interpreter_spec
 from stockade.server.network.policy import NetworkPolicy
+from stockade.server.service.builder import ImageBuilder
 from stockade.server.service.execs import ExecService
+from stockade.server.service.recipes import CODE_INTERPRETER, code_interpreter_spec
 from stockade.server.service.sandboxes import SandboxService
 
 from .baseline import RawRunsc

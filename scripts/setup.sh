@@ -80,4 +80,4 @@ fi
 # Base images and the built-in code-interpreter image, whose wheels the host's pip
 # downloads (built once per cache directory; later runs find them ready).
 say "base images"
-STOCKADE_CACHE_DIR="$CACHE_DIR" "$VENV/bin/python" -m stockade.server.images.prebuild debian python code-interpreter
+STOCKADE_CACHE_DIR="$CACHE_DIR" "$VENV/bin/python" -m stockade.server.prebuild debian python code-interpreter

@@ -285,7 +285,8 @@ def gone(pid: int) -> bool:
     """The process no longer runs (a zombie counts as gone: it only waits to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ProcessLookupError: it exited between the open and the read.
         return True
     return stat.rpartition(")")[2].split()[0] == "Z"
 

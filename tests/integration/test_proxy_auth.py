@@ -108,7 +108,7 @@ while True:
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
     with pytest.MonkeyPatch.context() as env:
-        # Read by the server at start (network/ingress.py): the cap is reached in a test.
+        # Read by the server at start (api/ingress.py): the cap is reached in a test.
         env.setenv("STOCKADE_PROXY_MAX_CONNECTIONS", str(CAP))
         with own_server("stockade-proxy-auth-") as server:
             server.stop()

@@ -12,8 +12,8 @@ from typing import Any, cast
 import pytest
 import zmq.asyncio
 
-from stockade.server.code.kernel import LANGUAGES, Kernel, image_python, message_size
-from stockade.server.code.relay import MessageGuard, MessageTooLarge, UnixRelay
+from stockade.server.service.code.kernel import LANGUAGES, Kernel, image_python, message_size
+from stockade.server.service.code.relay import MessageGuard, MessageTooLarge, UnixRelay
 from stockade.server.service.execs import ExecService
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -10,14 +10,14 @@ from typing import Any, cast
 import pytest
 import zmq.asyncio
 
-from stockade.server.code.kernel import (
+from stockade.server.service.code.kernel import (
     LANGUAGES,
     Kernel,
     _output_event,
     payload_size,
     strip_ansi,
 )
-from stockade.server.code.service import CodeService
+from stockade.server.service.code.service import CodeService
 from stockade.server.service.execs import ExecService
 
 

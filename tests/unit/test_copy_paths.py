@@ -14,8 +14,8 @@ import pytest
 from stockade import Image, InvalidArgumentError
 from stockade._paths import path_in_root
 from stockade.errors import UnsafeLayerError
-from stockade.server.images.builder import parse_spec
 from stockade.server.images.oci import unpack_copy
+from stockade.server.service.builder import parse_spec
 
 DIGEST = "sha256:" + "0" * 64
 

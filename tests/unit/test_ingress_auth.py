@@ -21,8 +21,8 @@ import pytest
 import websockets.asyncio.client
 import websockets.exceptions
 
-from stockade.server.network import ingress
-from stockade.server.network.ingress import PortTarget
+from stockade.server.api import ingress
+from stockade.server.service.ports import PortTarget
 from tests.unit.test_ingress import (
     ACCESS,
     DEAD,

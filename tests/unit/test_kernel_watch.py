@@ -1,4 +1,4 @@
-"""The kernel's watcher programs (code/kernel.py), run on the host: they are plain Python.
+"""The kernel's watcher programs (service/code/kernel.py), run on the host: they are plain Python.
 
 The launcher forks the kernel into a session of its own and prints its PID; the watcher
 passes SIGINT on and exits when the kernel does, with its log on stderr. A re-watcher
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from stockade.server.code.kernel import _LAUNCHER, _REWATCH, KernelHandle
+from stockade.server.service.code.kernel import _LAUNCHER, _REWATCH, KernelHandle
 
 
 def _wait_exit(p: subprocess.Popen[bytes], timeout: float = 10) -> int:

@@ -11,19 +11,19 @@ from typing import Any, cast
 import pytest
 
 from stockade.errors import BuildError, InvalidArgumentError, NotFoundError
-from stockade.server.images.builder import BuildSpec, ImageBuilder, parse_spec
 from stockade.server.images.built import BuiltImage
 from stockade.server.images.catalog import ImageCatalog, Recipe
 from stockade.server.images.gc import collect
-from stockade.server.images.recipes import (
+from stockade.server.images.wheelhouse import WHEELS_DIR, Wheelhouse
+from stockade.server.network.policy import NetworkPolicy
+from stockade.server.service.builder import BuildSpec, ImageBuilder, parse_spec
+from stockade.server.service.execs import ExecService, ExitInfo
+from stockade.server.service.recipes import (
     CODE_INTERPRETER,
     CODE_INTERPRETER_WHEELS,
     add_recipes,
     code_interpreter_spec,
 )
-from stockade.server.images.wheelhouse import WHEELS_DIR, Wheelhouse
-from stockade.server.network.policy import NetworkPolicy
-from stockade.server.service.execs import ExecService, ExitInfo
 from stockade.server.service.sandboxes import CreateRequest, SandboxService
 
 # ------------------------------------------------------------------------- parse_spec

@@ -6,7 +6,7 @@ connection over its own WebSocket to the server's
 ``/v1/sandboxes/{id}/ports/{port}/connect``, which opens the TCP connection inside. Bytes
 travel as binary messages; an empty message says "no more from this side", so a client
 that half-closes after its request still gets the answer (see
-``stockade.server.network.ingress``).
+``stockade.server.api.ingress``).
 
 One event loop serves every connection. An error no later connection could escape (a
 wrong token, an unknown sandbox, a port that was not exposed) ends the command with exit

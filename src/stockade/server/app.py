@@ -9,26 +9,24 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from .._version import __version__
-from .api import code, execs, files, image_export, images, pools, sandboxes, snapshots, volumes
-from .api.deps import Services, require_token
+from .api import (
+    code,
+    execs,
+    files,
+    image_export,
+    images,
+    ingress,
+    pools,
+    sandboxes,
+    snapshots,
+    volumes,
+)
+from .api.deps import require_token
 from .api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from .api.openapi import bearer_scheme
 from .api.schemas import ErrorBody
-from .code.service import CodeService
 from .config import ServerConfig
-from .images.builder import ImageBuilder, build_policy, pip_env
-from .images.catalog import ImageCatalog
-from .images.recipes import add_recipes
-from .network import ingress
-from .network.manager import NetworkManager
-from .runtime.reaper import Reaper
-from .service.execs import ExecService
-from .service.files import FileService
-from .service.pools import PoolManager, parse_pool_specs
-from .service.sandboxes import SandboxService
-from .service.snapshots import SnapshotService
-from .service.volumes import VolumeService
-from .state.store import SQLiteStore
+from .service.wiring import open_services
 
 __all__ = ["create_app"]
 
@@ -49,64 +47,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reaper = Reaper()
-        reaper.start()
-        store = SQLiteStore(config.db_path)
-        catalog = ImageCatalog(config.cache_dir, data_dir=config.data_dir)
-        network = NetworkManager(
-            config.data_dir,
-            config.cache_dir,
-            enabled=config.network,
-            dns_upstreams=config.dns_upstreams,
-        )
-        sandbox_service = SandboxService(config, store, catalog, reaper, network)
-        volume_service = VolumeService(config, store)
-        exec_service = ExecService(sandbox_service)
-        pool_manager = PoolManager(sandbox_service, parse_pool_specs(config.pools))
-        builder = ImageBuilder(
-            config.cache_dir,
-            catalog,
-            sandbox_service,
-            exec_service,
-            policy=build_policy(config),
-            step_env=pip_env(config.pip_index_url),
-        )
-        add_recipes(catalog, builder)
-        code_service = CodeService(
-            sandbox_service,
-            exec_service,
-            config.data_dir / "kernels",
-            output_limit=config.code_output_limit,
-        )
-        app.state.services = Services(
-            config=config,
-            images=catalog,
-            sandboxes=sandbox_service,
-            execs=exec_service,
-            files=FileService(exec_service),
-            pools=pool_manager,
-            builder=builder,
-            code=code_service,
-            snapshots=SnapshotService(config, store, sandbox_service, catalog, code_service),
-            volumes=volume_service,
-        )
-        # Volumes first: sandboxes that resume or boot from here on bind their disks.
-        await volume_service.start()
-        await sandbox_service.start()
-        await app.state.services.snapshots.start()
-        await code_service.start()
-        # The port proxy (network/ingress.py) resolves sandbox ports through the service.
-        app.state.port_targets = sandbox_service
-        await pool_manager.start()
-        try:
+        async with open_services(config) as services:
+            app.state.services = services
+            # The port proxy (api/ingress.py) resolves sandbox ports through the service.
+            app.state.port_targets = services.sandboxes
             yield
-        finally:
-            await pool_manager.stop()
-            await app.state.services.code.stop()
-            # Sandboxes keep running: a restarted server picks them up again.
-            await sandbox_service.stop()
-            await store.close()
-            await reaper.stop()
 
     app = FastAPI(
         title="Stockade",

@@ -13,8 +13,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import StockadeError
-from ..code.kernel import LANGUAGES
-from ..code.service import CodeContext
+from ..service.code.kernel import LANGUAGES
+from ..service.code.service import CodeContext
 from . import ndjson
 from .deps import Services, services
 from .limits import check_range

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
 from ...errors import AuthenticationError
-from ..code.service import CodeService
-from ..config import ServerConfig
-from ..images.builder import ImageBuilder
-from ..images.catalog import ImageCatalog
-from ..service.execs import ExecService
-from ..service.files import FileService
-from ..service.pools import PoolManager
-from ..service.sandboxes import SandboxService
-from ..service.snapshots import SnapshotService
-from ..service.volumes import VolumeService
+from ..service.wiring import Services
 
 __all__ = [
     "Services",
@@ -27,20 +17,6 @@ __all__ = [
     "server_token",
     "services",
 ]
-
-
-@dataclass
-class Services:
-    config: ServerConfig
-    images: ImageCatalog
-    sandboxes: SandboxService
-    execs: ExecService
-    files: FileService
-    pools: PoolManager
-    builder: ImageBuilder
-    code: CodeService
-    volumes: VolumeService
-    snapshots: SnapshotService
 
 
 def services(conn: HTTPConnection) -> Services:

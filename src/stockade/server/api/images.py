@@ -16,13 +16,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...errors import ConflictError, InvalidArgumentError, NotFoundError, StockadeError
-from ..images.builder import parse_spec
 from ..images.built import BuiltImage
 from ..images.catalog import is_reference
 from ..images.gc import collect
 from ..images.oci import RegistryAuth, parse_reference
 from ..images.oci.image import forget_pulled
 from ..images.tags import parse_tag
+from ..service.builder import parse_spec
 from . import ndjson
 from .deps import Services, services
 from .openapi import inline_body, raw_body

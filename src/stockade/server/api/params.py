@@ -59,7 +59,7 @@ CONTEXT_ID = r"^ctx-[0-9A-Za-z_-]{1,64}$"
 VOLUME_REF = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # A base image or built-in image's name (images/catalog.py), the shape of a tag's name.
 IMAGE_NAME = r"^[a-z0-9][a-z0-9._-]{0,127}$"
-# The files of an image's copy step, named by their tar's sha256 (images/builder.py).
+# The files of an image's copy step, named by their tar's sha256 (service/builder.py).
 CONTEXT_DIGEST = r"^sha256:[0-9a-f]{64}$"
 # An absolute path inside a sandbox (service/files.py check_path).
 ABS_PATH = r"^/[^\x00]*$"

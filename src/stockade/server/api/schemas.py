@@ -446,7 +446,7 @@ class ImageList(BaseModel):
     images: list[ImageOut]
 
 
-# The body of POST /v1/images/builds, for the OpenAPI document only: images/builder.py
+# The body of POST /v1/images/builds, for the OpenAPI document only: service/builder.py
 # parse_spec validates the request (its messages name the step that is wrong) and, as it
 # always has, ignores fields it does not know; so these models state no additionalProperties.
 _Word = Annotated[str, Field(json_schema_extra=documented(minLength=1))]

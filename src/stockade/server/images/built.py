@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .resolved import ResolvedImage
 
-__all__ = ["BuiltImage", "load_built"]
+__all__ = ["BuiltImage", "load_built", "tree_size", "write_json_atomic"]
 
 
 @dataclass
@@ -69,3 +70,24 @@ def load_built(builds: Path, image_id: str) -> BuiltImage | None:
             if all(p.is_dir() for p in image.lowerdirs):
                 return image
     return None
+
+
+def tree_size(roots: Sequence[Path]) -> int:
+    """Bytes in the regular files under ``roots`` (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_blocks * 512
+    return total
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)

@@ -40,7 +40,6 @@ from ..agent.protocol import FrameType
 from ..config import ServerConfig
 from ..failpoints import failpoint
 from ..images.catalog import ImageCatalog
-from ..network.ingress import PortTarget
 from ..network.manager import NetworkManager
 from ..network.policy import NetworkPolicy
 from ..runtime import bundle, cgroups, proc
@@ -50,15 +49,17 @@ from ..runtime.output_log import OutputLog, read_log, read_tail
 from ..runtime.reaper import Reaper
 from ..runtime.rootfs import RootFS, makedirs_in_root
 from ..runtime.runsc import Runsc, RunscError, SandboxState
+from ..state.ids import new_id
 from ..state.records import SandboxRecord
 from ..state.store import Store
 from . import lifetimes
 from .doze import Dozer
+from .ports import PortTarget
 from .spares import Spares
 from .stages import stage
 from .users import resolve_user
 
-__all__ = ["CreateRequest", "SandboxService", "describe_end", "new_id"]
+__all__ = ["CreateRequest", "SandboxService", "describe_end"]
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,6 @@ class Checkpoint:
 
     checkpoint: Path
     upper: Path
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(8)}"
 
 
 _SANDBOX_ID = re.compile(r"sb-[A-Za-z0-9_-]{1,64}")  # no "/" nor "..": one name

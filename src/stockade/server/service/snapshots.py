@@ -24,26 +24,36 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ...errors import ConflictError, InvalidArgumentError, NotFoundError
-from ..code.service import CodeService
 from ..config import ServerConfig
 from ..failpoints import failpoint
-from ..images.builder import tree_size, write_json_atomic
-from ..images.built import BuiltImage
+from ..images.built import BuiltImage, tree_size, write_json_atomic
 from ..images.catalog import ImageCatalog
 from ..images.tags import parse_tag
 from ..network.policy import NetworkPolicy
+from ..state.ids import new_id
 from ..state.records import SandboxRecord, SnapshotRecord
 from ..state.store import Store
-from .sandboxes import Checkpoint, CreateRequest, SandboxService, new_id
+from .sandboxes import Checkpoint, CreateRequest, SandboxService
 
 __all__ = ["MAX_FORKS", "SnapshotService"]
 
 log = logging.getLogger(__name__)
 
 MAX_FORKS = 32
+
+
+class KernelContexts(Protocol):
+    """The code service as snapshots see it (CodeService, wired in by the app): the
+    sandbox's code contexts that a snapshot keeps, and how a restored sandbox takes them
+    back. Reached through this seam, not an import: the code service sits beside
+    snapshots in the service layer, and neither needs the other's module."""
+
+    def saved(self, sandbox_id: str) -> list[dict[str, Any]]: ...
+
+    async def adopt(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None: ...
 
 
 class SnapshotService:
@@ -53,7 +63,7 @@ class SnapshotService:
         store: Store,
         sandboxes: SandboxService,
         images: ImageCatalog,
-        code: CodeService | None = None,
+        code: KernelContexts | None = None,
     ) -> None:
         self.config = config
         self.code = code

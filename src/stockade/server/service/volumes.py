@@ -41,9 +41,9 @@ from ...errors import ConflictError, InvalidArgumentError, NotFoundError, Server
 from ..config import ServerConfig
 from ..runtime import proc
 from ..runtime.rootfs import make_disk, mount_disk
+from ..state.ids import new_id
 from ..state.records import VolumeRecord
 from ..state.store import Store
-from .sandboxes import new_id
 
 __all__ = [
     "DEFAULT_SIZE_MIB",

@@ -34,8 +34,8 @@ from typing import Any
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
-from ...errors import KernelUnavailableError, ServerError, StockadeError
-from ..service.execs import ExecService, ExecSession, ExitInfo, OutputChunk
+from ....errors import KernelUnavailableError, ServerError, StockadeError
+from ..execs import ExecService, ExecSession, ExitInfo, OutputChunk
 from .relay import UnixRelay
 
 __all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language", "image_python"]

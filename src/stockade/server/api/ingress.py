@@ -64,7 +64,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.typing import Subprotocol
 
 from ...errors import AuthenticationError, InvalidArgumentError, NotFoundError, StockadeError
-from ..api.errors import error_response
+from ..service.ports import PortTarget
+from .errors import error_response
 
 __all__ = [
     "ACCESS_TOKEN_HEADER",
@@ -130,20 +131,6 @@ _WS_HANDSHAKE = frozenset({
 _RESPONSE_DROP = frozenset({b"date", b"server"})
 # What is left of an upgrade answer that the client's own handshake can carry (cookies).
 _WS_ACCEPT_DROP = _RESPONSE_DROP | _WS_HANDSHAKE | {b"content-length", b"content-type"}
-
-
-@dataclass(frozen=True)
-class PortTarget:
-    """Where an exposed sandbox port is reached, and who may reach it.
-
-    ``host`` is the sandbox's address (e.g. ``10.213.0.2``); ``public`` means the port was
-    exposed with ``public=True`` and needs no access token.
-    """
-
-    host: str
-    port: int
-    public: bool
-    access_token: str
 
 
 class SandboxAccess(Protocol):
@@ -454,7 +441,7 @@ def _admin_token(scope: Scope) -> bytes | None:
     """The server's admin token, from the app the request came in through (Starlette puts
     itself in ``scope["app"]``); None when it is not known."""
     # Imported here: api.deps pulls in the services, which use this module's PortTarget.
-    from ..api.deps import server_token
+    from .deps import server_token
 
     return server_token(scope.get("app"))
 
@@ -465,7 +452,7 @@ def _is_admin_bearer(value: bytes, admin: bytes | None) -> bool:
     With the admin token unknown every bearer token counts as one: dropping an app's own
     header now and then is better than handing the admin token to a sandbox.
     """
-    from ..api.deps import bearer_credentials
+    from .deps import bearer_credentials
 
     given = bearer_credentials(value)
     if given is None:
@@ -845,7 +832,7 @@ async def connect_port(websocket: WebSocket, sandbox_id: str, port: str) -> None
     the port's public flag and access token do not apply.
     """
     # Imported here: api.deps pulls in the services, which use this module's PortTarget.
-    from ..api.deps import check_token
+    from .deps import check_token
 
     try:
         check_token(websocket)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 
+from ..images.catalog import ImageCatalog, Recipe
+from ..images.wheelhouse import Wheelhouse
 from .builder import BuildSpec, ImageBuilder
-from .catalog import ImageCatalog, Recipe
-from .wheelhouse import Wheelhouse
 
 __all__ = [
     "CODE_INTERPRETER",

@@ -46,14 +46,14 @@ from urllib.parse import urlsplit
 from ..._paths import path_in_root
 from ...errors import BuildError, InvalidArgumentError, NotFoundError, StockadeError
 from ..config import ServerConfig
+from ..images.built import BuiltImage, load_built, tree_size, write_json_atomic
+from ..images.catalog import BASE_IMAGES, ImageCatalog, ResolvedImage, is_reference
+from ..images.mirror import debian_mirror
+from ..images.oci import RegistryAuth, unpack_copy
+from ..images.wheelhouse import WHEELS_DIR, Wheelhouse, ensure_wheelhouse
 from ..network.policy import NetworkPolicy
-from ..service.execs import ExecService, ExitInfo, OutputChunk
-from ..service.sandboxes import CreateRequest, SandboxService
-from .built import BuiltImage, load_built
-from .catalog import BASE_IMAGES, ImageCatalog, ResolvedImage, is_reference
-from .mirror import debian_mirror
-from .oci import RegistryAuth, unpack_copy
-from .wheelhouse import WHEELS_DIR, Wheelhouse, ensure_wheelhouse
+from .execs import ExecService, ExitInfo, OutputChunk
+from .sandboxes import CreateRequest, SandboxService
 
 __all__ = [
     "BuildError",
@@ -549,21 +549,6 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tree_size(roots: Sequence[Path]) -> int:
-    """Bytes in the regular files under ``roots`` (hard links counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    st = os.lstat(os.path.join(dirpath, name))
-                    if (st.st_dev, st.st_ino) not in seen:
-                        seen.add((st.st_dev, st.st_ino))
-                        total += st.st_blocks * 512
-    return total
-
-
 def _is_dir(path: Path) -> bool:
     return path.is_dir()
 
@@ -573,9 +558,3 @@ def _flock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)

@@ -23,8 +23,8 @@ import logging
 import os
 from pathlib import Path
 
-from ...errors import StockadeError
-from ..service.execs import ExecService, ExitInfo, OutputChunk
+from ....errors import StockadeError
+from ..execs import ExecService, ExitInfo, OutputChunk
 
 __all__ = ["RELAY_PROGRAM", "MessageGuard", "MessageTooLarge", "UnixRelay"]
 

@@ -24,17 +24,18 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ...errors import (
+from ....errors import (
     InvalidArgumentError,
     NotFoundError,
     SandboxPausedError,
     ServerError,
 )
-from ..images.catalog import BASE_IMAGES
-from ..images.recipes import CODE_INTERPRETER
-from ..service.execs import ExecService
-from ..service.sandboxes import SandboxService, new_id
-from ..state.records import SandboxRecord
+from ...images.catalog import BASE_IMAGES
+from ...state.ids import new_id
+from ...state.records import SandboxRecord
+from ..execs import ExecService
+from ..recipes import CODE_INTERPRETER
+from ..sandboxes import SandboxService
 from .kernel import LANGUAGES, Kernel, KernelHandle, image_python
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "CodeContext", "CodeService"]

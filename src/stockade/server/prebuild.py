@@ -1,6 +1,6 @@
 """Build the agent, the base images and the built-in images ahead of time.
 
-``python -m stockade.server.images.prebuild NAME…`` (no name: all of them)
+``python -m stockade.server.prebuild NAME…`` (no name: all of them)
 
 ``make run`` and ``make test`` use this so that the first sandbox does not wait for a
 debootstrap or a build. Already-built images cost nothing.
@@ -23,17 +23,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from ..config import DEFAULT_CACHE_DIR, ServerConfig
-from ..network.manager import NetworkManager
-from ..runtime.agent_layer import ensure_agent_layer
-from ..runtime.reaper import Reaper
-from ..service.execs import ExecService
-from ..service.sandboxes import SandboxService
-from ..state.store import SQLiteStore
-from .builder import ImageBuilder, build_policy
-from .catalog import ImageCatalog
-from .recipes import RECIPE_NAMES, WHEELHOUSES, add_recipes
-from .wheelhouse import ensure_wheelhouse
+from .config import DEFAULT_CACHE_DIR, ServerConfig
+from .images.catalog import ImageCatalog
+from .images.wheelhouse import ensure_wheelhouse
+from .runtime.agent_layer import ensure_agent_layer
+from .service.recipes import RECIPE_NAMES, WHEELHOUSES
+from .service.wiring import Services, open_services
 
 
 def _say(name: str) -> Callable[[str], None]:
@@ -50,7 +45,7 @@ async def _prebuild(names: list[str]) -> int:
     catalog = ImageCatalog(cache)
     for name in names or [*catalog.names(), *RECIPE_NAMES]:
         if name in RECIPE_NAMES:
-            if not await _prebuild_recipe(cache, catalog, name):
+            if not await _prebuild_recipe(cache, name):
                 return 1
             continue
         info = catalog.info(name)
@@ -66,17 +61,16 @@ async def _prebuild(names: list[str]) -> int:
     return 0
 
 
-async def _prebuild_recipe(cache: Path, catalog: ImageCatalog, name: str) -> bool:
+async def _prebuild_recipe(cache: Path, name: str) -> bool:
     say = _say(name)
     try:
         for wheelhouse in WHEELHOUSES.get(name, ()):
             path = await ensure_wheelhouse(cache, wheelhouse, on_log=say)
             print(f"wheelhouse {wheelhouse.dirname}: ready ({path})")
-        async with _builder(cache, catalog) as builder:
-            add_recipes(catalog, builder)
-            info = catalog.info(name)
+        async with _services(cache) as services:
+            info = services.images.info(name)
             if not info.ready:
-                info = await catalog.ensure(name, say)
+                info = await services.images.ensure(name, say)
     except Exception as exc:
         print(f"error: building image {name} failed: {exc}", file=sys.stderr)
         return False
@@ -85,25 +79,15 @@ async def _prebuild_recipe(cache: Path, catalog: ImageCatalog, name: str) -> boo
 
 
 @contextlib.asynccontextmanager
-async def _builder(cache: Path, catalog: ImageCatalog) -> AsyncIterator[ImageBuilder]:
+async def _services(cache: Path) -> AsyncIterator[Services]:
+    """The server's own wiring over a throwaway data directory, without sandbox networking
+    or pools, so that it never meets a running server's sandboxes."""
     data = Path(tempfile.mkdtemp(prefix="stockade-prebuild-"))
-    config = ServerConfig.load(data_dir=data, cache_dir=cache, network=False)
-    reaper = Reaper()
-    reaper.start()
-    store = SQLiteStore(config.db_path)
+    config = ServerConfig.load(data_dir=data, cache_dir=cache, network=False, pools="")
     try:
-        network = NetworkManager(config.data_dir, config.cache_dir, enabled=False)
-        sandboxes = SandboxService(config, store, catalog, reaper, network)
-        await sandboxes.start()
-        try:
-            yield ImageBuilder(
-                cache, catalog, sandboxes, ExecService(sandboxes), policy=build_policy(config)
-            )
-        finally:
-            await sandboxes.stop()
+        async with open_services(config) as services:
+            yield services
     finally:
-        await store.close()
-        await reaper.stop()
         shutil.rmtree(data, ignore_errors=True)
 
 
