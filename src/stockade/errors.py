@@ -3,22 +3,33 @@
 Every error Stockade raises derives from one root::
 
     StockadeError
-    ├── AuthenticationError        401 unauthorized
-    ├── NotFoundError              404 not_found
-    ├── InvalidArgumentError       400 bad_request, 413 payload_too_large, 422 invalid_argument
-    ├── ConflictError              409 conflict
-    │   ├── SandboxTerminatedError 409 sandbox_terminated
-    │   ├── SandboxPausedError     409 sandbox_paused
-    │   └── KernelUnavailableError 409 kernel_unavailable
-    ├── StockadeTimeoutError       504 timeout, and an exec that ran past its `timeout`
-    │   └── CommandTimeoutError    (stockade.commands) `run()` past its timeout; has the output
-    ├── CommandError               (stockade.commands) `run(check=True)` exited non-zero
-    ├── ServerError                500 internal (and any other 5xx)
-    └── StockadeConnectionError    the server could not be reached
+    ├── AuthenticationError            401 unauthorized, 403 forbidden
+    │   └── RegistryAuthError          403 registry_auth_failed
+    ├── NotFoundError                  404 not_found
+    │   └── ImageNotFoundError         404 image_not_found
+    ├── InvalidArgumentError           400 bad_request, 413 payload_too_large, 422 invalid_argument
+    │   └── UnsupportedImageError      422 unsupported_image
+    │       └── UnsafeLayerError       422 unsafe_layer
+    ├── ConflictError                  409 conflict
+    │   ├── SandboxTerminatedError     409 sandbox_terminated
+    │   ├── SandboxPausedError         409 sandbox_paused
+    │   ├── SandboxStartingError       409 sandbox_starting
+    │   └── KernelUnavailableError     409 kernel_unavailable
+    ├── StockadeTimeoutError           504 timeout, and an exec that ran past its `timeout`
+    │   └── CommandTimeoutError        (stockade.commands) `run()` past its timeout; has the output
+    ├── CommandError                   (stockade.commands) `run(check=True)` exited non-zero
+    ├── BuildError                     422 build_failed
+    ├── RegistryError                  502 registry_error
+    │   ├── RegistryUnreachableError   502 registry_unreachable
+    │   └── DigestMismatchError        502 digest_mismatch
+    ├── ServerError                    500 internal (and any other 5xx)
+    └── StockadeConnectionError        the server could not be reached
 
 The server answers every error with ``{"error": {"code": ..., "message": ...}}``; the SDK
 turns that body back into the class below through :func:`error_from_body`, the one place
-where codes map to classes.
+where codes map to classes. A subclass keeps its base's HTTP status (except
+:class:`RegistryAuthError`), so an SDK that does not know a code yet still raises the base
+class.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnreachableError",
     "SandboxPausedError",
+    "SandboxStartingError",
     "SandboxTerminatedError",
     "ServerError",
     "StockadeConnectionError",
@@ -122,6 +134,13 @@ class SandboxPausedError(ConflictError):
     status = 409
 
 
+class SandboxStartingError(ConflictError):
+    """The sandbox is still starting (its status is ``starting``): try again in a moment."""
+
+    code = "sandbox_starting"
+    status = 409
+
+
 class KernelUnavailableError(ConflictError):
     """The sandbox's image has no kernel for the code's language; the message names an
     image that has one (``code-interpreter``)."""
@@ -151,16 +170,7 @@ class StockadeConnectionError(StockadeError, builtins.ConnectionError):
     status = 0
 
 
-# Registry pulls (stockade.server.images.oci). Each class keeps its base's HTTP status, so an
-# SDK that does not know the code yet still raises the base class; the code tells them apart.
-#
-#     NotFoundError        └── ImageNotFoundError     404 image_not_found
-#     InvalidArgumentError └── UnsupportedImageError  422 unsupported_image
-#                              └── UnsafeLayerError   422 unsafe_layer
-#     AuthenticationError  └── RegistryAuthError      403 registry_auth_failed
-#     StockadeError        └── RegistryError          502 registry_error
-#                              ├── RegistryUnreachableError 502 registry_unreachable
-#                              └── DigestMismatchError      502 digest_mismatch
+# Registry pulls (stockade.server.images.oci); the code tells them apart from their bases.
 
 
 class ImageNotFoundError(NotFoundError):
@@ -229,6 +239,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "conflict": ConflictError,
     "sandbox_terminated": SandboxTerminatedError,
     "sandbox_paused": SandboxPausedError,
+    "sandbox_starting": SandboxStartingError,
     "kernel_unavailable": KernelUnavailableError,
     "timeout": StockadeTimeoutError,
     "internal": ServerError,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import httpx
 import pytest
 
+import stockade.commands
+import stockade.errors
 from stockade import (
     AuthenticationError,
     Client,
@@ -13,6 +18,8 @@ from stockade import (
     KernelUnavailableError,
     NotFoundError,
     Sandbox,
+    SandboxPausedError,
+    SandboxStartingError,
     SandboxTerminatedError,
     ServerError,
     StockadeError,
@@ -25,6 +32,8 @@ CODES = [
     (401, "unauthorized", AuthenticationError),
     (404, "not_found", NotFoundError),
     (409, "sandbox_terminated", SandboxTerminatedError),
+    (409, "sandbox_paused", SandboxPausedError),
+    (409, "sandbox_starting", SandboxStartingError),
     (409, "conflict", ConflictError),
     (409, "kernel_unavailable", KernelUnavailableError),
     (413, "payload_too_large", InvalidArgumentError),
@@ -95,3 +104,46 @@ def test_malformed_answer_is_a_server_error(client: Client, api: FakeApi) -> Non
     api.errors[("GET", "/v1/sandboxes/sb-1")] = (200, {"id": "sb-1", "status": 3})
     with pytest.raises(ServerError, match="malformed sandbox"):
         Sandbox.from_id("sb-1", client=client)
+
+
+def test_starting_is_a_conflict_by_status_alone() -> None:
+    """An SDK that meets ``sandbox_starting`` knows it; a bare 409 is still a conflict."""
+    known = stockade.errors.error_from_body(409, error_body("sandbox_starting", "wait"))
+    assert type(known) is SandboxStartingError
+    assert isinstance(known, ConflictError)
+    assert (known.code, known.status, known.message) == ("sandbox_starting", 409, "wait")
+    assert SandboxStartingError("x").to_body()["error"]["code"] == "sandbox_starting"
+    assert type(stockade.errors.error_from_body(409, None)) is ConflictError
+
+
+def _docstring_tree() -> dict[str, str | None]:
+    """Each class drawn in errors.py's docstring, mapped to the class drawn as its parent."""
+    doc = stockade.errors.__doc__ or ""
+    tree = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    parents: dict[str, str | None] = {}
+    stack: list[str] = []
+    for line in tree.splitlines():
+        match = re.match(r"^ {4}((?:[│ ] {3})*)(?:[├└]── )?(\w+)", line)
+        assert match, f"unreadable line in the docstring tree: {line!r}"
+        prefix, name = match.groups()
+        depth = len(prefix) // 4 + (1 if "──" in line else 0)
+        del stack[depth:]
+        parents[name] = stack[-1] if stack else None
+        stack.append(name)
+    return parents
+
+
+def test_docstring_tree_lists_every_error_class() -> None:
+    drawn = _docstring_tree()
+    defined = {
+        name: cls
+        for module in (stockade.errors, stockade.commands)
+        for name, cls in vars(module).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, StockadeError)
+        and cls.__module__ == module.__name__
+    }
+    assert sorted(drawn) == sorted(defined)
+    for name, parent in drawn.items():
+        bases = [b.__name__ for b in defined[name].__bases__ if issubclass(b, StockadeError)]
+        assert bases == ([parent] if parent else []), name
