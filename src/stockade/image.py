@@ -2,9 +2,10 @@
 
 An ``Image`` is immutable: every method returns a new one, so a shared base can be extended
 in several directions. It is only a description; the server builds it when a sandbox is
-first created from it (or on :meth:`Image.tag`), one layer per step, and caches each layer
-under a key made of its parent's key and the step (and, for ``add_local_*``, the files'
-contents). Changing a step rebuilds that step and the ones after it, nothing before.
+first created from it (or on :meth:`Image.tag` / :meth:`Image.atag`), one layer per step,
+and caches each layer under a key made of its parent's key and the step (and, for
+``add_local_*``, the files' contents). Changing a step rebuilds that step and the ones
+after it, nothing before.
 
 Starting points:
 
@@ -32,21 +33,55 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import os
 import posixpath
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stockade._paths import path_in_root
 from stockade.errors import InvalidArgumentError
 
+if TYPE_CHECKING:
+    from stockade.models import ImageInfo
+
 __all__ = ["Image"]
 
 _REFERENCE_CHARS = ":/@"
+
+
+class ImageBuilder(Protocol):
+    """What :meth:`Image.tag` builds through: a :class:`~stockade.Client`."""
+
+    def build(self, image: Image, *, tag: str | None = None) -> ImageInfo: ...
+
+
+class AsyncImageBuilder(Protocol):
+    """What :meth:`Image.atag` builds through: an :class:`~stockade.AsyncClient`."""
+
+    def build(self, image: Image, *, tag: str | None = None) -> Awaitable[ImageInfo]: ...
+
+
+# Each SDK flavour's client class, registered by its own module (stockade._async.client and
+# the stockade._sync.client generated from it), so that this module, shared by both
+# flavours and imported by both clients, imports neither.
+_CLIENTS: dict[str, Callable[[], Any]] = {}
+
+
+def register_client(cls: Callable[[], Any]) -> None:
+    """Make ``cls`` the client that :meth:`Image.tag` (a sync client) or :meth:`Image.atag`
+    (an async one, whose ``build`` is a coroutine) opens when none is passed."""
+    build = getattr(cls, "build", None)
+    _CLIENTS["async" if inspect.iscoroutinefunction(build) else "sync"] = cls
+
+
+def _default_client(flavour: str) -> Any:
+    """A new client of ``flavour`` for the default server (``$STOCKADE_URL``)."""
+    return _CLIENTS[flavour]()
 
 
 @dataclass(frozen=True)
@@ -211,21 +246,44 @@ class Image:
         """The image's default command (kept in exports)."""
         return self._with({"op": "cmd", "argv": _argv("cmd", argv)})
 
-    def tag(self, name: str) -> str:
+    def tag(self, name: str, *, client: ImageBuilder | None = None) -> str:
         """Build this image (if it is not built yet) and name it ``name:tag``, so that
         ``Image.from_name(name)`` and ``Sandbox.create(image="name:tag")`` find it; the
-        name without a tag means its newest build. Uses the default server (see ``Client``).
+        name without a tag means its newest build. Returns the name given.
+
+        It builds through ``client`` (a :class:`~stockade.Client`), else through a client
+        of the default server (``$STOCKADE_URL``) that it closes again. In asyncio code,
+        use :meth:`atag`.
 
         Example::
 
             Image.debian_slim().pip_install("httpx").tag("agent:v1")
             sb = Sandbox.create(image="agent:v1")
         """
-        from stockade._sync.client import Client
+        if client is not None:
+            return client.build(self, tag=name).name
+        own = _default_client("sync")
+        try:
+            return str(own.build(self, tag=name).name)
+        finally:
+            own.close()
 
-        with Client() as client:
-            info = client.build(self, tag=name)
-        return info.name
+    async def atag(self, name: str, *, client: AsyncImageBuilder | None = None) -> str:
+        """:meth:`tag` for asyncio: build this image and name it ``name:tag``, through
+        ``client`` (an :class:`~stockade.AsyncClient`) or a client of the default server.
+
+        Example::
+
+            await Image.debian_slim().pip_install("httpx").atag("agent:v1")
+            sb = await AsyncSandbox.create(image="agent:v1")
+        """
+        if client is not None:
+            return (await client.build(self, tag=name)).name
+        own = _default_client("async")
+        try:
+            return str((await own.build(self, tag=name)).name)
+        finally:
+            await own.aclose()
 
     # -- the wire format ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import httpx
 from stockade import _base, _config, _protocol
 from stockade._transport import AsyncWebSocket
 from stockade.errors import InvalidArgumentError, ServerError
-from stockade.image import Image, context_tar
+from stockade.image import Image, context_tar, register_client
 from stockade.models import ImageInfo
 
 __all__ = ["AsyncClient", "client_for"]
@@ -340,3 +340,8 @@ def client_for(client: AsyncClient | None, url: str | None, token: str | None) -
     if url is not None or token is not None:
         raise InvalidArgumentError("pass either client= or url=/token=, not both")
     return client
+
+
+# The client that Image.tag and Image.atag open when they are given none: each flavour of the
+# SDK registers its own, so that the shared Image imports neither.
+register_client(AsyncClient)

@@ -19,7 +19,7 @@ import httpx
 from stockade import _base, _config, _protocol
 from stockade._transport import WebSocket
 from stockade.errors import InvalidArgumentError, ServerError
-from stockade.image import Image, context_tar
+from stockade.image import Image, context_tar, register_client
 from stockade.models import ImageInfo
 
 __all__ = ["Client", "client_for"]
@@ -342,3 +342,8 @@ def client_for(client: Client | None, url: str | None, token: str | None) -> Cli
     if url is not None or token is not None:
         raise InvalidArgumentError("pass either client= or url=/token=, not both")
     return client
+
+
+# The client that Image.tag and Image.atag open when they are given none: each flavour of the
+# SDK registers its own, so that the shared Image imports neither.
+register_client(Client)
