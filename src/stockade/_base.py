@@ -193,8 +193,8 @@ def network_body(
     return body
 
 
-def tunnel_url(base_url: str, info: SandboxInfo, port: int) -> str:
-    """The URL of an exposed port: host-based when the server has a tunnel domain."""
+def port_url(base_url: str, info: SandboxInfo, port: int) -> str:
+    """The URL of an exposed port: host-based when the server has a domain for them."""
     exposed = next((p for p in info.ports if p.port == port), None)
     if exposed is None:
         listed = ", ".join(str(p.port) for p in info.ports) or "none"

@@ -275,6 +275,35 @@ def test_expose_at_runtime(web: Sandbox) -> None:
     assert httpx.get(url + "x", timeout=10).status_code == 401
 
 
+def test_unexpose(web: Sandbox) -> None:
+    url, headers = web.tunnel(8000), {"X-Stockade-Access-Token": web.access_token}
+    cli = str(Path(sys.executable).parent / "stockade")
+    try:
+        info = web.unexpose(8000)
+        assert 8000 not in [p.port for p in info.ports] and 8000 not in web.tunnels()
+        # The proxy stops serving it at once, while the server inside keeps running.
+        r = httpx.get(url + "x", headers=headers, timeout=10)
+        assert r.status_code == 404 and "not exposed" in r.json()["error"]["message"]
+        with pytest.raises(NotFoundError, match=r"port 8000 .* is not exposed"):
+            web.unexpose(8000)
+        exposed = subprocess.run(
+            [cli, "expose", web.id, "8000"], capture_output=True, text=True, timeout=30
+        )
+        assert exposed.returncode == 0, exposed.stderr
+        assert exposed.stdout.strip() == url
+        assert httpx.get(url + "x", headers=headers, timeout=10).status_code == 200
+        for code in (0, 1):  # the second time it is not exposed any more
+            done = subprocess.run(
+                [cli, "unexpose", web.id, "8000"], capture_output=True, text=True, timeout=30
+            )
+            assert done.returncode == code, done.stderr
+        assert "is not exposed" in done.stderr
+        assert httpx.get(url + "x", headers=headers, timeout=10).status_code == 404
+    finally:
+        web.expose(8000)
+    assert httpx.get(url + "x", headers=headers, timeout=10).status_code == 200
+
+
 def test_port_forward_cli(server: LiveServer, web: Sandbox) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,8 +19,8 @@ from tests.unit.fakes import TOKEN, FakeApi, FakeExecServer
 Invoke = Callable[..., Result]
 
 COMMANDS = ["serve", "images", "create", "ls", "info", "rm", "logs", "run", "exec", "shell", "code",
-            "code-context", "cp", "network", "expose", "port-forward", "image", "snapshot",
-            "pause", "resume", "fork", "volume", "changes", "set-timeout"]  # fmt: skip
+            "code-context", "cp", "network", "expose", "unexpose", "port-forward", "image",
+            "snapshot", "pause", "resume", "fork", "volume", "changes", "set-timeout"]  # fmt: skip
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The SDK's network surface: policies, exposed ports and tunnel URLs (sync and async)."""
+"""The SDK's network surface: policies, exposed ports and their URLs (sync and async)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def network_out(body: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class NetApi(FakeApi):
-    """FakeApi plus ``PUT .../network`` and ``POST .../ports``, answering like the server."""
+    """FakeApi plus ``PUT .../network``, ``POST .../ports`` and ``DELETE .../ports/{port}``,
+    answering like the server."""
 
     tunnel_domain: str = ""
 
@@ -62,6 +63,15 @@ class NetApi(FakeApi):
         return httpx.Response(201, json=record)
 
     def _route(self, request: httpx.Request, path: str) -> httpx.Response:
+        m = re.fullmatch(r"/v1/sandboxes/([^/]+)/ports/(\d+)", path)
+        if m is not None and m.group(1) in self.sandboxes and request.method == "DELETE":
+            record = self.sandboxes[m.group(1)]
+            port = int(m.group(2))
+            if all(p["port"] != port for p in record["ports"]):
+                message = f"port {port} of sandbox {m.group(1)} is not exposed"
+                return httpx.Response(404, json=error_body("not_found", message))
+            record["ports"] = [p for p in record["ports"] if p["port"] != port]
+            return httpx.Response(200, json=record)
         m = re.fullmatch(r"/v1/sandboxes/([^/]+)/(network|ports)", path)
         if m is None or m.group(1) not in self.sandboxes:
             return super()._route(request, path)
@@ -208,7 +218,7 @@ async def test_async_set_network(asb: AsyncSandbox, api: NetApi) -> None:
     assert info.network is not None and info.network.outbound_cidr_allowlist == ["203.0.113.0/24"]
 
 
-# -- expose, tunnel, tunnels --------------------------------------------------------------
+# -- expose, unexpose, tunnel, tunnels ----------------------------------------------------
 
 
 def test_expose(sb: Sandbox, client: Client, api: NetApi) -> None:
@@ -273,7 +283,7 @@ def test_tunnels(sb: Sandbox, client: Client, api: NetApi) -> None:
     assert sb.tunnels() == {}
 
 
-def test_tunnel_url_uses_the_scheme_of_the_server() -> None:
+def test_port_url_uses_the_scheme_of_the_server() -> None:
     info = SandboxInfo.from_json(
         sandbox_record(
             "sb-1",
@@ -283,11 +293,11 @@ def test_tunnel_url_uses_the_scheme_of_the_server() -> None:
             ],
         )
     )
-    assert _base.tunnel_url("https://stockade.x.dev", info, 80) == "https://80-sb-1.x.dev/"
-    assert _base.tunnel_url("http://10.0.0.1:7423", info, 80) == "http://80-sb-1.x.dev/"
-    assert _base.tunnel_url("https://x.dev/", info, 81) == "https://x.dev/proxy/sb-1/81/"
+    assert _base.port_url("https://stockade.x.dev", info, 80) == "https://80-sb-1.x.dev/"
+    assert _base.port_url("http://10.0.0.1:7423", info, 80) == "http://80-sb-1.x.dev/"
+    assert _base.port_url("https://x.dev/", info, 81) == "https://x.dev/proxy/sb-1/81/"
     with pytest.raises(NotFoundError, match=r"exposed: 80, 81"):
-        _base.tunnel_url("https://x.dev", info, 82)
+        _base.port_url("https://x.dev", info, 82)
 
 
 async def test_async_expose_tunnel_tunnels(
@@ -305,6 +315,42 @@ async def test_async_expose_tunnel_tunnels(
     with pytest.raises(NotFoundError, match=r"exposed: 8080, 9000, 9100"):
         await asb.tunnel(1)
     assert set(await asb.tunnels()) == {8080, 9000, 9100}
+
+
+def test_unexpose(sb: Sandbox, api: NetApi) -> None:
+    sb.expose(9000)
+    info = sb.unexpose(9000)
+    request = api.last("DELETE")
+    assert (request.url.path, request.content) == ("/v1/sandboxes/sb-1/ports/9000", b"")
+    assert request.headers["authorization"] == "Bearer test-token"
+    assert info is sb.last_info
+    assert [p.port for p in info.ports] == [8080]
+    assert sb.tunnels() == {8080: f"{sb.client.url}/proxy/sb-1/8080/"}
+    with pytest.raises(NotFoundError, match=r"port 9000 of sandbox sb-1 is not exposed"):
+        sb.tunnel(9000)
+
+
+def test_unexpose_an_unexposed_port(sb: Sandbox, api: NetApi) -> None:
+    with pytest.raises(NotFoundError, match=r"port 7777 of sandbox sb-1 is not exposed"):
+        sb.unexpose(7777)
+    assert [p.port for p in sb.last_info.ports] == [8080]  # unchanged
+
+
+def test_unexpose_escapes_the_id(client: Client, api: NetApi) -> None:
+    sb = Sandbox(SandboxInfo.from_json(sandbox_record("sb/../x")), client)
+    with pytest.raises(NotFoundError):
+        sb.unexpose(80)
+    assert api.last("DELETE").url.raw_path == b"/v1/sandboxes/sb%2F..%2Fx/ports/80"
+
+
+async def test_async_unexpose(asb: AsyncSandbox, aclient: AsyncClient, api: NetApi) -> None:
+    await asb.expose(9000, public=True)
+    info = await asb.unexpose(8080)
+    assert api.last("DELETE").url.path == "/v1/sandboxes/sb-1/ports/8080"
+    assert [(p.port, p.public) for p in info.ports] == [(9000, True)]
+    assert await asb.tunnels() == {9000: f"{aclient.url}/proxy/sb-1/9000/"}
+    with pytest.raises(NotFoundError, match="not exposed"):
+        await asb.unexpose(8080)
 
 
 # -- access token and errors --------------------------------------------------------------

@@ -142,8 +142,8 @@ class AsyncSandbox:
         ranges, the cloud metadata address, the host or other sandboxes.
         ``block_network=True`` leaves loopback only; ``outbound_cidr_allowlist`` and
         ``outbound_domain_allowlist`` (``"example.com"``, ``"*.example.org"``) allow only
-        those. :meth:`set_network` changes it later. ``ports`` are served through the
-        server (see :meth:`tunnel`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
+        those. :meth:`set_network` changes it later. ``ports`` are the ports to expose
+        (see :meth:`expose`): ``[8080]`` or ``[{"port": 8080, "public": True}]``.
 
         ``image`` is an image's name or an :class:`~stockade.Image`: one with steps is built
         first (or found in the cache), a registry image is pulled first, and
@@ -383,7 +383,12 @@ class AsyncSandbox:
         return self.last_info
 
     async def expose(self, port: int, *, public: bool = False) -> str:
-        """Serve ``port`` through the server and return its URL (see :meth:`tunnel`).
+        """Expose ``port``: serve it through the server's proxy, HTTP and WebSocket, and
+        return its URL (:meth:`tunnel` finds it again). Exposing an exposed port again only
+        changes ``public``; :meth:`unexpose` undoes it.
+
+        Unless the port is public, each request must carry :attr:`access_token`, as the
+        ``X-Stockade-Access-Token`` header or the ``stockade_token`` query parameter.
 
         Example::
 
@@ -393,10 +398,24 @@ class AsyncSandbox:
             "POST", _base.sandbox_path(self.id, "/ports"), json={"port": port, "public": public}
         )
         self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
-        return _base.tunnel_url(self.client.url, self.last_info, port)
+        return _base.port_url(self.client.url, self.last_info, port)
+
+    async def unexpose(self, port: int) -> SandboxInfo:
+        """Stop exposing ``port``: its URL answers ``404`` from now on, while a server in
+        the sandbox keeps running. A port that is not exposed raises
+        :class:`~stockade.NotFoundError`.
+
+        Example::
+
+            await sb.unexpose(8080)
+            assert 8080 not in await sb.tunnels()
+        """
+        data = await self.client.request("DELETE", _base.sandbox_path(self.id, f"/ports/{port}"))
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
 
     async def tunnel(self, port: int) -> str:
-        """The URL that reaches exposed ``port`` of the sandbox, HTTP and WebSocket.
+        """The URL of exposed ``port`` (as :meth:`expose` returned it), HTTP and WebSocket.
 
         Unless the port is public, send :attr:`access_token` with each request, as the
         ``X-Stockade-Access-Token`` header or the ``stockade_token`` query parameter.
@@ -408,16 +427,16 @@ class AsyncSandbox:
         """
         if not any(p.port == port for p in self.last_info.ports):
             await self.info()
-        return _base.tunnel_url(self.client.url, self.last_info, port)
+        return _base.port_url(self.client.url, self.last_info, port)
 
     async def tunnels(self) -> dict[int, str]:
         """Every exposed port and its URL."""
         info = await self.info()
-        return {p.port: _base.tunnel_url(self.client.url, info, p.port) for p in info.ports}
+        return {p.port: _base.port_url(self.client.url, info, p.port) for p in info.ports}
 
     @property
     def access_token(self) -> str:
-        """The token that opens the sandbox's non-public ports (and nothing else)."""
+        """The token that opens the sandbox's non-public exposed ports (and nothing else)."""
         return self.last_info.access_token or ""
 
     # -- commands ----------------------------------------------------------------------

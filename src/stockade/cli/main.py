@@ -12,8 +12,8 @@ from stockade.cli.changes import changes
 from stockade.cli.code import code, code_context
 from stockade.cli.files import cp
 from stockade.cli.images import image, images
-from stockade.cli.network import expose, network
-from stockade.cli.ports import port_forward
+from stockade.cli.network import network
+from stockade.cli.ports import expose, port_forward, unexpose
 from stockade.cli.run import exec_, run
 from stockade.cli.sandboxes import create, info, logs, ls, rm, set_timeout
 from stockade.cli.serve import serve
@@ -67,7 +67,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 for _command in (
     serve, images, create, ls, info, rm, logs, run, exec_, shell, code, code_context, cp,
-    network, expose, port_forward, image,
+    network, expose, unexpose, port_forward, image,
 ):  # fmt: skip
     cli.add_command(_command)
 cli.add_command(set_timeout)

@@ -1,4 +1,4 @@
-"""Network verbs: ``network`` (change the outbound policy) and ``expose`` (serve a port)."""
+"""``network``: show or change a sandbox's outbound policy (exposed ports: see ports.py)."""
 
 from __future__ import annotations
 
@@ -99,16 +99,3 @@ def network(
         print_json(sb.last_info.to_json())
     else:
         stdout_console().print(_describe(sb.last_info))
-
-
-@click.command()
-@click.argument("sandbox_id", metavar="ID")
-@click.argument("port", type=click.IntRange(1, 65535))
-@click.option("--public", is_flag=True, help="Reachable without the sandbox's access token.")
-@pass_state
-def expose(state: CliState, sandbox_id: str, port: int, public: bool) -> None:
-    """Serve PORT of a sandbox through the server and print its URL."""
-    sb = state.sandbox(sandbox_id)
-    click.echo(sb.expose(port, public=public))
-    if not public:
-        click.echo(f"send the header X-Stockade-Access-Token: {sb.access_token}", err=True)

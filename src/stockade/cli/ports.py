@@ -1,7 +1,11 @@
-"""``stockade port-forward``: reach a port inside a sandbox from this machine.
+"""Exposed ports: ``expose``, ``unexpose`` and ``port-forward``.
 
-Sandbox addresses are only reachable from the server's host, and plain TCP (a database,
-SSH) cannot go through the HTTP proxy, so this listens locally and carries each accepted
+``expose`` serves a sandbox's port through the server's proxy (HTTP and WebSocket) and
+prints its URL; ``unexpose`` stops that.
+
+``port-forward`` reaches an exposed port from this machine over plain TCP. Sandbox
+addresses are only reachable from the server's host, and plain TCP (a database, SSH)
+cannot go through the HTTP proxy, so it listens locally and carries each accepted
 connection over its own WebSocket to the server's
 ``/v1/sandboxes/{id}/ports/{port}/connect``, which opens the TCP connection inside. Bytes
 travel as binary messages; an empty message says "no more from this side", so a client
@@ -27,9 +31,37 @@ from stockade._base import CHUNK_SIZE, sandbox_path
 from stockade._transport import AsyncWebSocket
 from stockade.cli._common import CliState, pass_state, print_error, stdout_console
 
-__all__ = ["forward_port", "port_forward"]
+__all__ = ["expose", "forward_port", "port_forward", "unexpose"]
 
 _ENDED = ("terminated", "failed")
+
+
+@click.command()
+@click.argument("sandbox_id", metavar="ID")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--public", is_flag=True, help="Reachable without the sandbox's access token.")
+@pass_state
+def expose(state: CliState, sandbox_id: str, port: int, public: bool) -> None:
+    """Expose PORT of sandbox ID through the server and print its URL.
+
+    Exposing an exposed port again only changes --public; `stockade unexpose` undoes it.
+    """
+    sb = state.sandbox(sandbox_id)
+    click.echo(sb.expose(port, public=public))
+    if not public:
+        click.echo(f"send the header X-Stockade-Access-Token: {sb.access_token}", err=True)
+
+
+@click.command()
+@click.argument("sandbox_id", metavar="ID")
+@click.argument("port", type=click.IntRange(1, 65535))
+@pass_state
+def unexpose(state: CliState, sandbox_id: str, port: int) -> None:
+    """Stop exposing PORT of sandbox ID: its URL answers 404 from now on.
+
+    A server listening on it in the sandbox keeps running. Exits 1 if PORT is not exposed.
+    """
+    state.sandbox(sandbox_id).unexpose(port)
 
 
 @click.command("port-forward")
@@ -46,9 +78,9 @@ _ENDED = ("terminated", "failed")
 def port_forward(
     state: CliState, sandbox_id: str, port: int, local_port: int | None, address: str
 ) -> None:
-    """Forward a local port to PORT in sandbox ID, until Ctrl-C.
+    """Forward a local port to exposed PORT of sandbox ID, until Ctrl-C.
 
-    The port must have been exposed when the sandbox was created. Any TCP protocol works:
+    Expose the port first (`stockade expose`, or `create --port`). Any TCP protocol works:
 
     \b
       stockade port-forward sb-… 5432 --local 15432 &

@@ -43,11 +43,11 @@ _STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
 @network_options
 @click.option(
     "--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
-    help="Serve this port through the server, with the access token (repeatable).",
+    help="Expose this port: reachable through the server with the access token (repeatable).",
 )  # fmt: skip
 @click.option(
     "--public-port", "public_ports", multiple=True, type=click.IntRange(1, 65535),
-    metavar="PORT", help="Serve this port through the server to anyone (repeatable).",
+    metavar="PORT", help="Expose this port to anyone, without the access token (repeatable).",
 )  # fmt: skip
 @click.option(
     "--volume", "volumes", multiple=True, callback=parse_pairs, metavar="PATH=VOLUME",
