@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from stockade.server.api.sandboxes import _ports
 from stockade.server.api.schemas import CreateSandbox, NetworkIn, PortIn, SandboxOut
 from stockade.server.config import ServerConfig
 from stockade.server.network.policy import NetworkPolicy
+from stockade.server.service.creation import Creator
 from stockade.server.service.sandboxes import CreateRequest
 from stockade.server.state.records import SandboxRecord
 
@@ -220,8 +221,11 @@ async def api(fake: FakeSandboxes, config: ServerConfig) -> AsyncIterator[httpx.
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(sandboxes.router, dependencies=[Depends(require_token)])
+    # No snapshots here: no create restores one.
+    pools, code = cast(Any, FakePools()), cast(Any, FakeCode())
+    creator = Creator(cast(Any, fake), pools, cast(Any, None), code)
     app.state.services = SimpleNamespace(
-        config=config, images=FakeImages(), pools=FakePools(), sandboxes=fake, code=FakeCode()
+        config=config, images=FakeImages(), sandboxes=fake, creator=creator
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKEN}"}

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -39,6 +39,7 @@ from stockade.server.api.errors import install_error_handlers
 from stockade.server.config import ServerConfig
 from stockade.server.runtime import proc
 from stockade.server.service import volumes as volume_module
+from stockade.server.service.creation import Creator
 from stockade.server.service.sandboxes import CreateRequest
 from stockade.server.service.volumes import (
     DEFAULT_SIZE_MIB,
@@ -422,13 +423,15 @@ def app(service: VolumeService, config: ServerConfig) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(volumes.router, dependencies=auth)
     app.include_router(sandboxes.router, dependencies=auth)
+    fake = FakeSandboxes()
+    code = SimpleNamespace(prewarm=lambda sandbox_id, image: None)
     app.state.services = SimpleNamespace(
         config=config,
         volumes=service,
-        sandboxes=FakeSandboxes(),
-        pools=FakePools(),
+        sandboxes=fake,
+        # No snapshots here: no create restores one.
+        creator=Creator(cast(Any, fake), cast(Any, FakePools()), cast(Any, None), cast(Any, code)),
         images=SimpleNamespace(check=lambda name: None),
-        code=SimpleNamespace(prewarm=lambda sandbox_id, image: None),
     )
     return app
 

@@ -4,25 +4,18 @@ their progress streamed as NDJSON events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ...errors import ConflictError, InvalidArgumentError, NotFoundError, StockadeError
+from ...errors import InvalidArgumentError, StockadeError
 from ..images.built import BuiltImage
-from ..images.catalog import is_reference
-from ..images.gc import collect
-from ..images.oci import RegistryAuth, parse_reference
-from ..images.oci.image import forget_pulled
 from ..images.tags import parse_tag
 from ..service.builder import parse_spec
+from ..service.images import RegistryAuth, check_reference
 from . import ndjson
 from .deps import Services, services
 from .openapi import inline_body, raw_body
@@ -32,7 +25,6 @@ from .schemas import BuildRequest, ImageList, ImageOut, PullImage
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_CONTEXT_LIMIT = 4 << 30
 _MAX_MIN_AGE = 86400 * 365
 # Log lines of a build or pull waiting for a slow client (each at most 16 KiB + prefix).
 _LOG_BACKLOG = 1000
@@ -43,13 +35,10 @@ Svc = Annotated[Services, Depends(services)]
 
 @router.get("", response_model=ImageList, summary="List images")
 async def list_images(svc: Svc) -> ImageList:
-    base = [ImageOut.of(svc.images.info(n)) for n in svc.images.names()]
-    pulled = [ImageOut.of_pulled(i) for i in await asyncio.to_thread(svc.images.pulled)]
-    named = []
-    for name, (image_id, _when) in sorted(svc.images.tags.all().items()):
-        built = svc.images.built(image_id)
-        if built is not None:
-            named.append(ImageOut.of_built(built, name))
+    found = await svc.image_service.listing()
+    base = [ImageOut.of(i) for i in found.base]
+    named = [ImageOut.of_built(built, name) for name, built in found.named]
+    pulled = [ImageOut.of_pulled(i) for i in found.pulled]
     return ImageList(images=[*base, *named, *pulled])
 
 
@@ -67,9 +56,7 @@ async def collect_garbage(
 ) -> dict[str, int]:
     if not 0 <= min_age <= _MAX_MIN_AGE:
         raise InvalidArgumentError(f"min_age must be between 0 and {_MAX_MIN_AGE} seconds")
-    # Paused sandboxes and snapshots mount their layers again when they come back.
-    in_use = await svc.snapshots.layers_in_use()
-    result = await asyncio.to_thread(collect, svc.images, min_age=min_age, in_use=in_use)
+    result = await svc.image_service.collect_garbage(min_age)
     return {"removed": result.removed, "freed_bytes": result.freed}
 
 
@@ -87,14 +74,7 @@ async def delete_image(
 ) -> dict[str, str]:
     """Only the name goes: the layers stay until `image gc`, so a running sandbox of the
     image never loses its files."""
-    if name in svc.images.names():
-        raise ConflictError(f"{name!r} is a base image; base images cannot be deleted")
-    if svc.images.tags.get(name) is not None:
-        image_id = svc.images.tags.remove(name if ":" in name else f"{name}:latest")
-        return {"deleted": name, "image": image_id or ""}
-    if is_reference(name) and await asyncio.to_thread(forget_pulled, svc.images.layers, name):
-        return {"deleted": name, "image": name}
-    raise NotFoundError(f"image {name!r} does not exist; `stockade image ls` lists the images")
+    return {"deleted": name, "image": await svc.image_service.delete(name)}
 
 
 @router.put(
@@ -104,36 +84,13 @@ async def delete_image(
     openapi_extra=raw_body("The tar; its SHA-256 must be the one in the path."),
 )
 async def put_context(digest: DigestP, request: Request, svc: Svc) -> Response:
-    path = svc.builder.context_path(digest)
-    if path.exists():
-        return Response(status_code=204)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    h = hashlib.sha256()
-    size = 0
-    try:
-        with open(tmp, "wb") as out:  # noqa: ASYNC230  (chunks are written as they come)
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > _CONTEXT_LIMIT:
-                    raise InvalidArgumentError(
-                        f"the files of a copy step are over {_CONTEXT_LIMIT >> 30} GiB"
-                    )
-                h.update(chunk)
-                out.write(chunk)
-        if f"sha256:{h.hexdigest()}" != digest:
-            raise InvalidArgumentError(
-                f"the upload's sha256 is sha256:{h.hexdigest()}, not {digest}; upload again"
-            )
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    await svc.image_service.put_context(digest, request.stream())
     return Response(status_code=204)
 
 
 @router.head("/contexts/{digest}", summary="Whether the files of a copy step are uploaded")
 async def has_context(digest: DigestP, svc: Svc) -> Response:
-    found = await asyncio.to_thread(svc.builder.context_path(digest).exists)
+    found = await svc.image_service.has_context(digest)
     return Response(status_code=200 if found else 404)
 
 
@@ -167,7 +124,7 @@ async def build_steps(body: dict[str, Any], svc: Svc) -> StreamingResponse:
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 async def pull_image(body: PullImage, svc: Svc) -> StreamingResponse:
-    parse_reference(body.ref)  # 422 for a malformed reference, before streaming starts
+    check_reference(body.ref)  # 422 for a malformed reference, before streaming starts
     auth = RegistryAuth(body.auth.username, body.auth.password) if body.auth else None
     return _stream(
         lambda say: svc.images.pull(body.ref, auth=auth, on_progress=say),
@@ -226,8 +183,7 @@ def _stream(
 
 
 def _built_out(svc: Services, built: BuiltImage, tag: str | None) -> ImageOut:
-    name = svc.images.tags.set(tag, built.id) if tag else built.id
-    return ImageOut.of_built(built, name)
+    return ImageOut.of_built(built, svc.image_service.name_build(built, tag))
 
 
 @router.post(

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..service.pools import MAX_POOL_SIZE, PoolSpec
+from ..service.spec import SandboxSpec
 from .deps import Services, services
 from .limits import DISK_RANGE, MEMORY_RANGE, MIN_CPU, check_create_ranges, cpu_limit
 from .params import ImageNameP, documented
@@ -46,12 +46,15 @@ class PoolRequest(BaseModel):
         description="Sandboxes to keep started; 0 empties the pool.",
         json_schema_extra=documented(minimum=0, maximum=MAX_POOL_SIZE),
     )
-    cpu: float = Field(1.0, json_schema_extra=documented(minimum=MIN_CPU, maximum=cpu_limit()))
+    cpu: float = Field(
+        SandboxSpec.cpu, json_schema_extra=documented(minimum=MIN_CPU, maximum=cpu_limit())
+    )
     memory: int = Field(
-        512, json_schema_extra=documented(minimum=MEMORY_RANGE[0], maximum=MEMORY_RANGE[1])
+        SandboxSpec.memory,
+        json_schema_extra=documented(minimum=MEMORY_RANGE[0], maximum=MEMORY_RANGE[1]),
     )
     disk: int = Field(
-        DEFAULT_DISK_MIB,
+        SandboxSpec.disk,
         json_schema_extra=documented(minimum=DISK_RANGE[0], maximum=DISK_RANGE[1]),
     )
 
@@ -68,6 +71,7 @@ async def list_pools(svc: Svc) -> PoolList:
 @router.put("/{image}", response_model=PoolOut, summary="Create or resize a warm pool")
 async def set_pool(image: ImageNameP, body: PoolRequest, svc: Svc) -> PoolOut:
     svc.images.info(image)  # 404 naming the images
-    check_create_ranges(body.cpu, body.memory, body.disk, 300)
+    # A pooled sandbox's timeout is the one of the create that takes it: not the pool's.
+    check_create_ranges(body.cpu, body.memory, body.disk, SandboxSpec.timeout)
     svc.pools.set_size(PoolSpec(image, body.size, body.cpu, body.memory, body.disk))
     return next(PoolOut.model_validate(p) for p in svc.pools.status() if p["image"] == image)

@@ -1,4 +1,4 @@
-"""Sandbox lifecycle routes: thin wrappers over SandboxService."""
+"""Sandbox lifecycle routes: thin wrappers over SandboxService, and Creator for a create."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 from ...errors import InvalidArgumentError
 from ..network.policy import NetworkPolicy
 from ..service.sandboxes import CreateRequest
-from ..service.stages import collect, stage
+from ..service.spec import SandboxSpec
+from ..service.stages import collect
 from ..state.records import SandboxRecord
 from .deps import Services, services
 from .limits import MAX_PORTS as _MAX_PORTS
@@ -67,20 +68,10 @@ async def _create(body: CreateSandbox, svc: Svc) -> SandboxOut:
         entrypoint=body.entrypoint, policy=policy, ports=_ports(body.ports),
         image_entrypoint=body.image_entrypoint,
         volumes=await svc.volumes.resolve_mounts(body.volumes) if body.volumes else {},
-        idle_timeout=body.idle_timeout or 0.0, on_timeout=body.on_timeout,
+        idle_timeout=body.idle_timeout or SandboxSpec.idle_timeout, on_timeout=body.on_timeout,
         auto_resume=body.auto_resume,
     )  # fmt: skip
-    if body.snapshot is not None:
-        # Restored processes carry on: no kernel to prewarm, no pool to take from.
-        await svc.pools.make_room(req.memory)
-        return _out(svc, await svc.snapshots.restore(body.snapshot, req))
-    with stage("pool"):
-        record = await svc.pools.take(req)
-    if record is None:
-        await svc.pools.make_room(req.memory)
-        record = await svc.sandboxes.create(req)
-    svc.code.prewarm(record.id, record.image)
-    return _out(svc, record)
+    return _out(svc, await svc.creator.create(req, snapshot=body.snapshot))
 
 
 def _out(svc: Services, record: SandboxRecord) -> SandboxOut:

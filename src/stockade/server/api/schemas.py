@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..images.built import BuiltImage
 from ..images.catalog import ImageInfo
-from ..images.oci import PulledImage
 from ..network.policy import MAX_ALLOWLIST, NetworkPolicy
-from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..service.files import FileInfo
+from ..service.images import PulledImage
 from ..service.snapshots import MAX_FORKS
+from ..service.spec import OnTimeout, SandboxSpec
 from ..service.volumes import MAX_MOUNTS, SIZE_RANGE_MIB
 from ..state.records import SandboxRecord, SnapshotRecord
 from .limits import DISK_RANGE, MAX_PORTS, MEMORY_RANGE, MIN_CPU, TIMEOUT_RANGE, cpu_limit
@@ -119,21 +119,23 @@ class CreateSandbox(_Strict):
     )
     # check_create_ranges enforces these, with messages naming the allowed range.
     cpu: float = Field(
-        1.0,
+        SandboxSpec.cpu,
         description="CPU cores (fractional allowed), at most the host's.",
         json_schema_extra=documented(minimum=MIN_CPU, maximum=cpu_limit()),
     )
     memory: int = Field(
-        512,
+        SandboxSpec.memory,
         description="Memory limit in MiB.",
         json_schema_extra=documented(minimum=MEMORY_RANGE[0], maximum=MEMORY_RANGE[1]),
     )
     disk: int = Field(
-        DEFAULT_DISK_MIB,
+        SandboxSpec.disk,
         description="Writable disk space in MiB.",
         json_schema_extra=documented(minimum=DISK_RANGE[0], maximum=DISK_RANGE[1]),
     )
-    timeout: _Timeout = Field(300.0, description="Lifetime in seconds; the sandbox ends after it.")
+    timeout: _Timeout = Field(
+        SandboxSpec.timeout, description="Lifetime in seconds; the sandbox ends after it."
+    )
     env: dict[str, str] = Field(default_factory=dict)
     workdir: _AbsPath | None = Field(None, description="Absolute working directory.")
     tags: dict[str, str] = Field(default_factory=dict)
@@ -179,11 +181,11 @@ class CreateSandbox(_Strict):
         description="Seconds without exec, file or API activity after which `on_timeout` "
         "applies (unset: never).",
     )
-    on_timeout: Literal["terminate", "pause"] = Field(
-        "terminate", description="What `timeout` and `idle_timeout` do to the sandbox."
+    on_timeout: OnTimeout = Field(
+        SandboxSpec.on_timeout, description="What `timeout` and `idle_timeout` do to the sandbox."
     )
     auto_resume: bool = Field(
-        False,
+        SandboxSpec.auto_resume,
         description="A paused sandbox wakes by itself on its next exec, files call or port "
         "request.",
     )
@@ -273,8 +275,8 @@ class SandboxOut(BaseModel):
     )
     volumes: dict[str, str] = Field(default_factory=dict, description="Mount path → volume ID.")
     idle_timeout: float | None = None
-    on_timeout: Literal["terminate", "pause"] = "terminate"
-    auto_resume: bool = False
+    on_timeout: OnTimeout = SandboxSpec.on_timeout
+    auto_resume: bool = SandboxSpec.auto_resume
     paused_at: str | None = None
     snapshot: str | None = Field(None, description="The snapshot it was restored from.")
 

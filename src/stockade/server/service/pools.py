@@ -23,9 +23,9 @@ import os
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
-from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..state.records import ALIVE, SandboxRecord
 from .sandboxes import CreateRequest, SandboxService
+from .spec import SandboxSpec
 
 __all__ = ["COMMIT_LIMIT", "PoolManager", "PoolSpec", "parse_pool_specs"]
 
@@ -42,9 +42,9 @@ class PoolSpec:
 
     image: str
     size: int
-    cpu: float = 1.0
-    memory: int = 512
-    disk: int = DEFAULT_DISK_MIB
+    cpu: float = SandboxSpec.cpu
+    memory: int = SandboxSpec.memory
+    disk: int = SandboxSpec.disk
 
     def matches(self, req: CreateRequest) -> bool:
         return (

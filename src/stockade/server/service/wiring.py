@@ -14,8 +14,11 @@ from ..runtime.reaper import Reaper
 from ..state.store import SQLiteStore
 from .builder import ImageBuilder, build_policy, pip_env
 from .code.service import CodeService
+from .creation import Creator
 from .execs import ExecService
 from .files import FileService
+from .image_export import ImageExporter
+from .images import ImageService
 from .pools import PoolManager, parse_pool_specs
 from .recipes import add_recipes
 from .sandboxes import SandboxService
@@ -39,6 +42,9 @@ class Services:
     code: CodeService
     volumes: VolumeService
     snapshots: SnapshotService
+    creator: Creator
+    image_service: ImageService
+    exporter: ImageExporter
 
 
 @contextlib.asynccontextmanager
@@ -66,16 +72,20 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
     code = CodeService(
         sandboxes, execs, config.data_dir / "kernels", output_limit=config.code_output_limit
     )
+    snapshots = SnapshotService(config, store, sandboxes, catalog, code)
     services = Services(
         config=config, images=catalog, sandboxes=sandboxes, execs=execs,
         files=FileService(execs), pools=pools, builder=builder, code=code,
-        snapshots=SnapshotService(config, store, sandboxes, catalog, code), volumes=volumes,
+        snapshots=snapshots, volumes=volumes,
+        creator=Creator(sandboxes, pools, snapshots, code),
+        image_service=ImageService(catalog, builder, snapshots),
+        exporter=ImageExporter(catalog, config.cache_dir),
     )  # fmt: skip
     try:
         # Volumes first: sandboxes that resume or boot from here on bind their disks.
         await volumes.start()
         await sandboxes.start()
-        await services.snapshots.start()
+        await snapshots.start()
         await code.start()
         await pools.start()
         yield services
