@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -20,8 +19,13 @@ from typing import TypeVar
 import httpx
 
 from stockade import NotFoundError, Sandbox, SandboxInfo
+from tests import waiting
 
 _T = TypeVar("_T")
+
+# The one deadline loop (tests/waiting.py), where integration tests look for helpers.
+wait_for = waiting.wait_for
+wait_for_async = waiting.wait_for_async
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -29,20 +33,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 def unique(prefix: str = "t") -> str:
     """A value no other test (or earlier run) uses, for tags and file names."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def wait_for(
-    probe: Callable[[], _T | None], *, timeout: float, interval: float = 0.1, what: str = ""
-) -> _T:
-    """Call ``probe`` until it returns something other than None (or fail after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or probe}")
-        time.sleep(interval)
 
 
 def wait_spares(url: str, token: str, *, timeout: float = 60.0) -> dict[str, int]:

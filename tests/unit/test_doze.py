@@ -14,7 +14,7 @@ from stockade.server.service.doze import Dozer, due_to_doze
 def test_only_idle_sandboxes_that_are_not_busy_or_dozing_are_due() -> None:
     due = due_to_doze(
         ["old", "fresh", "busy", "asleep", "unseen"],
-        last_active={"old": 100.0, "fresh": 195.0, "busy": 100.0, "asleep": 100.0},
+        last_active={"old": 100.0, "fresh": 195.0, "busy": 100.0, "asleep": 100.0}.get,
         busy=lambda sid: sid == "busy",
         dozing={"asleep"},
         after=10.0,
@@ -28,7 +28,7 @@ def test_only_idle_sandboxes_that_are_not_busy_or_dozing_are_due() -> None:
 def test_activity_before_the_server_started_counts_from_its_start() -> None:
     def due(now: float) -> list[str]:
         return due_to_doze(
-            ["a"], last_active={"a": 0.0}, busy=lambda sid: False, dozing=set(), after=10.0,
+            ["a"], last_active={"a": 0.0}.get, busy=lambda sid: False, dozing=set(), after=10.0,
             now=now, since=150.0,
         )  # fmt: skip
 
@@ -51,7 +51,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 def test_check_wake_and_forget(writes: list[tuple[str, int]]) -> None:
     running = ["a", "b", "gone"]
     active = {"a": 0.0, "b": 0.0, "gone": 0.0}
-    dozer = Dozer(5.0, running=lambda: running, last_active=active, busy=lambda s: s == "b")
+    dozer = Dozer(5.0, running=lambda: running, last_active=active.get, busy=lambda s: s == "b")
     dozer._since = 0.0  # as if the server had started long ago
 
     async def scenario() -> None:
@@ -76,6 +76,6 @@ def test_check_wake_and_forget(writes: list[tuple[str, int]]) -> None:
 
 
 def test_after_zero_never_runs(writes: list[tuple[str, int]]) -> None:
-    dozer = Dozer(0, running=lambda: ["a"], last_active={}, busy=lambda s: False)
+    dozer = Dozer(0, running=lambda: ["a"], last_active=lambda sid: None, busy=lambda s: False)
     asyncio.run(asyncio.wait_for(dozer.run(), 1))  # returns at once
     assert writes == []

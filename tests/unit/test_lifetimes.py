@@ -1,8 +1,9 @@
 """Sandbox lifetimes without runsc: the deadline rules, the timeout loop, set_timeout, the
 retention purge, the exec sessions' activity, and the route, SDK and CLI that reach them.
 
-The loop and the purge run in the real SandboxService over a real SQLiteStore; only the
-two steps that need runsc (terminate, pause) are replaced by fakes that record the call.
+The loop, the purge, terminate and pause run in the real SandboxService over a real
+SQLiteStore; only the runtime (runsc) is a fake, injected as the server injects the real
+one, that records what it was asked to do.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ from stockade.server.config import DEFAULT_RETENTION, ConfigError, ServerConfig,
 from stockade.server.images.catalog import ImageCatalog
 from stockade.server.runtime import cgroups
 from stockade.server.runtime.agent_link import AgentSilent, Channel
-from stockade.server.runtime.runsc import RunscError, SandboxState
-from stockade.server.service import lifetimes
+from stockade.server.runtime.runsc import Runsc, RunscError, SandboxState
 from stockade.server.service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo
-from stockade.server.service.lifetimes import Deadline
-from stockade.server.service.sandboxes import SandboxService
+from stockade.server.service.sandboxes import SandboxService, lifetimes
+from stockade.server.service.sandboxes.lifetimes import Deadline
 from stockade.server.state.records import SandboxRecord
 from stockade.server.state.store import SQLiteStore
 from tests.unit.fakes import sandbox_record
+from tests.waiting import wait_for_async
 
 TOKEN = "admin-token"
 NOW = 1_800_000_000.0
@@ -153,60 +154,64 @@ def test_retention_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the service, over a real store -------------------------------------------------------
 
 
-class Ends:
-    """Stand-ins for terminate and pause (which need runsc): they record the call and
-    update the record as the real ones would."""
+class FakeRuntime:
+    """runsc as the sandbox service uses it, without sandboxes: it records each call
+    (verb, sandbox ID, when) and does what the state machine needs of it."""
 
-    def __init__(self, svc: SandboxService, *, pause_fails: bool = False) -> None:
-        self.svc = svc
-        self.pause_fails = pause_fails
-        self.calls: list[tuple[str, str, str, float]] = []  # (verb, id, reason, when)
-        self.messages: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []
+        self.checkpoint_error: str | None = None  # checkpoint fails with this
+        self.states: dict[str, SandboxState | None] = {}
 
-    async def terminate(
-        self, sandbox_id: str, *, reason: str = "terminated", message: str | None = None
-    ) -> SandboxRecord:
-        record = await self.svc.get(sandbox_id)
-        self.calls.append(("terminate", sandbox_id, reason, time.time()))
-        self.messages[sandbox_id] = message or ""
-        record.status, record.reason, record.message = "terminated", reason, message
-        record.ended_at = time.time()
-        await self.svc.store.put_sandbox(record)
-        return record
+    def _note(self, verb: str, sandbox_id: str) -> None:
+        self.calls.append((verb, sandbox_id, time.time()))
 
-    async def pause(self, sandbox_id: str) -> SandboxRecord:
-        if self.pause_fails:
-            raise RuntimeError("checkpointing failed: no space left")
-        record = await self.svc.get(sandbox_id)
-        self.calls.append(("pause", sandbox_id, "", time.time()))
-        record.status, record.paused_at = "paused", time.time()
-        # As the real pause: what is left of the timeout is kept for the resume.
-        record.timeout = max(1.0, (record.expires_at or 0) - record.paused_at)
-        await self.svc.store.put_sandbox(record)
-        return record
+    async def pause(self, sandbox_id: str) -> None:
+        self._note("pause", sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        self._note("resume", sandbox_id)
+
+    async def checkpoint(self, sandbox_id: str, image_path: Path) -> None:
+        self._note("checkpoint", sandbox_id)
+        if self.checkpoint_error is not None:
+            raise RunscError(self.checkpoint_error)
+        (image_path / "checkpoint.img").write_bytes(b"memory")
+
+    async def delete(self, sandbox_id: str) -> None:
+        self._note("delete", sandbox_id)
+
+    async def state(self, sandbox_id: str) -> SandboxState | None:
+        return self.states.get(sandbox_id, SandboxState(sandbox_id, "running", 1))
+
+    async def list(self) -> list[SandboxState]:
+        return []
+
+    def first(self, sandbox_id: str, *verbs: str) -> tuple[str, float] | None:
+        """The first of ``verbs`` asked for ``sandbox_id``: (verb, when)."""
+        return next(((v, t) for v, sid, t in self.calls if sid == sandbox_id and v in verbs), None)
 
 
 @pytest.fixture
-async def svc(tmp_path: Path) -> AsyncIterator[SandboxService]:
+def runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture
+async def svc(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[SandboxService]:
     config = ServerConfig(data_dir=tmp_path, cache_dir=tmp_path, token=TOKEN, retention=60)
     store = SQLiteStore(tmp_path / "state.db")
-    service = SandboxService(config, store, cast(ImageCatalog, None))
+    service = SandboxService(
+        config, store, cast(ImageCatalog, None), runtime=cast(Runsc, runtime)
+    )
     yield service
     await service.stop()
     await store.close()
 
 
 @pytest.fixture
-def ends(svc: SandboxService, monkeypatch: pytest.MonkeyPatch) -> Ends:
-    fake = Ends(svc)
-    monkeypatch.setattr(svc, "terminate", fake.terminate)
-    monkeypatch.setattr(svc, "pause", fake.pause)
-    return fake
-
-
-@pytest.fixture
 async def loop_running(svc: SandboxService) -> AsyncIterator[None]:
-    svc._timer = asyncio.create_task(svc._expire_loop())  # stopped by svc.stop()
+    svc.lifetimes.start()  # stopped by svc.stop()
     yield
 
 
@@ -215,65 +220,80 @@ async def _running(svc: SandboxService, sandbox_id: str, **fields: Any) -> Sandb
     record = _record(sandbox_id, created_at=now, started_at=now, expires_at=now + 300)
     for name, value in fields.items():
         setattr(record, name, value)
+    svc.sandbox_dir(sandbox_id).mkdir(parents=True, exist_ok=True)
     await svc.store.put_sandbox(record)
-    svc._deadline_changed.set()  # as a create does
+    svc.lifetimes.changed()  # as a create does
     return record
 
 
-async def _wait_ended(ends: Ends, sandbox_id: str, within: float) -> tuple[str, str, float]:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        for verb, sid, reason, when in ends.calls:
-            if sid == sandbox_id:
-                return verb, reason, when
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{sandbox_id} did not end within {within}s")
+async def _wait_ended(
+    svc: SandboxService, runtime: FakeRuntime, sandbox_id: str, within: float
+) -> tuple[str, str, float]:
+    """How the sandbox left ``running`` once it has: (status, reason, when the runtime was
+    first asked to stop it)."""
+
+    async def probe() -> tuple[str, str, float] | None:
+        record = await svc.get(sandbox_id)
+        asked = runtime.first(sandbox_id, "delete", "pause")
+        if record.status == "running" or asked is None:
+            return None
+        return record.status, record.reason or "", asked[1]
+
+    return await wait_for_async(probe, timeout=within, interval=0.01, what=f"{sandbox_id} to end")
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_loop_ends_a_sandbox_at_its_timeout(svc: SandboxService, ends: Ends) -> None:
+async def test_loop_ends_a_sandbox_at_its_timeout(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
     record = await _running(svc, "sb-t", expires_at=time.time() + 0.3, timeout=0.3)
-    verb, reason, when = await _wait_ended(ends, "sb-t", 2)
-    assert (verb, reason) == ("terminate", "timeout")
+    status, reason, when = await _wait_ended(svc, runtime, "sb-t", 2)
+    assert (status, reason) == ("terminated", "timeout")
     assert record.expires_at is not None
     assert record.expires_at - 0.01 <= when < record.expires_at + 0.2
-    assert "timeout of 0.3s" in ends.messages["sb-t"]
+    assert "timeout of 0.3s" in ((await svc.get("sb-t")).message or "")
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_activity_defers_the_idle_deadline(svc: SandboxService, ends: Ends) -> None:
+async def test_activity_defers_the_idle_deadline(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
     await _running(svc, "sb-i", idle_timeout=0.4)
     for _ in range(6):  # 1.2 s of activity: three idle_timeouts
         await asyncio.sleep(0.2)
         svc.touch("sb-i")
     last = time.time()
-    assert ends.calls == []
-    verb, reason, when = await _wait_ended(ends, "sb-i", 2)
-    assert (verb, reason) == ("terminate", "idle")
+    assert runtime.calls == []
+    status, reason, when = await _wait_ended(svc, runtime, "sb-i", 2)
+    assert (status, reason) == ("terminated", "idle")
     assert last + 0.4 - 0.01 <= when < last + 0.4 + 0.2
-    assert "idle_timeout of 0.4s" in ends.messages["sb-i"]
+    assert "idle_timeout of 0.4s" in ((await svc.get("sb-i")).message or "")
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_a_live_exec_keeps_it_from_idling(svc: SandboxService, ends: Ends) -> None:
+async def test_a_live_exec_keeps_it_from_idling(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
     await _running(svc, "sb-b", idle_timeout=0.3)
     svc.busy("sb-b")
     svc.busy("sb-b")  # two sessions
     await asyncio.sleep(0.8)
     svc.idle_again("sb-b")
     await asyncio.sleep(0.5)
-    assert ends.calls == []
+    assert runtime.calls == []
     # The last session ends while the loop sleeps towards the 300 s timeout: it must wake.
     svc.idle_again("sb-b")
     done = time.time()
-    verb, reason, when = await _wait_ended(ends, "sb-b", 2)
-    assert (verb, reason) == ("terminate", "idle")
+    status, reason, when = await _wait_ended(svc, runtime, "sb-b", 2)
+    assert (status, reason) == ("terminated", "idle")
     assert done + 0.3 - 0.01 <= when < done + 0.3 + 0.2
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-b") == 0
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_set_timeout_extends_and_shortens(svc: SandboxService, ends: Ends) -> None:
+async def test_set_timeout_extends_and_shortens(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
     await _running(svc, "sb-x", expires_at=time.time() + 0.3)
     await _running(svc, "sb-y", expires_at=time.time() + 300)
     longer = await svc.set_timeout("sb-x", 1.0)
@@ -284,19 +304,19 @@ async def test_set_timeout_extends_and_shortens(svc: SandboxService, ends: Ends)
     assert stored.expires_at == longer.expires_at
     assert longer.expires_at is not None and shorter.expires_at is not None
     assert abs(longer.expires_at - (time.time() + 1.0)) < 0.1
-    _, reason, y_end = await _wait_ended(ends, "sb-y", 2)
+    _, reason, y_end = await _wait_ended(svc, runtime, "sb-y", 2)
     assert reason == "timeout" and abs(y_end - shorter.expires_at) < 0.2
-    _, reason, x_end = await _wait_ended(ends, "sb-x", 2)
+    _, reason, x_end = await _wait_ended(svc, runtime, "sb-x", 2)
     assert reason == "timeout" and abs(x_end - longer.expires_at) < 0.2
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
 async def test_stopping_is_never_lost_to_a_deadline_change(svc: SandboxService, turns: int) -> None:
-    # An _expire that ends as the server stops sets _deadline_changed just as the loop is
-    # cancelled; the loop must end all the same, or stop() would wait for it forever.
-    loop = asyncio.create_task(svc._expire_loop())
+    # An expiry that ends as the server stops wakes the loop just as it is cancelled; the
+    # loop must end all the same, or stop() would wait for it forever.
+    loop = asyncio.create_task(svc.lifetimes.run())
     await asyncio.sleep(0.05)
-    svc._deadline_changed.set()
+    svc.lifetimes.changed()
     for _ in range(turns):
         await asyncio.sleep(0)
     loop.cancel()
@@ -318,31 +338,51 @@ async def test_set_timeout_refuses_ended_paused_and_bad_values(svc: SandboxServi
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_on_timeout_pause_pauses_instead(svc: SandboxService, ends: Ends) -> None:
+async def test_on_timeout_pause_pauses_instead(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
     await _running(svc, "sb-p", idle_timeout=0.3, on_timeout="pause")
     await _running(svc, "sb-q", expires_at=time.time() + 0.3, timeout=40, on_timeout="pause")
-    verb, _, _ = await _wait_ended(ends, "sb-p", 2)
-    assert verb == "pause"
-    verb, _, _ = await _wait_ended(ends, "sb-q", 2)
-    assert verb == "pause"
+    assert (await _wait_ended(svc, runtime, "sb-p", 2))[0] == "paused"
+    assert (await _wait_ended(svc, runtime, "sb-q", 2))[0] == "paused"
+    for sid in ("sb-p", "sb-q"):  # frozen, its memory saved, then its runsc sandbox gone
+        assert [v for v, s, _ in runtime.calls if s == sid] == ["pause", "checkpoint", "delete"]
+        assert svc.checkpoint_dir(sid).is_dir()
+
+    def granted(record: SandboxRecord) -> float:
+        """What a resume now would give the sandbox of its timeout."""
+        now = time.time()
+        copy = SandboxRecord.from_json(record.to_json())
+        lifetimes.resume_clock(copy, now)
+        assert copy.expires_at is not None
+        return copy.expires_at - now
+
     idle_paused, timeout_paused = await svc.get("sb-p"), await svc.get("sb-q")
-    assert idle_paused.status == timeout_paused.status == "paused"
     # Paused at its idle_timeout: what was left of its timeout waits for the resume.
-    assert idle_paused.timeout > 290
+    assert idle_paused.timeout == 300 and 290 < granted(idle_paused) <= 300
     # Paused at its timeout: a resume gets the whole timeout again (less the moment the
     # pause took), not nothing.
-    assert 39 < timeout_paused.timeout <= 40
-    await asyncio.sleep(0.5)
-    assert len(ends.calls) == 2  # a paused sandbox has no clocks
+    assert timeout_paused.timeout == 40 and 39 < granted(timeout_paused) <= 40
+    # A paused sandbox has no clocks: the loop, woken by a change, leaves both alone.
+    await _running(svc, "sb-r")
+    await asyncio.sleep(0.3)
+    assert len(runtime.calls) == 6
 
 
 @pytest.mark.usefixtures("loop_running")
-async def test_a_failed_pause_terminates_and_says_why(svc: SandboxService, ends: Ends) -> None:
-    ends.pause_fails = True
+async def test_a_failed_pause_terminates_and_says_why(
+    svc: SandboxService, runtime: FakeRuntime
+) -> None:
+    runtime.checkpoint_error = "checkpointing failed: no space left"
     await _running(svc, "sb-f", idle_timeout=0.3, on_timeout="pause")
-    verb, reason, _ = await _wait_ended(ends, "sb-f", 2)
-    assert (verb, reason) == ("terminate", "idle")
-    assert "pausing it instead failed: checkpointing failed" in ends.messages["sb-f"]
+    status, reason, _ = await _wait_ended(svc, runtime, "sb-f", 2)
+    assert (status, reason) == ("terminated", "idle")
+    message = (await svc.get("sb-f")).message or ""
+    assert "pausing it instead failed: checkpointing sandbox sb-f failed: " in message
+    assert "no space left" in message
+    # Thawed after the failed checkpoint, then ended: no half-written checkpoint is left.
+    assert [v for v, _, _ in runtime.calls] == ["pause", "checkpoint", "resume", "delete"]
+    assert not svc.checkpoint_dir("sb-f").with_name("checkpoint.tmp").exists()
 
 
 async def test_purge_removes_old_ended_records_and_their_logs(svc: SandboxService) -> None:
@@ -364,25 +404,25 @@ async def test_purge_removes_old_ended_records_and_their_logs(svc: SandboxServic
     for gone in purged:
         assert await svc.store.get_sandbox(gone) is None
         assert not svc.sandbox_dir(gone).exists()
-        assert gone not in svc._active
+        assert svc.live.get(gone) is None  # nothing of it is held in memory either
     for kept in ("sb-recent", "sb-live", "sb-asleep"):
         assert await svc.store.get_sandbox(kept) is not None
         assert svc.log_path(kept).read_text() == "output\n"
     assert await svc.purge() == []
     # Retention 0 keeps everything forever.
-    svc.config.retention = 0
+    svc.lifetimes.retention = 0
     assert await svc.purge(now=now + 10**9) == []
 
 
 async def test_purge_loop_runs_by_itself(svc: SandboxService) -> None:
-    svc.config.retention = 0.5
+    svc.lifetimes.retention = 0.5
     await svc.store.put_sandbox(_record("sb-gone", status="terminated", ended_at=time.time()))
-    svc._purger = asyncio.create_task(svc._purge_loop())
-    for _ in range(100):
-        if await svc.store.get_sandbox("sb-gone") is None:
-            break
-        await asyncio.sleep(0.05)
-    assert await svc.store.get_sandbox("sb-gone") is None
+    svc.lifetimes.start()  # stopped by svc.stop()
+
+    async def purged() -> bool | None:
+        return True if await svc.store.get_sandbox("sb-gone") is None else None
+
+    await wait_for_async(purged, timeout=5, interval=0.05, what="sb-gone to be purged")
 
 
 # -- exec sessions count as activity ------------------------------------------------------
@@ -425,13 +465,13 @@ def _session(svc: SandboxService, channel: FakeChannel, activity: bool = True) -
 async def test_a_session_is_busy_from_start_to_exit(svc: SandboxService) -> None:
     session = _session(svc, FakeChannel(Frame(FrameType.EXIT, 1, b'{"exit_code": 0}')))
     await session.start({"argv": ["true"]})
-    assert svc._busy == {"sb-e": 1}
+    assert svc.lifetimes.sessions("sb-e") == 1
     events = [e async for e in session.events()]
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-e") == 0
     assert events[-1] == session.exit
     await session.aclose()  # releasing twice does not go below zero
-    assert svc._busy == {}
-    assert time.time() - svc._active["sb-e"] < 1
+    assert svc.lifetimes.sessions("sb-e") == 0
+    assert time.time() - (svc.lifetimes.last_active("sb-e") or 0) < 1
 
 
 class SilentChannel(FakeChannel):
@@ -451,12 +491,12 @@ async def test_a_command_whose_timeout_passes_before_it_starts_times_out(
     await session.close_stdin()
     events = [e async for e in session.events()]
     assert events == [ExitInfo(TIMEOUT_EXIT_CODE, timed_out=True)] and channel.finished
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-e") == 0
     # Without a deadline of its own, the command waits the agent's, then it is a 504.
     silent = ExecSession(cast(Channel, SilentChannel()), svc, "sb-e", pty=False, timeout=None)
     with pytest.raises(StockadeTimeoutError, match="kill -STOP"):
         await silent.start({"argv": ["true"]})
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-e") == 0
 
 
 async def test_an_abandoned_or_killed_session_is_released(svc: SandboxService) -> None:
@@ -465,14 +505,14 @@ async def test_an_abandoned_or_killed_session_is_released(svc: SandboxService) -
     await first.start({"argv": ["sleep", "100"]})
     second = _session(svc, FakeChannel(Frame(FrameType.STDOUT, 1, b"hi")))
     await second.start({"argv": ["sleep", "100"]})
-    assert svc._busy == {"sb-e": 2}
+    assert svc.lifetimes.sessions("sb-e") == 2
     await first.aclose()
-    assert svc._busy == {"sb-e": 1}
+    assert svc.lifetimes.sessions("sb-e") == 1
     # A consumer that stops reading the stream half way.
     stream = cast(AsyncGenerator[Any, None], second.events())
     assert await anext(stream) is not None
     await stream.aclose()
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-e") == 0
 
 
 async def test_a_session_that_fails_to_start_is_released(svc: SandboxService) -> None:
@@ -482,13 +522,13 @@ async def test_a_session_that_fails_to_start_is_released(svc: SandboxService) ->
 
     with pytest.raises(asyncio.CancelledError):
         await _session(svc, Broken()).start({"argv": ["true"]})
-    assert svc._busy == {}
+    assert svc.lifetimes.sessions("sb-e") == 0
 
 
 async def test_server_helpers_are_not_activity(svc: SandboxService) -> None:
     kernel = _session(svc, FakeChannel(), activity=False)
     await kernel.start({"argv": ["python3", "-m", "ipykernel_launcher"]})
-    assert svc._busy == {} and "sb-e" not in svc._active
+    assert svc.lifetimes.sessions("sb-e") == 0 and svc.lifetimes.last_active("sb-e") is None
     await kernel.aclose()
 
 
@@ -592,6 +632,7 @@ def test_sync_sdk_and_cli_set_timeout() -> None:
 )
 async def test_a_failed_checkpoint_says_whether_the_sandbox_died_under_it(
     svc: SandboxService,
+    runtime: FakeRuntime,
     monkeypatch: pytest.MonkeyPatch,
     state: SandboxState | None,
     ooms: int,
@@ -601,27 +642,11 @@ async def test_a_failed_checkpoint_says_whether_the_sandbox_died_under_it(
     """A sandbox killed (out of memory, say) while its pages are saved makes runsc's
     checkpoint fail: that is the sandbox's end, a 409, not a 500 of the server's."""
     await _running(svc, "sb-cp")
-    svc.sandbox_dir("sb-cp").mkdir(parents=True)
-    resumed: list[str] = []
-
-    async def nothing(sandbox_id: str, *args: object) -> None:
-        pass
-
-    async def fail(sandbox_id: str, path: Path) -> None:
-        raise RunscError("runsc checkpoint sb-cp failed: urpc: EOF")
-
-    async def resume(sandbox_id: str) -> None:
-        resumed.append(sandbox_id)
-
-    async def get_state(sandbox_id: str) -> SandboxState | None:
-        return state
-
-    monkeypatch.setattr(svc.runsc, "pause", nothing)
-    monkeypatch.setattr(svc.runsc, "checkpoint", fail)
-    monkeypatch.setattr(svc.runsc, "resume", resume)
-    monkeypatch.setattr(svc.runsc, "state", get_state)
+    runtime.checkpoint_error = "runsc checkpoint sb-cp failed: urpc: EOF"
+    runtime.states["sb-cp"] = state
     monkeypatch.setattr(cgroups, "oom_kills", lambda sandbox_id: ooms)
     with pytest.raises(error, match=says):
-        await svc._pause("sb-cp")
-    assert resumed == ["sb-cp"]
+        await svc.pause("sb-cp")
+    assert [v for v, _, _ in runtime.calls] == ["pause", "checkpoint", "resume"]
+    assert (await svc.get("sb-cp")).status == "running"
     assert not (svc.checkpoint_dir("sb-cp").with_name("checkpoint.tmp")).exists()

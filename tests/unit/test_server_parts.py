@@ -17,7 +17,7 @@ from stockade.server.state.store import SQLiteStore
 
 
 def test_container_spec_carries_limits() -> None:
-    proc = bundle.ProcessSpec(["sleep", "1"], env={"A": "1"}, cwd="/w", max_processes=128)
+    proc = bundle.ProcessSpec(["sleep", "1"], env={"A": "1"}, cwd="/w")
     spec = bundle.container_spec(
         root=Path("/r"), process=proc, hostname="sb-1", cpu=0.5, memory_mib=256,
         cgroups_path=cgroup_path("sb-1"),
@@ -27,7 +27,7 @@ def test_container_spec_carries_limits() -> None:
     assert res["cpu"]["quota"] * 2 == res["cpu"]["period"]
     assert spec["linux"]["cgroupsPath"] == "/stockade/sb-1"
     nproc = [r for r in spec["process"]["rlimits"] if r["type"] == "RLIMIT_NPROC"]
-    assert nproc == [{"type": "RLIMIT_NPROC", "hard": 128, "soft": 128}]
+    assert nproc == [{"type": "RLIMIT_NPROC", "hard": 128, "soft": 128}]  # from 256 MiB
     assert spec["process"]["env"] == ["A=1"]
     assert {"type": "network"} in spec["linux"]["namespaces"]
 

@@ -46,6 +46,8 @@ _CAPABILITY_SETS = ("bounding", "effective", "permitted")
 
 
 def max_processes(memory_mib: int) -> int:
+    """The sandbox's process limit: from its memory, so that a fork bomb meets the limit
+    long before it could exhaust the host's PIDs (the cgroup's pids limit backs it up)."""
     return max(64, min(4096, memory_mib // 2))
 
 
@@ -66,22 +68,21 @@ class ProcessSpec:
         env: Mapping[str, str],
         cwd: str = "/",
         terminal: bool = False,
-        max_processes: int,
     ) -> None:
-        self.max_processes = max_processes
         self.args = list(args)
         self.env = dict(env)
         self.cwd = cwd
         self.terminal = terminal
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, nproc: int) -> dict[str, Any]:
+        """The object, with at most ``nproc`` processes (the sandbox's, from its memory)."""
         return {
             "terminal": self.terminal,
             "user": {"uid": 0, "gid": 0},
             "args": self.args,
             "env": [f"{k}={v}" for k, v in self.env.items()],
             "cwd": self.cwd,
-            "rlimits": _rlimits(self.max_processes),
+            "rlimits": _rlimits(nproc),
             "capabilities": {k: list(_CAPABILITIES) for k in _CAPABILITY_SETS},
             "noNewPrivileges": True,
         }
@@ -121,7 +122,7 @@ def container_spec(
     ]
     return {
         "ociVersion": "1.0.2",
-        "process": process.to_dict(),
+        "process": process.to_dict(max_processes(memory_mib)),
         "root": {"path": str(root), "readonly": False},
         "hostname": hostname,
         "mounts": [

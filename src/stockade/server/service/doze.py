@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def due_to_doze(
     running: Iterable[str],
     *,
-    last_active: dict[str, float],
+    last_active: Callable[[str], float | None],
     busy: Callable[[str], bool],
     dozing: set[str],
     after: float,
@@ -43,7 +43,8 @@ def due_to_doze(
     for sid in running:
         if sid in dozing or busy(sid):
             continue
-        if now - max(last_active.get(sid, since), since) >= after:
+        seen = last_active(sid)
+        if now - max(since if seen is None else seen, since) >= after:
             due.append(sid)
     return due
 
@@ -56,7 +57,7 @@ class Dozer:
         after: float,
         *,
         running: Callable[[], Iterable[str]],
-        last_active: dict[str, float],
+        last_active: Callable[[str], float | None],
         busy: Callable[[str], bool],
     ) -> None:
         self.after = after
