@@ -249,13 +249,14 @@ class CodeContext:
 
     Example::
 
-        ctx = sb.create_code_context(language="bash", cwd="/tmp")
+        ctx = sb.create_code_context(language="bash", workdir="/tmp")
         sb.run_code("pwd", context=ctx)
     """
 
     id: str
     language: str
-    cwd: str | None = None
+    # The kernel's working directory; None: the sandbox's (its ``workdir``, else ``/``).
+    workdir: str | None = None
     default: bool = False
     status: str = "idle"
 
@@ -264,7 +265,8 @@ class CodeContext:
         return cls(
             id=_str(data, "id"),
             language=_str(data, "language"),
-            cwd=_opt_str(data, "cwd"),
+            # A server older than the rename answers "cwd".
+            workdir=_opt_str(data, "workdir" if "workdir" in data else "cwd"),
             default=bool(data.get("default")),
             status=_str(data, "status"),
         )
@@ -273,7 +275,7 @@ class CodeContext:
         return {
             "id": self.id,
             "language": self.language,
-            "cwd": self.cwd,
+            "workdir": self.workdir,
             "default": self.default,
             "status": self.status,
         }
@@ -320,11 +322,15 @@ def run_body(
     return {"code": code, "language": language, "context": ctx, "timeout": timeout}
 
 
-def context_body(language: str, cwd: str | None) -> dict[str, Any]:
-    """The body of ``POST /v1/sandboxes/{id}/code/contexts``."""
+def context_body(language: str, workdir: str | None) -> dict[str, Any]:
+    """The body of ``POST /v1/sandboxes/{id}/code/contexts`` (no ``workdir``: the
+    sandbox's)."""
     if not isinstance(language, str) or not language:
         raise InvalidArgumentError(f"language must be a name such as 'python', got {language!r}")
-    return {"language": language, "cwd": cwd}
+    body: dict[str, Any] = {"language": language}
+    if workdir is not None:
+        body["workdir"] = workdir
+    return body
 
 
 # -- the event stream ----------------------------------------------------------------------

@@ -284,7 +284,9 @@ def test_contexts_are_isolated(ci: Sandbox, ctx: CodeContext) -> None:
 
 def test_create_list_restart_remove(ci: Sandbox) -> None:
     made = ci.create_code_context("python")
-    assert (made.language, made.default, made.cwd, made.status) == ("python", False, None, "idle")
+    assert (made.language, made.default, made.workdir, made.status) == (
+        "python", False, None, "idle",
+    )  # fmt: skip
     assert made.id.startswith("ctx-")
     listed = {c.id: c for c in ci.list_code_contexts()}
     assert listed[made.id] == made
@@ -305,10 +307,10 @@ def test_create_list_restart_remove(ci: Sandbox) -> None:
         ci.restart_code_context(made)
 
 
-def test_bash_context_with_cwd(ci: Sandbox) -> None:
-    bash = ci.create_code_context("bash", cwd="/tmp")
+def test_bash_context_with_workdir(ci: Sandbox) -> None:
+    bash = ci.create_code_context("bash", workdir="/tmp")
     try:
-        assert (bash.language, bash.cwd) == ("bash", "/tmp")
+        assert (bash.language, bash.workdir) == ("bash", "/tmp")
         ex = ci.run_code("pwd", context=bash)
         assert (ex.error, "".join(ex.logs.stdout)) == (None, "/tmp\n")
         ci.run_code("GREETING=hello; cd /etc", context=bash)
@@ -395,6 +397,29 @@ def test_http_stream_is_ndjson(ci: Sandbox, http: httpx.Client) -> None:
     assert set(events[2]) >= {"execution_count", "context", "truncated", "timed_out"}
 
 
+def test_context_workdir_over_http(ci: Sandbox, http: httpx.Client) -> None:
+    """The API says workdir; the body of an SDK from before the rename ("cwd") still works."""
+    path = f"/v1/sandboxes/{ci.id}/code/contexts"
+    made = []
+    try:
+        for body in ({"language": "bash", "workdir": "/srv"}, {"language": "bash", "cwd": "/srv"},
+                     {"language": "bash", "cwd": None}):  # fmt: skip
+            r = http.post(path, json=body)
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+            assert set(r.json()) == {"id", "language", "workdir", "default", "status"}
+            assert r.json()["workdir"] == body.get("workdir", body.get("cwd"))
+        r = http.post(path, json={"language": "bash", "workdir": "srv"})
+        assert r.status_code == 422 and "absolute" in r.json()["error"]["message"]
+        r = http.post(path, json={"language": "bash", "workdir": "/srv", "cwd": "/tmp"})
+        assert r.status_code == 422 and "cwd: unknown field" in r.json()["error"]["message"]
+        listed = {c["id"]: c for c in http.get(path).json()["contexts"]}
+        assert [listed[i]["workdir"] for i in made] == ["/srv", "/srv", None]
+    finally:
+        for ctx_id in made:
+            http.delete(f"{path}/{ctx_id}")
+
+
 def test_block_network_still_runs_code(server: LiveServer) -> None:
     with Sandbox.create(image="code-interpreter", block_network=True, timeout=300) as sb:
         ex = sb.run_code("import socket\nprint(socket.gethostname() != '')\n6 * 7")
@@ -460,7 +485,7 @@ def test_cli_runs_a_snippet(ci: Sandbox, tmp_path: Path) -> None:
 
 
 def test_cli_contexts(ci: Sandbox) -> None:
-    made = cli("code-context", "create", ci.id, "--language", "bash", "--cwd", "/etc")
+    made = cli("code-context", "create", ci.id, "--language", "bash", "--workdir", "/etc")
     assert made.returncode == 0, made.stderr
     ctx_id = made.stdout.strip()
     assert ctx_id.startswith("ctx-")
@@ -468,7 +493,7 @@ def test_cli_contexts(ci: Sandbox) -> None:
     assert (ran.returncode, ran.stdout) == (0, "/etc\n"), ran.stderr
     listed = cli("code-context", "ls", ci.id, "--json")
     mine = [c for c in json.loads(listed.stdout) if c["id"] == ctx_id]
-    assert mine == [{"id": ctx_id, "language": "bash", "cwd": "/etc", "default": False,
+    assert mine == [{"id": ctx_id, "language": "bash", "workdir": "/etc", "default": False,
                      "status": "idle"}]  # fmt: skip
     assert cli("code-context", "restart", ci.id, ctx_id).stdout == f"{ctx_id}\n"
     removed = cli("code-context", "rm", ci.id, ctx_id)

@@ -122,7 +122,8 @@ class FakeCodeApi(FakeApi):
             body = json.loads(request.content)
             if body["language"] not in LANGUAGES:
                 return _error(422, "invalid_argument", "use one of: bash, python")
-            return httpx.Response(201, json=self._new(body["language"], body["cwd"], False))
+            assert set(body) <= {"language", "workdir"}, body
+            return httpx.Response(201, json=self._new(body["language"], body.get("workdir"), False))
         if rest == "/contexts" and method == "GET":
             return httpx.Response(200, json={"contexts": list(self.contexts.values())})
         m = re.fullmatch(r"/contexts/([^/]+)(/restart)?", rest)
@@ -137,9 +138,9 @@ class FakeCodeApi(FakeApi):
                 return httpx.Response(204)
         return _error(404, "not_found", f"code context in {rest} does not exist")
 
-    def _new(self, language: str, cwd: str | None, default: bool) -> dict[str, Any]:
+    def _new(self, language: str, workdir: str | None, default: bool) -> dict[str, Any]:
         ctx_id = f"ctx-{len(self.contexts) + 1}"
-        self.contexts[ctx_id] = {"id": ctx_id, "language": language, "cwd": cwd,
+        self.contexts[ctx_id] = {"id": ctx_id, "language": language, "workdir": workdir,
                                  "default": default, "status": "idle"}  # fmt: skip
         return self.contexts[ctx_id]
 

@@ -302,15 +302,16 @@ def test_code_reads_a_piped_script(invoke: Invoke, api: FakeCodeApi) -> None:
 
 
 def test_code_context_commands(invoke: Invoke, api: FakeCodeApi) -> None:
-    created = invoke("code-context", "create", "sb-1", "--language", "bash", "--cwd", "/tmp")
+    created = invoke("code-context", "create", "sb-1", "--language", "bash", "--workdir", "/tmp")
     assert (created.exit_code, created.stdout) == (0, "ctx-1\n")
+    assert json.loads(api.last("POST").content) == {"language": "bash", "workdir": "/tmp"}
     as_json = invoke("code-context", "create", "sb-1", "--json")
     assert json.loads(as_json.stdout)["id"] == "ctx-2"
     ran = invoke("code", "sb-1", "--context", "ctx-1", "-c", "pwd")
     assert ran.exit_code == 0, ran.output
     assert (api.run_bodies[-1]["context"], api.run_bodies[-1]["language"]) == ("ctx-1", None)
     listed = invoke("code-context", "ls", "sb-1")
-    for text in ("ID", "LANGUAGE", "ctx-1", "bash", "/tmp", "ctx-2", "idle"):
+    for text in ("ID", "LANGUAGE", "WORKDIR", "ctx-1", "bash", "/tmp", "ctx-2", "idle"):
         assert text in listed.stdout
     assert [c["id"] for c in json.loads(invoke("code-context", "ls", "sb-1", "--json").stdout)] == [
         "ctx-1", "ctx-2",

@@ -91,8 +91,8 @@ def test_unknown_events_are_skipped(sb: Sandbox) -> None:
 
 
 def test_context_by_object_or_id(sb: Sandbox, api: FakeCodeApi) -> None:
-    ctx = sb.create_code_context("bash", cwd="/tmp")
-    assert json.loads(api.last("POST").content) == {"language": "bash", "cwd": "/tmp"}
+    ctx = sb.create_code_context("bash", workdir="/tmp")
+    assert json.loads(api.last("POST").content) == {"language": "bash", "workdir": "/tmp"}
     assert api.last("POST").url.path == "/v1/sandboxes/sb-1/code/contexts"
     assert ctx == CodeContext("ctx-1", "bash", "/tmp", False, "idle")
     ex = sb.run_code("pwd", context=ctx)
@@ -176,7 +176,9 @@ async def test_async_run_code(asb: AsyncSandbox, api: FakeCodeApi) -> None:
     ex = await asb.run_code("plot", on_stdout=calls.append)
     assert seen_before_line[1] == ["drawing"]
     assert isinstance(ex.results[0], Result) and ex.results[0].png == PNG_B64
-    ctx = await asb.create_code_context("bash", cwd="/tmp")
+    ctx = await asb.create_code_context("bash", workdir="/tmp")
+    assert json.loads(api.last("POST").content) == {"language": "bash", "workdir": "/tmp"}
+    assert ctx.workdir == "/tmp"
     assert (await asb.run_code("ls", context=ctx)).context_id == ctx.id
     assert [c.id for c in await asb.list_code_contexts()] == ["ctx-1", "ctx-2"]
     assert (await asb.restart_code_context(ctx.id)).id == ctx.id

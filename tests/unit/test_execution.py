@@ -233,11 +233,15 @@ def test_execution_to_json() -> None:
 
 
 def test_code_context_from_json() -> None:
-    data = {"id": "ctx-1", "language": "bash", "cwd": "/tmp", "default": False,
+    data = {"id": "ctx-1", "language": "bash", "workdir": "/tmp", "default": False,
             "status": "busy", "newer_field": 1}  # fmt: skip
     ctx = CodeContext.from_json(data)
     assert ctx == CodeContext("ctx-1", "bash", "/tmp", False, "busy")
     assert ctx.to_json() == {k: v for k, v in data.items() if k != "newer_field"}
+    # A server older than the rename answers "cwd".
+    old = {"id": "ctx-1", "language": "bash", "cwd": "/tmp", "default": False, "status": "busy"}
+    assert CodeContext.from_json(old).workdir == "/tmp"
+    assert "cwd" not in CodeContext.from_json(old).to_json()
     with pytest.raises(KeyError):
         CodeContext.from_json({"language": "python", "status": "idle"})
     with pytest.raises(TypeError):
@@ -253,7 +257,8 @@ def test_request_bodies() -> None:
         "code": "ls", "language": None, "context": "ctx-2", "timeout": 5,
     }  # fmt: skip
     assert run_body("ls", language="bash", context="ctx-2", timeout=None)["language"] == "bash"
-    assert context_body("bash", "/tmp") == {"language": "bash", "cwd": "/tmp"}
+    assert context_body("bash", "/tmp") == {"language": "bash", "workdir": "/tmp"}
+    assert context_body("python", None) == {"language": "python"}  # the sandbox's workdir
     assert contexts_path() == "/code/contexts"
     assert contexts_path("ctx/../x", "/restart") == "/code/contexts/ctx%2F..%2Fx/restart"
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from stockade.server.service.code.kernel import _LAUNCHER, _REWATCH, KernelHandle
+from stockade.server.service.code.kernel import _LAUNCHER, _REWATCH, KernelHandle, saved_workdir
 
 
 def _wait_exit(p: subprocess.Popen[bytes], timeout: float = 10) -> int:
@@ -112,3 +112,14 @@ def test_a_kernel_handle_survives_json() -> None:
     handle = KernelHandle("python", "/work", 42, {"shell": 20001, "iopub": 20002}, "k" * 64,
                           "/tmp/.stockade-kernel-x.json")  # fmt: skip
     assert KernelHandle.from_json(json.loads(json.dumps(handle.to_json()))) == handle
+    assert handle.to_json()["workdir"] == "/work" and "cwd" not in handle.to_json()
+
+
+def test_a_kernel_handle_saved_by_an_older_server_loads() -> None:
+    """Servers before the rename saved the working directory as "cwd"."""
+    saved = {"language": "bash", "cwd": "/srv", "pid": 7, "ports": {"shell": 1},
+             "key": "k", "conn_path": "/tmp/c.json"}  # fmt: skip
+    assert KernelHandle.from_json(saved).workdir == "/srv"
+    assert KernelHandle.from_json({**saved, "cwd": None}).workdir is None
+    assert saved_workdir({"workdir": "/new", "cwd": "/old"}) == "/new"
+    assert saved_workdir({}) is None

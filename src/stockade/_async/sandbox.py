@@ -589,20 +589,20 @@ class AsyncSandbox:
         return builder.execution()
 
     async def create_code_context(
-        self, language: str = "python", *, cwd: str | None = None
+        self, language: str = "python", *, workdir: str | None = None
     ) -> CodeContext:
         """Start a new code context (a kernel of its own) for ``language``, working in
-        ``cwd`` (by default the sandbox's working directory).
+        ``workdir``, an absolute path (by default the sandbox's working directory).
 
         Example::
 
-            ctx = await sb.create_code_context(language="bash", cwd="/tmp")
+            ctx = await sb.create_code_context(language="bash", workdir="/tmp")
             ex = await sb.run_code("echo $PWD", context=ctx)
         """
         data = await self.client.request(
             "POST",
             _base.sandbox_path(self.id, execution.contexts_path()),
-            json=execution.context_body(language, cwd),
+            json=execution.context_body(language, workdir),
             timeout=_base.LONG_TIMEOUT,  # a kernel starts in seconds, more on a busy host
         )
         return _base.parse(CodeContext.from_json, data, "code context")
@@ -624,7 +624,7 @@ class AsyncSandbox:
         ]
 
     async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
-        """Replace the context's kernel with a fresh one (same ID, language and cwd); its
+        """Replace the context's kernel with a fresh one (same ID, language and workdir); its
         variables and imports are gone. This revives a ``dead`` context.
 
         Example::

@@ -591,20 +591,20 @@ class Sandbox:
         return builder.execution()
 
     def create_code_context(
-        self, language: str = "python", *, cwd: str | None = None
+        self, language: str = "python", *, workdir: str | None = None
     ) -> CodeContext:
         """Start a new code context (a kernel of its own) for ``language``, working in
-        ``cwd`` (by default the sandbox's working directory).
+        ``workdir``, an absolute path (by default the sandbox's working directory).
 
         Example::
 
-            ctx = sb.create_code_context(language="bash", cwd="/tmp")
+            ctx = sb.create_code_context(language="bash", workdir="/tmp")
             ex = sb.run_code("echo $PWD", context=ctx)
         """
         data = self.client.request(
             "POST",
             _base.sandbox_path(self.id, execution.contexts_path()),
-            json=execution.context_body(language, cwd),
+            json=execution.context_body(language, workdir),
             timeout=_base.LONG_TIMEOUT,  # a kernel starts in seconds, more on a busy host
         )
         return _base.parse(CodeContext.from_json, data, "code context")
@@ -626,7 +626,7 @@ class Sandbox:
         ]
 
     def restart_code_context(self, context: CodeContext | str) -> CodeContext:
-        """Replace the context's kernel with a fresh one (same ID, language and cwd); its
+        """Replace the context's kernel with a fresh one (same ID, language and workdir); its
         variables and imports are gone. This revives a ``dead`` context.
 
         Example::

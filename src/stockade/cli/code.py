@@ -15,7 +15,7 @@ block); Ctrl-D leaves.
 
     stockade code sb-… -c 'import math; math.pi'
     stockade code sb-… --language bash
-    stockade code-context create sb-… --language bash --cwd /tmp    # prints ctx-…
+    stockade code-context create sb-… --language bash --workdir /tmp    # prints ctx-…
     stockade code sb-… --context ctx-… -c 'ls'
     stockade code-context ls sb-…
 """
@@ -404,24 +404,27 @@ def context_ls(state: CliState, sandbox_id: str, as_json: bool) -> None:
         print_json([c.to_json() for c in found])
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "LANGUAGE", "STATUS", "CWD", "DEFAULT"):
+    for column in ("ID", "LANGUAGE", "STATUS", "WORKDIR", "DEFAULT"):
         table.add_column(column, no_wrap=True)
     for c in found:
-        table.add_row(c.id, c.language, c.status, c.cwd or "-", "yes" if c.default else "")
+        table.add_row(c.id, c.language, c.status, c.workdir or "-", "yes" if c.default else "")
     stdout_console().print(table)
 
 
 @code_context.command("create")
 @click.argument("sandbox_id", metavar="ID")
 @click.option("--language", default="python", show_default=True, metavar="python|bash")
-@click.option("--cwd", metavar="DIR", help="Working directory (absolute) of the kernel.")
+@click.option(
+    "--workdir", metavar="DIR",
+    help="Working directory (absolute) of the kernel [default: the sandbox's].",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the context as JSON.")
 @pass_state
 def context_create(
-    state: CliState, sandbox_id: str, language: str, cwd: str | None, as_json: bool
+    state: CliState, sandbox_id: str, language: str, workdir: str | None, as_json: bool
 ) -> None:
     """Start a new context and print its ID (for `stockade code --context`)."""
-    created = state.sandbox(sandbox_id).create_code_context(language, cwd=cwd)
+    created = state.sandbox(sandbox_id).create_code_context(language, workdir=workdir)
     if as_json:
         print_json(created.to_json())
     else:

@@ -6,11 +6,11 @@ See docs/code-interpreter.md for the NDJSON events of a run.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...errors import StockadeError
 from ..service.code.kernel import LANGUAGES
@@ -54,15 +54,24 @@ class RunCode(_Strict):
 
 class NewContext(_Strict):
     language: _Language = "python"
-    cwd: Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))] | None = Field(
-        None, description="The kernel's working directory (absolute)."
+    workdir: Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))] | None = Field(
+        None, description="The kernel's working directory (absolute); default: the sandbox's."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_cwd(cls, data: Any) -> Any:
+        # SDKs before the rename send "cwd" (null unless given): take it as workdir.
+        if isinstance(data, dict) and "cwd" in data and "workdir" not in data:
+            data = {**data, "workdir": data["cwd"]}
+            del data["cwd"]
+        return data
 
 
 class ContextOut(BaseModel):
     id: str
     language: str
-    cwd: str | None
+    workdir: str | None = Field(description="The kernel's working directory; null: the sandbox's.")
     default: bool
     status: Literal["starting", "idle", "busy", "dead"]
 
@@ -99,7 +108,7 @@ async def run_code(sandbox_id: SandboxIdP, body: RunCode, svc: Svc) -> Streaming
 
 @router.post("/contexts", status_code=201, response_model=ContextOut, summary="New context")
 async def create_context(sandbox_id: SandboxIdP, body: NewContext, svc: Svc) -> ContextOut:
-    return _out(await svc.code.create(sandbox_id, body.language, body.cwd))
+    return _out(await svc.code.create(sandbox_id, body.language, body.workdir))
 
 
 @router.get("/contexts", response_model=ContextList, summary="List contexts")

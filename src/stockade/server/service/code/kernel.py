@@ -38,7 +38,7 @@ from ....errors import KernelUnavailableError, ServerError, StockadeError
 from ..execs import ExecService, ExecSession, ExitInfo, OutputChunk
 from .relay import UnixRelay
 
-__all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language", "image_python"]
+__all__ = ["LANGUAGES", "Kernel", "KernelHandle", "Language", "image_python", "saved_workdir"]
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +119,19 @@ watch(int(sys.argv[1]), sys.argv[2], False)
 )
 
 
+def saved_workdir(data: Mapping[str, Any]) -> str | None:
+    """The working directory a saved context or kernel handle records: ``workdir``, or
+    ``cwd`` as servers before the rename saved it (in sandbox and snapshot records)."""
+    value = data.get("workdir", data.get("cwd"))
+    return value if isinstance(value, str) else None
+
+
 @dataclass(frozen=True)
 class KernelHandle:
     """Where a running kernel is inside its sandbox: enough to attach to it again."""
 
     language: str
-    cwd: str | None
+    workdir: str | None
     pid: int
     ports: Mapping[str, int]
     key: str
@@ -132,14 +139,14 @@ class KernelHandle:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "language": self.language, "cwd": self.cwd, "pid": self.pid,
+            "language": self.language, "workdir": self.workdir, "pid": self.pid,
             "ports": dict(self.ports), "key": self.key, "conn_path": self.conn_path,
         }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KernelHandle:
         return cls(
-            str(data["language"]), data.get("cwd"), int(data["pid"]),
+            str(data["language"]), saved_workdir(data), int(data["pid"]),
             {str(k): int(v) for k, v in data["ports"].items()}, str(data["key"]),
             str(data["conn_path"]),
         )  # fmt: skip
@@ -257,7 +264,7 @@ class Kernel:
         execs: ExecService,
         sandbox_id: str,
         language: Language,
-        cwd: str | None,
+        workdir: str | None,
         *,
         zmq_context: zmq.asyncio.Context,
         runtime_root: Path,
@@ -275,7 +282,7 @@ class Kernel:
         self._on_exit = on_exit
         self.sandbox_id = sandbox_id
         self.language = language
-        self.cwd = cwd
+        self.workdir = workdir
         self.image = image
         self._zmq = zmq_context
         self._runtime_root = runtime_root
@@ -320,7 +327,7 @@ class Kernel:
             "signature_scheme": "hmac-sha256", "kernel_name": self.language.module,
         }  # fmt: skip
         conn_path = f"/tmp/.stockade-kernel-{secrets.token_hex(8)}.json"
-        self._handle = KernelHandle(self.language.name, self.cwd, 0, ports, key, conn_path)
+        self._handle = KernelHandle(self.language.name, self.workdir, 0, ports, key, conn_path)
         await self._connect(
             [self.python, "-c", _LAUNCHER, self.language.module, conn_path, json.dumps(inside)],
             timeout,
@@ -351,7 +358,7 @@ class Kernel:
             self.sandbox_id,
             watcher,
             env={"JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
-            workdir=self.cwd,
+            workdir=self.workdir,
             activity=False,  # a kernel waiting for code is no sign of use: runs are
         )
         self._tasks.append(asyncio.create_task(self._watch(self._session)))

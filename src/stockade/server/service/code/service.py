@@ -36,7 +36,7 @@ from ...state.records import SandboxRecord
 from ..execs import ExecService
 from ..recipes import CODE_INTERPRETER
 from ..sandboxes import SandboxService
-from .kernel import LANGUAGES, Kernel, KernelHandle, image_python
+from .kernel import LANGUAGES, Kernel, KernelHandle, image_python, saved_workdir
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "CodeContext", "CodeService"]
 
@@ -61,7 +61,7 @@ class CodeContext:
     id: str
     sandbox_id: str
     language: str
-    cwd: str | None
+    workdir: str | None
     default: bool
     kernel: Kernel | None = None
     created_at: float = field(default_factory=time.time)
@@ -81,7 +81,7 @@ class CodeContext:
         return {
             "id": self.id,
             "language": self.language,
-            "cwd": self.cwd,
+            "workdir": self.workdir,
             "default": self.default,
             "status": self.status,
         }
@@ -159,7 +159,7 @@ class CodeService:
             if handle is not None and ctx.ready.is_set() and not ctx.kernel.died.is_set():  # type: ignore[union-attr]
                 out.append(
                     {
-                        "id": ctx.id, "language": ctx.language, "cwd": ctx.cwd,
+                        "id": ctx.id, "language": ctx.language, "workdir": ctx.workdir,
                         "default": ctx.default, "created_at": ctx.created_at,
                         "handle": handle.to_json(),
                     }
@@ -215,7 +215,7 @@ class CodeService:
             contexts = self._contexts.setdefault(sandbox_id, {})
             for entry in saved:
                 ctx = CodeContext(
-                    entry["id"], sandbox_id, entry["language"], entry["cwd"],
+                    entry["id"], sandbox_id, entry["language"], saved_workdir(entry),
                     bool(entry["default"]), created_at=float(entry["created_at"]),
                 )  # fmt: skip
                 ctx.kernel = self._kernel(ctx, record.image, await self._python(record))
@@ -235,7 +235,7 @@ class CodeService:
 
     def _kernel(self, ctx: CodeContext, image: str, python: str) -> Kernel:
         return Kernel(
-            self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.cwd,
+            self.execs, ctx.sandbox_id, LANGUAGES[ctx.language], ctx.workdir,
             zmq_context=self._zmq, runtime_root=self.runtime_root, image=image,
             python=python, queue_bytes=self.output_limit,
             max_message=self.output_limit + 2 * _MESSAGE_SLACK,
@@ -271,14 +271,16 @@ class CodeService:
         return language
 
     async def create(
-        self, sandbox_id: str, language: str, cwd: str | None, *, default: bool = False
+        self, sandbox_id: str, language: str, workdir: str | None, *, default: bool = False
     ) -> CodeContext:
         """Start a new context and return it once its kernel answers."""
         self._language(language)
-        if cwd is not None and not cwd.startswith("/"):
-            raise InvalidArgumentError(f"cwd {cwd!r} must be an absolute path in the sandbox")
+        if workdir is not None and not workdir.startswith("/"):
+            raise InvalidArgumentError(
+                f"workdir {workdir!r} must be an absolute path in the sandbox"
+            )
         contexts = await self._sandbox_contexts(sandbox_id)
-        ctx = CodeContext(new_id("ctx"), sandbox_id, language, cwd, default)
+        ctx = CodeContext(new_id("ctx"), sandbox_id, language, workdir, default)
         contexts[ctx.id] = ctx
         try:
             await self._start_kernel(ctx)
