@@ -36,7 +36,8 @@ from starlette.websockets import WebSocket
 from stockade import AsyncClient, NotFoundError, SandboxTerminatedError, StockadeError
 from stockade.cli.ports import forward_port
 from stockade.server.api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
-from stockade.server.api.ingress import WS_MAX_SIZE, PortTarget, SandboxProxy, router
+from stockade.server.api.ingress import WS_MAX_SIZE, PortTarget, SandboxProxy
+from stockade.server.api.port_tunnel import router
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -17,6 +17,7 @@ from .api import (
     images,
     ingress,
     pools,
+    port_tunnel,
     sandboxes,
     snapshots,
     volumes,
@@ -75,7 +76,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.
-    app.include_router(ingress.router)
+    app.include_router(port_tunnel.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness check (no token needed)")
     async def healthz() -> dict[str, str]:

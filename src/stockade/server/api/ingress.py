@@ -1,4 +1,5 @@
-"""The way in to a sandbox's exposed ports: an HTTP/WebSocket proxy and a raw TCP bridge.
+"""The way in to a sandbox's exposed ports over HTTP and WebSocket (port_tunnel.py carries
+raw TCP).
 
 A sandbox has its own address on a host-only network (e.g. 10.213.0.2) that only this
 machine can reach, so users reach the servers they start inside it through the Stockade
@@ -19,9 +20,6 @@ server:
   sandbox, wake a dozing one and count as activity for ``idle_timeout``. Until then every
   refusal reads the same, whether the sandbox exists, runs, is paused, or exposes the port,
   so that a caller without the token learns nothing about it.
-- :data:`router` serves ``/v1/sandboxes/{id}/ports/{port}/connect``: a WebSocket carrying one
-  raw TCP connection, for ``stockade port-forward`` and anything else that is not HTTP
-  (databases, SSH). It is an API route, guarded by the admin token.
 
 Where a port lives is asked of a :class:`PortTargets` (the sandbox service), the one seam
 between this module and the sandboxes; tests point it at servers on 127.0.0.1.
@@ -38,19 +36,17 @@ Wiring (outermost middleware, so it sees requests before RequestIds/BodyLimit/Js
     app.add_middleware(
         SandboxProxy, targets_getter=lambda: getattr(app.state, "port_targets", None)
     )
-    app.include_router(ingress.router)  # checks the admin token itself
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, unquote_plus
@@ -58,7 +54,6 @@ from urllib.parse import unquote, unquote_plus
 import httpx
 import websockets.asyncio.client
 import websockets.exceptions
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.typing import Subprotocol
@@ -66,6 +61,7 @@ from websockets.typing import Subprotocol
 from ...errors import AuthenticationError, InvalidArgumentError, NotFoundError, StockadeError
 from ..service.ports import PortTarget
 from .errors import error_response
+from .relay import first_of, relay_websocket
 
 __all__ = [
     "ACCESS_TOKEN_HEADER",
@@ -77,7 +73,6 @@ __all__ = [
     "SandboxAccess",
     "SandboxProxy",
     "TargetsGetter",
-    "router",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,7 +86,6 @@ CONNECT_TIMEOUT = 5.0
 # The same cap as the API's own WebSockets (uvicorn's ws_max_size): one message is held
 # whole in memory, so it has to be bounded.
 WS_MAX_SIZE = 16 * 1024 * 1024
-_READ_SIZE = 64 * 1024
 # Connections to all sandboxes together, HTTP and WebSocket alike. Streams (SSE, long
 # downloads, WebSockets) each hold one for their whole life, so this is generous; past it a
 # request waits _POOL_TIMEOUT, then 503. Each one costs the server two file descriptors
@@ -179,7 +173,7 @@ class _ClientGone(Exception):
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
     """A request addressed to a sandbox port, as the proxy will forward it."""
 
     sandbox_id: str
@@ -196,7 +190,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _match(scope: Scope) -> _Route | None:
+def _match(scope: Scope) -> Route | None:
     """The sandbox port ``scope`` is addressed to; ``None`` for a request to the API.
 
     Raises :class:`InvalidArgumentError` or :class:`NotFoundError` for a malformed
@@ -208,8 +202,8 @@ def _match(scope: Scope) -> _Route | None:
         label = host.split(":", 1)[0].split(".", 1)[0].lower()
         found = _HOST_LABEL.match(label)
         if found:
-            port = _port_number(found.group(1))
-            return _Route(found.group(2), port, raw_path or b"/", "")
+            port = port_number(found.group(1))
+            return Route(found.group(2), port, raw_path or b"/", "")
     if not (raw_path.startswith(_PROXY_PREFIX) or raw_path == _PROXY_PREFIX.rstrip(b"/")):
         return None
     parts = raw_path[len(_PROXY_PREFIX) :].split(b"/", 2)
@@ -219,14 +213,14 @@ def _match(scope: Scope) -> _Route | None:
             "/proxy/{sandbox_id}/{port}/{path}, e.g. /proxy/sb-0123456789abcdef/8080/"
         )
     sandbox_id = unquote(parts[0].decode("latin-1"))
-    port = _port_number(parts[1].decode("latin-1"))
+    port = port_number(parts[1].decode("latin-1"))
     prefix = f"/proxy/{sandbox_id}/{port}"
     if len(parts) == 2:
-        return _Route(sandbox_id, port, b"/", prefix, redirect=True)
-    return _Route(sandbox_id, port, b"/" + parts[2], prefix)
+        return Route(sandbox_id, port, b"/", prefix, redirect=True)
+    return Route(sandbox_id, port, b"/" + parts[2], prefix)
 
 
-def _port_number(text: str) -> int:
+def port_number(text: str) -> int:
     if text.isdigit() and 1 <= int(text) <= 65535:
         return int(text)
     raise InvalidArgumentError(f"port must be a number from 1 to 65535, got {text!r}")
@@ -274,7 +268,7 @@ def _check_token(given: bytes, expected: str | None) -> None:
         )
 
 
-async def _authorize(targets: PortTargets, route: _Route, given: bytes) -> None:
+async def _authorize(targets: PortTargets, route: Route, given: bytes) -> None:
     """Refuse a request that may not reach ``route``, from the record alone.
 
     Nothing here touches the sandbox (see :meth:`PortTargets.get`): a paused sandbox stays
@@ -292,7 +286,7 @@ async def _authorize(targets: PortTargets, route: _Route, given: bytes) -> None:
     _check_token(given, record.access_token if record is not None else None)
 
 
-def _not_listening(route: _Route) -> StockadeError:
+def not_listening(route: Route) -> StockadeError:
     return StockadeError(
         f"nothing is listening on port {route.port} in sandbox {route.sandbox_id}: "
         f"start a server bound to 0.0.0.0:{route.port}",
@@ -301,7 +295,7 @@ def _not_listening(route: _Route) -> StockadeError:
     )
 
 
-def _bad_gateway(route: _Route, exc: BaseException) -> StockadeError:
+def _bad_gateway(route: Route, exc: BaseException) -> StockadeError:
     detail = str(exc) or type(exc).__name__
     return StockadeError(
         f"the server on port {route.port} in sandbox {route.sandbox_id} did not answer "
@@ -311,7 +305,7 @@ def _bad_gateway(route: _Route, exc: BaseException) -> StockadeError:
     )
 
 
-def _unavailable() -> StockadeError:
+def unavailable() -> StockadeError:
     return StockadeError(
         "the server is still starting and cannot reach sandboxes yet; try again in a moment",
         code="unavailable",
@@ -319,7 +313,7 @@ def _unavailable() -> StockadeError:
     )
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, err: StockadeError) -> None:
+async def refuse(scope: Scope, receive: Receive, send: Send, err: StockadeError) -> None:
     """Answer ``err`` as the API's JSON error, on HTTP or before a WebSocket handshake.
 
     An internal error is logged, with the exception being handled, under a request ID that
@@ -356,7 +350,7 @@ def _internal() -> StockadeError:
 
 
 def _refusal(exc: Exception) -> StockadeError:
-    """How to answer ``exc``; call :func:`_refuse` with it inside the ``except`` block, so
+    """How to answer ``exc``; call :func:`refuse` with it inside the ``except`` block, so
     that an internal error is logged with its traceback."""
     return exc if isinstance(exc, StockadeError) else _internal()
 
@@ -402,7 +396,7 @@ def _end_to_end(
 
 
 def _upstream_headers(
-    scope: Scope, target: PortTarget, route: _Route, drop: frozenset[bytes] = frozenset()
+    scope: Scope, target: PortTarget, route: Route, drop: frozenset[bytes] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
     """The client's end-to-end headers, as the sandbox's server should see them.
 
@@ -458,21 +452,6 @@ def _is_admin_bearer(value: bytes, admin: bytes | None) -> bool:
     if given is None:
         return False
     return admin is None or hmac.compare_digest(given, admin)
-
-
-async def _first_of(*jobs: Coroutine[Any, Any, None]) -> None:
-    """Run ``jobs`` until the first one ends; cancel the others and re-raise its error."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
 
 
 class SandboxProxy:
@@ -539,7 +518,7 @@ class SandboxProxy:
         try:
             route = _match(scope)
         except StockadeError as err:
-            await _refuse(scope, receive, send, err)
+            await refuse(scope, receive, send, err)
             return
         if route is None:
             await self.app(scope, receive, send)
@@ -552,14 +531,14 @@ class SandboxProxy:
         try:
             targets = self.targets_getter()
             if targets is None:
-                raise _unavailable()
+                raise unavailable()
             # The token first, from the record alone: resolve() makes the sandbox ready
             # (resumes, wakes, counts activity), which only a caller with the token may do.
             await _authorize(targets, route, given)
             # Then a slot, so that a full server does not resume a sandbox it cannot serve.
             await self._take_slot()
         except Exception as exc:
-            await _refuse(scope, receive, send, _refusal(exc))
+            await refuse(scope, receive, send, _refusal(exc))
             return
         try:
             try:
@@ -568,7 +547,7 @@ class SandboxProxy:
                     # Again, on the record as it is now: the port may have turned private.
                     _check_token(given, target.access_token)
             except Exception as exc:
-                await _refuse(scope, receive, send, _refusal(exc))
+                await refuse(scope, receive, send, _refusal(exc))
                 return
             if scope["type"] == "http":
                 await self._http_request(scope, receive, send, route, target, query)
@@ -593,7 +572,7 @@ class SandboxProxy:
 
         return wrapped
 
-    async def _redirect(self, scope: Scope, receive: Receive, send: Send, route: _Route) -> None:
+    async def _redirect(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         # A page served at /proxy/{id}/8080 would resolve its relative links one level too
         # high; with the slash they stay inside the sandbox's prefix.
         query = scope.get("query_string", b"")
@@ -605,7 +584,7 @@ class SandboxProxy:
         scope: Scope,
         receive: Receive,
         send: Send,
-        route: _Route,
+        route: Route,
         target: PortTarget,
         query: bytes,
     ) -> None:
@@ -633,16 +612,16 @@ class SandboxProxy:
             except _ClientGone:
                 return
             except (httpx.ConnectError, httpx.ConnectTimeout):
-                await _refuse(scope, receive, send, _not_listening(route))
+                await refuse(scope, receive, send, not_listening(route))
                 return
             except httpx.PoolTimeout:
-                await _refuse(scope, receive, send, _too_many())
+                await refuse(scope, receive, send, _too_many())
                 return
             except httpx.HTTPError as exc:
-                await _refuse(scope, receive, send, _bad_gateway(route, exc))
+                await refuse(scope, receive, send, _bad_gateway(route, exc))
                 return
             except Exception:
-                await _refuse(scope, receive, send, _internal())
+                await refuse(scope, receive, send, _internal())
                 return
             try:
                 await self._respond(upstream, receive, send, body_read)
@@ -681,7 +660,7 @@ class SandboxProxy:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        await _first_of(pump(), client_left())
+        await first_of(pump(), client_left())
 
 
 async def _request_body(receive: Receive, done: asyncio.Event) -> AsyncGenerator[bytes, None]:
@@ -703,15 +682,8 @@ async def _request_body(receive: Receive, done: asyncio.Event) -> AsyncGenerator
 # -- WebSocket proxy ---------------------------------------------------------------------
 
 
-def _sendable_close(code: int | None, fallback: int) -> int:
-    """``code`` if a close frame may carry it; 1005/1006/1015 only describe a close."""
-    if code is not None and (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code < 5000):
-        return code
-    return fallback
-
-
 async def _proxy_websocket(
-    scope: Scope, receive: Receive, send: Send, route: _Route, target: PortTarget, query: bytes
+    scope: Scope, receive: Receive, send: Send, route: Route, target: PortTarget, query: bytes
 ) -> None:
     connect = await receive()
     if connect["type"] != "websocket.connect":
@@ -755,10 +727,10 @@ async def _proxy_websocket(
         await _send_response(scope, receive, send, response, err)
         return
     except (OSError, TimeoutError):
-        await _refuse(scope, receive, send, _not_listening(route))
+        await refuse(scope, receive, send, not_listening(route))
         return
     except websockets.exceptions.WebSocketException as exc:
-        await _refuse(scope, receive, send, _bad_gateway(route, exc))
+        await refuse(scope, receive, send, _bad_gateway(route, exc))
         return
     try:
         # The app's own upgrade headers (cookies, say) go to the client with its handshake.
@@ -769,129 +741,8 @@ async def _proxy_websocket(
         )
         accept = {"subprotocol": upstream.subprotocol, "headers": accept_headers}
         await send({"type": "websocket.accept", **accept})
-        await _relay_websocket(receive, send, upstream)
+        await relay_websocket(receive, send, upstream)
     finally:
         await upstream.close()
 
 
-async def _relay_websocket(
-    receive: Receive, send: Send, upstream: websockets.asyncio.client.ClientConnection
-) -> None:
-    async def client_to_upstream() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                # 1006 (dropped) is not sendable: tell the app the client went away.
-                code = _sendable_close(message.get("code"), 1001)
-                await upstream.close(code, message.get("reason") or "")
-                return
-            if message["type"] != "websocket.receive":
-                continue
-            data: bytes | None = message.get("bytes")
-            try:
-                await upstream.send(data if data is not None else message.get("text") or "")
-            except websockets.exceptions.ConnectionClosed:
-                return  # upstream_to_client reports how the app closed
-
-    async def upstream_to_client() -> None:
-        try:
-            async for data in upstream:
-                if isinstance(data, str):
-                    await send({"type": "websocket.send", "text": data})
-                else:
-                    await send({"type": "websocket.send", "bytes": data})
-        except websockets.exceptions.ConnectionClosedError:
-            pass  # a dropped connection or a protocol error: reported by the close below
-        except OSError:
-            return  # the client is gone; client_to_upstream closes the app's side
-        if upstream.close_code is None:
-            code, reason = 1011, "the connection to the sandbox dropped"
-        else:
-            code = _sendable_close(upstream.close_code, 1000)
-            reason = upstream.close_reason or ""
-        with contextlib.suppress(OSError):
-            await send({"type": "websocket.close", "code": code, "reason": reason})
-
-    # Whichever side closes first ends the relay; the close was passed on to the other.
-    await _first_of(client_to_upstream(), upstream_to_client())
-
-
-# -- raw TCP bridge (stockade port-forward) ------------------------------------------------
-
-router = APIRouter(tags=["ports"])
-
-
-@router.websocket("/v1/sandboxes/{sandbox_id}/ports/{port}/connect")
-async def connect_port(websocket: WebSocket, sandbox_id: str, port: str) -> None:
-    """One TCP connection to ``port`` in the sandbox, carried as binary WebSocket messages.
-
-    Each binary message is written to the connection as is; an empty one means the client
-    has no more to send (a TCP half-close, so a request-then-EOF client still gets its
-    answer). When the sandbox closes its side the WebSocket closes with 1000; when the
-    client closes the WebSocket the connection is closed. The admin token is required, and
-    the port's public flag and access token do not apply.
-    """
-    # Imported here: api.deps pulls in the services, which use this module's PortTarget.
-    from .deps import check_token
-
-    try:
-        check_token(websocket)
-        route = _Route(sandbox_id, _port_number(port), b"", "")
-        targets: PortTargets | None = getattr(websocket.app.state, "port_targets", None)
-        if targets is None:
-            raise _unavailable()
-        target = await targets.resolve(sandbox_id, route.port)
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError):
-            raise _not_listening(route) from None
-    except StockadeError as err:
-        await _refuse(websocket.scope, websocket.receive, websocket.send, err)
-        return
-    try:
-        await websocket.accept()
-        await _bridge(websocket, reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def _bridge(
-    websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    async def client_to_sandbox() -> None:
-        eof_sent = False
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data: bytes | None = message.get("bytes")
-            if data is None:
-                data = (message.get("text") or "").encode()
-            if not data:
-                # An empty message: the client is done sending (see connect_port).
-                if not eof_sent and writer.can_write_eof():
-                    writer.write_eof()
-                eof_sent = True
-                continue
-            if eof_sent:
-                continue  # data after the client's own EOF has nowhere to go
-            writer.write(data)
-            await writer.drain()
-
-    async def sandbox_to_client() -> None:
-        try:
-            while data := await reader.read(_READ_SIZE):
-                await websocket.send_bytes(data)
-            code, reason = 1000, ""
-        except OSError as exc:
-            code, reason = 1011, f"the connection to the sandbox failed: {exc.strerror or exc}"
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await websocket.close(code, reason[:123])
-
-    # Either side dropping ends both: the caller closes the TCP connection.
-    with contextlib.suppress(WebSocketDisconnect, OSError):
-        await _first_of(client_to_sandbox(), sandbox_to_client())

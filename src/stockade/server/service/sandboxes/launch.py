@@ -16,7 +16,8 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
-from ....errors import ConflictError, NotFoundError, ServerError
+from ....errors import ConflictError, InvalidArgumentError, NotFoundError, ServerError
+from ...agent.protocol import FrameType
 from ...config import ServerConfig
 from ...network.manager import NetworkManager
 from ...network.policy import NetworkPolicy
@@ -293,6 +294,34 @@ class Launcher:
             await new.connect(resync=not live.fresh)
             live.fresh = False
             return new
+
+    async def agent_read(self, sandbox_id: str, path: str, limit: int = 1 << 20) -> str:
+        """A small text file of the sandbox, read through its agent ("" if missing)."""
+        link = await self.link(sandbox_id)
+        ch = link.open()
+        data = b""
+        try:
+            await ch.send_json(FrameType.FILE_READ, {"path": path})
+            frame = await ch.recv()
+            while frame.type == FrameType.DATA and len(data) < limit:
+                data += frame.payload
+                ch.grant(len(frame.payload))
+                frame = await ch.recv()
+        finally:
+            ch.close()
+        return data.decode(errors="replace")
+
+    async def agent_mkdir(self, sandbox_id: str, path: str) -> None:
+        """mkdir -p inside the sandbox, through its agent (not through the host's view)."""
+        link = await self.link(sandbox_id)
+        ch = link.open()
+        try:
+            await ch.send_json(FrameType.FILE_MKDIR, {"path": path, "parents": True})
+            frame = await ch.recv()
+        finally:
+            ch.close()
+        if frame.type == FrameType.ERROR:
+            raise InvalidArgumentError(f"cannot create workdir {path}: {frame.payload[:200]!r}")
 
     def drop_link(self, sandbox_id: str, reason: str) -> None:
         live = self.live.get(sandbox_id)

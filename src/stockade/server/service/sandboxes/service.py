@@ -16,21 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ....errors import ConflictError, InvalidArgumentError, NotFoundError, ServerError
-from ...agent.protocol import FrameType
+from ....errors import InvalidArgumentError, ServerError
 from ...config import ServerConfig
 from ...images.catalog import ImageCatalog
 from ...network.manager import NetworkManager
 from ...network.policy import NetworkPolicy
 from ...runtime import proc
-from ...runtime.agent_link import AgentLink, AgentLost
+from ...runtime.agent_link import AgentLost
 from ...runtime.output_log import read_log
 from ...runtime.reaper import Reaper
 from ...runtime.rootfs import RootFS, makedirs_in_root
@@ -40,49 +37,21 @@ from ...state.records import SandboxRecord
 from ...state.store import Store
 from ..doze import Dozer
 from ..ports import PortTarget
+from ..spec import Checkpoint, CreateRequest, new_record
 from ..stages import stage
 from ..users import resolve_user
-from . import lookup
 from .exits import ExitWatcher
 from .launch import Launcher
 from .lifetimes import Lifetimes, start_clock
 from .live import Background, LiveSandboxes
+from .lookup import get, get_running, not_running
+from .network import SandboxPorts
 from .pausing import Pauser
 from .reconcile import reconcile
 
 __all__ = ["Checkpoint", "CreateRequest", "SandboxService"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    image: str
-    cpu: float
-    memory: int
-    disk: int
-    timeout: float
-    env: Mapping[str, str]
-    workdir: str | None
-    tags: Mapping[str, str]
-    entrypoint: Sequence[str] | None
-    policy: NetworkPolicy = field(default_factory=NetworkPolicy)
-    ports: Sequence[tuple[int, bool]] = ()  # (port, public)
-    # Run the image's ENTRYPOINT + CMD as the main process (as `docker run` does).
-    image_entrypoint: bool = False
-    # Mount path → volume ID (checked and resolved by the caller: VolumeService).
-    volumes: Mapping[str, str] = field(default_factory=dict)
-    idle_timeout: float = 0.0
-    on_timeout: str = "terminate"
-    auto_resume: bool = False
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a restore starts from: runsc's checkpoint image and the writes beside it."""
-
-    checkpoint: Path
-    upper: Path
 
 
 class SandboxService:
@@ -114,6 +83,7 @@ class SandboxService:
             store, self.live, self.background, self,
             retention=config.retention, sandbox_dir=self.launcher.sandbox_dir,
         )  # fmt: skip
+        self.ports = SandboxPorts(store, self.live, self.launcher)
         self.pauser = Pauser(
             store, self.runtime, self.launcher, self.exits, self.lifetimes, self.live
         )
@@ -151,11 +121,11 @@ class SandboxService:
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
         """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
-        return await lookup.get(self.store, sandbox_id)
+        return await get(self.store, sandbox_id)
 
     async def get_running(self, sandbox_id: str) -> SandboxRecord:
         """The record of a running sandbox, or an error saying why it is not running."""
-        return await lookup.get_running(self.store, sandbox_id)
+        return await get_running(self.store, sandbox_id)
 
     async def logs(self, sandbox_id: str, *, follow: bool) -> AsyncIterator[bytes]:
         """The entrypoint's output (at most ``max_log_bytes``, its end), a chunk at a
@@ -232,7 +202,7 @@ class SandboxService:
                     "instead of image_entrypoint=True"
                 )
             entrypoint = image.command
-        record = _new_record(
+        record = new_record(
             req, image=req.image, env={**image.env, **req.env},
             # The image's WorkingDir is a default; the caller's wins.
             workdir=req.workdir or image.workdir,
@@ -255,7 +225,7 @@ class SandboxService:
         user: str | None = None,
     ) -> SandboxRecord:
         """A sandbox over explicit layers (an image being built): ``req.image`` only names it."""
-        record = _new_record(req, image=req.image, env=dict(req.env), tags=tags)
+        record = new_record(req, image=req.image, env=dict(req.env), tags=tags)
         record = await self._boot(record, lowerdirs, pooled=False, policy=req.policy)
         return await self._take_user(record, user)
 
@@ -264,7 +234,7 @@ class SandboxService:
     ) -> SandboxRecord:
         """A new sandbox restored from ``saved``: ``source``'s image, limits, env, user and
         volumes, with ``req``'s tags, lifetimes and ports."""
-        record = _new_record(
+        record = new_record(
             req, image=source.image, env=dict(source.env), entrypoint=source.entrypoint,
             cpu=source.cpu, memory=source.memory, disk=source.disk, volumes=source.volumes,
         )  # fmt: skip
@@ -306,7 +276,7 @@ class SandboxService:
             if record.pid is None or not proc.pid_alive(record.pid):
                 return None
             await self.launcher.apply_policy(record, req.policy, strict=False)
-            fresh = _new_record(req, image=record.image, env=dict(req.env))
+            fresh = new_record(req, image=record.image, env=dict(req.env))
             record.ports, record.access_token = fresh.ports, fresh.access_token
             record.env, record.tags = fresh.env, fresh.tags
             record.workdir, record.timeout = req.workdir, req.timeout
@@ -317,7 +287,7 @@ class SandboxService:
             start_clock(record, record.created_at)
             await self.store.put_sandbox(record)
         if req.workdir:
-            await self._agent_mkdir(sandbox_id, req.workdir)
+            await self.launcher.agent_mkdir(sandbox_id, req.workdir)
         self.lifetimes.changed()
         return record
 
@@ -389,8 +359,8 @@ class SandboxService:
         if not user or user in ("root", "0", "0:0") or record.status != "running":
             return record
         try:
-            passwd = await self._agent_read(record.id, "/etc/passwd")
-            group = await self._agent_read(record.id, "/etc/group")
+            passwd = await self.launcher.agent_read(record.id, "/etc/passwd")
+            group = await self.launcher.agent_read(record.id, "/etc/group")
             uid, gid = resolve_user(user, passwd, group)
         except Exception:
             await self.terminate(record.id, reason="error", message=f"bad image user {user!r}")
@@ -400,88 +370,20 @@ class SandboxService:
             await self.store.put_sandbox(record)
         return record
 
-    async def _agent_read(self, sandbox_id: str, path: str, limit: int = 1 << 20) -> str:
-        """A small text file of the sandbox, read through its agent ("" if missing)."""
-        link = await self.link(sandbox_id)
-        ch = link.open()
-        data = b""
-        try:
-            await ch.send_json(FrameType.FILE_READ, {"path": path})
-            frame = await ch.recv()
-            while frame.type == FrameType.DATA and len(data) < limit:
-                data += frame.payload
-                ch.grant(len(frame.payload))
-                frame = await ch.recv()
-        finally:
-            ch.close()
-        return data.decode(errors="replace")
-
-    async def _agent_mkdir(self, sandbox_id: str, path: str) -> None:
-        """mkdir -p inside the sandbox, through its agent (not through the host's view)."""
-        link: AgentLink = await self.link(sandbox_id)
-        ch = link.open()
-        try:
-            await ch.send_json(FrameType.FILE_MKDIR, {"path": path, "parents": True})
-            frame = await ch.recv()
-        finally:
-            ch.close()
-        if frame.type == FrameType.ERROR:
-            raise InvalidArgumentError(f"cannot create workdir {path}: {frame.payload[:200]!r}")
-
     # ------------------------------------------------------------ network and ports
 
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> SandboxRecord:
-        await self.get(sandbox_id)
-        async with self.live[sandbox_id].lock:
-            record = await self.get_running(sandbox_id)
-            await self.launcher.apply_policy(record, policy)
-            await self.store.put_sandbox(record)
-        return record
+        return await self.ports.set_network(sandbox_id, policy)
 
     async def expose(self, sandbox_id: str, port: int, public: bool) -> SandboxRecord:
-        await self.get(sandbox_id)
-        async with self.live[sandbox_id].lock:
-            record = await self.get_running(sandbox_id)
-            record.ports = [p for p in record.ports if p["port"] != port]
-            record.ports.append({"port": port, "public": public})
-            record.ports.sort(key=lambda p: int(p["port"]))
-            await self.store.put_sandbox(record)
-        return record
+        return await self.ports.expose(sandbox_id, port, public)
 
     async def unexpose(self, sandbox_id: str, port: int) -> SandboxRecord:
-        await self.get(sandbox_id)
-        async with self.live[sandbox_id].lock:
-            record = await self.get_running(sandbox_id)
-            if not any(p["port"] == port for p in record.ports):
-                raise NotFoundError(f"port {port} of sandbox {sandbox_id} is not exposed")
-            record.ports = [p for p in record.ports if p["port"] != port]
-            await self.store.put_sandbox(record)
-        return record
+        return await self.ports.unexpose(sandbox_id, port)
 
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
         """Where the port proxy sends traffic for ``port`` of a sandbox (PortTargets)."""
-        record = await self.use(sandbox_id)
-        exposed = next((p for p in record.ports if p["port"] == port), None)
-        if exposed is None:
-            listed = ", ".join(str(p["port"]) for p in record.ports) or "none"
-            raise NotFoundError(
-                f"port {port} of sandbox {sandbox_id} is not exposed (exposed: {listed}); "
-                "create the sandbox with ports=[...] or call sb.expose(port)"
-            )
-        ip = (record.network or {}).get("ip")
-        if NetworkPolicy.from_dict((record.network or {}).get("policy") or {}).block_network:
-            raise ConflictError(
-                f"sandbox {sandbox_id} runs with block_network=True, so nothing reaches it, "
-                "not even its exposed ports; open it with set_network() first"
-            )
-        if not ip:
-            raise ConflictError(
-                f"sandbox {sandbox_id} has no network: {(record.network or {}).get('reason')}"
-            )
-        return PortTarget(
-            host=str(ip), port=port, public=bool(exposed["public"]),
-            access_token=record.access_token or "",
-        )  # fmt: skip
+        return await self.ports.resolve(await self.use(sandbox_id), port)
 
     async def fs_layers(self, sandbox_id: str) -> tuple[Path, tuple[Path, ...]]:
         """A running or paused sandbox's writes (its upper directory) and its image layers,
@@ -516,7 +418,7 @@ class SandboxService:
             record = found if found is not None else await self.get(sandbox_id)
             if not record.alive and record.status != "paused":
                 if capture is not None:
-                    raise lookup.not_running(sandbox_id, record)
+                    raise not_running(sandbox_id, record)
                 return record
             self.exits.unwatch(sandbox_id)
             await self.launcher.cleanup(sandbox_id, capture=capture)
@@ -582,40 +484,3 @@ class SandboxService:
                 await t
         await self.spares.stop()
         await self.network.stop()
-
-
-def _new_record(
-    req: CreateRequest,
-    *,
-    image: str,
-    env: dict[str, str],
-    workdir: str | None = None,
-    entrypoint: Sequence[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-    cpu: float | None = None,
-    memory: int | None = None,
-    disk: int | None = None,
-    volumes: Mapping[str, str] | None = None,
-) -> SandboxRecord:
-    """The record of a new sandbox for ``req``: the one place a record is built from a
-    request (create, build step, restore, pooled sandbox handed out). Keywords override
-    what the request says (a restore keeps its source's image, limits and env)."""
-    return SandboxRecord(
-        id=new_id("sb"),
-        image=image,
-        cpu=req.cpu if cpu is None else cpu,
-        memory=req.memory if memory is None else memory,
-        disk=req.disk if disk is None else disk,
-        timeout=req.timeout,
-        env=env,
-        workdir=workdir if workdir is not None else req.workdir,
-        tags=dict(req.tags if tags is None else tags),
-        entrypoint=list(entrypoint) if entrypoint else None,
-        created_at=time.time(),
-        ports=[{"port": port, "public": public} for port, public in req.ports],
-        access_token="sat_" + secrets.token_urlsafe(24),
-        volumes=dict(req.volumes if volumes is None else volumes),
-        idle_timeout=req.idle_timeout,
-        on_timeout=req.on_timeout,
-        auto_resume=req.auto_resume,
-    )
