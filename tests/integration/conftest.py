@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 
 from stockade import Sandbox
 
-from .helpers import force_cleanup
+from .helpers import force_cleanup, wait_for
 from .netlab import stand_in_dns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,17 +70,20 @@ class LiveServer:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+        proc = self.proc
+
+        def answers() -> bool | None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200 or None
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not answer within 60 s:\n{self.log()}")
+                return None
+
+        try:
+            wait_for(answers, timeout=60, what="the server to answer /healthz")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:

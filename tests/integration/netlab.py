@@ -22,10 +22,11 @@ import contextlib
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .helpers import wait_for
 
 PUBLIC_IP = "198.51.100.10"
 OTHER_PUBLIC_IP = "198.51.100.20"
@@ -169,18 +170,21 @@ def _serve_files(directory: Path) -> subprocess.Popen[bytes]:
          str(directory)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def answers() -> bool | None:
         probe = subprocess.run(
             ["ip", "netns", "exec", "stktest-pub", "python3", "-c",
              f"import socket; socket.create_connection(('{FILES_IP}', 80), timeout=1)"],
             capture_output=True, check=False,
         )  # fmt: skip
-        if probe.returncode == 0:
-            return p
-        time.sleep(0.1)
-    p.kill()
-    raise RuntimeError("the stand-in file server did not start")
+        return probe.returncode == 0 or None
+
+    try:
+        wait_for(answers, timeout=10, what="the stand-in file server to answer")
+    except AssertionError:
+        p.kill()
+        raise
+    return p
 
 
 def _free_udp_port() -> int:
@@ -202,15 +206,15 @@ def stand_in_dns() -> Iterator[str]:
          f"--address=/deb.test/{FILES_IP}", "--log-facility=/dev/null"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+    def answers() -> bool | None:
+        if p.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited {p.returncode}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0 or None  # dnsmasq also serves TCP
+
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:  # dnsmasq also serves TCP
-                    break
-            if p.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited {p.returncode}")
-            time.sleep(0.05)
+        wait_for(answers, timeout=10, interval=0.05, what="the stand-in dnsmasq to listen")
         yield f"127.0.0.1:{port}"
     finally:
         p.kill()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from .helpers import wait_for
+
 
 def run_tool(*argv: str | Path, cwd: Path | None = None) -> str:
     result = subprocess.run(
@@ -63,18 +65,22 @@ def start_registry(work: Path, name: str, storage: Path, auth: str = "") -> Regi
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     registry = Registry(f"127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 15
-    while True:
+
+    def answers() -> bool | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"registry {name} exited {proc.returncode}")
         try:
             status = httpx.get(f"http://{registry.host}/v2/", timeout=1).status_code
-            if status in (200, 401):
-                return registry
         except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            registry.stop()
-            raise AssertionError(f"registry {name} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
+            return None
+        return status in (200, 401) or None
+
+    try:
+        wait_for(answers, timeout=15, interval=0.05, what=f"registry {name} to answer")
+    except AssertionError as exc:
+        registry.stop()
+        raise AssertionError(f"{exc}: {log.read_text()[-2000:]}") from None
+    return registry
 
 
 def opaque_layer(path: Path) -> Path:

@@ -41,6 +41,8 @@ from stockade.server.agent.protocol import (
 )
 from stockade.server.config import DEFAULT_CACHE_DIR, find_runsc
 
+from .helpers import wait_for
+
 T = FrameType
 DEADLINE_S = 10.0
 LAST_EXEC = {T.EXIT, T.ERROR}
@@ -170,11 +172,22 @@ class AgentConn:
             assert left > 0, f"timed out on channel {channel}; got {out[-5:]}"
             assert self.pump(left), "the agent closed its output"
 
-    def quiet(self, seconds: float) -> list[Frame]:
-        """Read for ``seconds`` and return (and drop) everything that came."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.pump(left)
+    def output_of(self, channel: int, size: int, timeout: float = DEADLINE_S) -> list[Frame]:
+        """The frames of ``channel`` up to ``size`` bytes of output, granting no window."""
+        out: list[Frame] = []
+        while sum(len(f.payload) for f in out if f.type in (T.STDOUT, T.STDERR, T.DATA)) < size:
+            f = self.wait_for(lambda f: f.channel == channel, timeout)
+            assert f.type not in LAST_EXEC | LAST_FILE, f"{f} after {out[-5:]}"
+            out.append(f)
+        return out
+
+    def settled(self) -> list[Frame]:
+        """Everything still to come of the requests made so far, dropped from the inbox.
+
+        The witness that it has all come: the answer to a later request. The agent takes
+        its input in order, and a command's EXIT comes after it has seen every process
+        that ended before that command even started."""
+        self.run(["true"])
         got, self.inbox = self.inbox, []
         return got
 
@@ -291,13 +304,11 @@ def gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "Z"
 
 
-def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(gone(p) for p in pids):
-            return True
-        time.sleep(0.02)
-    return False
+def wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    wait_for(
+        lambda: all(gone(p) for p in pids) or None, timeout=timeout, interval=0.02,
+        what=f"processes {pids} to end",
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- build
@@ -372,7 +383,7 @@ def test_garbage_padding_and_resync(agent: HostAgent) -> None:
     agent.frame(T.EXEC, 0, b'{"argv":["true"]}')
     assert agent.wait_for(lambda f: f.channel == 0).type == T.ERROR
     assert agent.run(["true"]).exit_code == 0
-    assert agent.quiet(0.1) == []
+    assert agent.settled() == []
 
 
 # ---------------------------------------------------------------------------------- exec
@@ -487,8 +498,8 @@ def test_close_kills_the_whole_group(agent: HostAgent) -> None:
     pids = [started.json()["pid"], *map(int, out.split())]
     assert not any(gone(p) for p in pids)
     agent.frame(T.CLOSE, ch)
-    assert wait_gone(pids), pids
-    assert [f for f in agent.quiet(0.2) if f.channel == ch] == []
+    wait_gone(pids)
+    assert [f for f in agent.settled() if f.channel == ch] == []
 
 
 def test_background_child_does_not_delay_exit(agent: HostAgent) -> None:
@@ -510,13 +521,12 @@ def test_output_window(agent: HostAgent, workdir: Path) -> None:
     src = workdir / "big.bin"
     src.write_bytes(data)
     ch = agent.exec(["cat", str(src)])
-    held = agent.quiet(0.5)
-    mine = [f for f in held if f.channel == ch]
+    mine = agent.output_of(ch, DEFAULT_WINDOW)
     sent = sum(len(f.payload) for f in mine if f.type == T.STDOUT)
     assert mine[0].type == T.STARTED
-    assert 0 < sent <= DEFAULT_WINDOW
-    assert all(f.type != T.EXIT for f in mine)
-    assert agent.quiet(0.3) == []  # nothing more without a WINDOW
+    assert sent == DEFAULT_WINDOW
+    assert agent.settled() == []  # nothing more without a WINDOW...
+    assert not gone(mine[0].json()["pid"])  # ...and cat waits for one, the file half sent
     agent.send(encode_window(ch, sent))
     r = Result(mine + agent.collect(ch, LAST_EXEC))
     assert r.exit_code == 0
@@ -526,7 +536,10 @@ def test_output_window(agent: HostAgent, workdir: Path) -> None:
 def test_window_at_exit_keeps_output(agent: HostAgent) -> None:
     """Output still in the pipe when the process exits is kept until a window allows it."""
     ch = agent.exec(["sh", "-c", "head -c 300000 /dev/zero"])
-    held = [f for f in agent.quiet(0.5) if f.channel == ch]
+    held = agent.output_of(ch, DEFAULT_WINDOW)
+    # The rest fits in the pipe: the command ends, its last output not sent yet.
+    wait_gone([held[0].json()["pid"]])
+    held += [f for f in agent.settled() if f.channel == ch]
     assert sum(len(f.payload) for f in held if f.type == T.STDOUT) == DEFAULT_WINDOW
     assert all(f.type != T.EXIT for f in held)
     agent.send(encode_window(ch, 1 << 20))
@@ -538,13 +551,16 @@ def test_hello_kills_running_execs(agent: HostAgent) -> None:
     ch = agent.exec(["sleep", "100"])
     pid = agent.wait_for(lambda f: f.channel == ch and f.type == T.STARTED).json()["pid"]
     agent.hello()
-    assert wait_gone([pid])
+    wait_gone([pid])
     agent.request(T.SIGNAL, ch, {"signal": 9})
     agent.frame(T.STDIN, ch, b"x")
-    assert agent.quiet(0.2) == []
-    # The channel number is free again.
+    # The channel number is free again; what was sent to the old command came to nothing
+    # (the answer to the next request comes after anything those two would bring).
     agent.request(T.EXEC, ch, {"argv": ["echo", "again"], "env": []})
-    assert Result(agent.collect(ch, LAST_EXEC)).stdout == b"again\n"
+    again = Result(agent.collect(ch, LAST_EXEC))
+    assert [f.type for f in again.frames] == [T.STARTED, T.STDOUT, T.EXIT]
+    assert again.stdout == b"again\n"
+    assert agent.inbox == []
 
 
 def test_many_concurrent_execs(agent: HostAgent) -> None:
@@ -634,7 +650,7 @@ def test_write_reports_enospc(agent: HostAgent, workdir: Path) -> None:
         res = agent.write_file(f"{mnt}/big", os.urandom(1024 * 1024))
         assert res.type == T.ERROR and res.json()["errno"] == 28, res
         assert f"{mnt}/big" in res.json()["message"]
-        assert agent.quiet(0.1) == []  # the rest of the DATA, and END, were ignored
+        assert agent.settled() == []  # the rest of the DATA, and END, were ignored
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
@@ -645,7 +661,8 @@ def test_file_read_window(agent: HostAgent, workdir: Path) -> None:
     path.write_bytes(data)
     ch = next(agent.channels)
     agent.request(T.FILE_READ, ch, {"path": str(path)})
-    held = [f for f in agent.quiet(0.3) if f.channel == ch]
+    held = agent.output_of(ch, DEFAULT_WINDOW)
+    held += [f for f in agent.settled() if f.channel == ch]  # no more without a WINDOW
     assert sum(len(f.payload) for f in held) == DEFAULT_WINDOW
     agent.send(encode_window(ch, DEFAULT_WINDOW))
     frames = held + agent.collect(ch, LAST_FILE)
@@ -675,7 +692,7 @@ def test_file_write_can_be_abandoned(agent: HostAgent, workdir: Path) -> None:
     agent.frame(T.DATA, ch, b"partial")
     agent.frame(T.CLOSE, ch)
     agent.frame(T.END, ch)
-    assert agent.quiet(0.2) == []
+    assert agent.settled() == []
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
 
 
@@ -700,10 +717,8 @@ def test_sigterm_goes_to_the_entrypoint(binary: Path, workdir: Path) -> None:
     log = workdir / "term.log"
     a = HostAgent(binary, log, ["--", "sh", "-c", script])
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while "ready" not in log.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: "ready" in log.read_text() or None, timeout=DEADLINE_S, interval=0.02,
+                 what="the entrypoint's trap")  # fmt: skip
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(DEADLINE_S) == 3
         assert "term" in log.read_text()
@@ -716,7 +731,7 @@ def test_sigterm_without_entrypoint_exits_0(agent: HostAgent) -> None:
     pid = agent.wait_for(lambda f: f.channel == ch and f.type == T.STARTED).json()["pid"]
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(DEADLINE_S) == 0
-    assert wait_gone([pid])
+    wait_gone([pid])
 
 
 # ------------------------------------------------------------------------------- gVisor
@@ -814,10 +829,15 @@ def test_in_gvisor(binary: Path, workdir: Path) -> None:
         conn = connect()
         conn.hello(timeout=30)
         assert conn.run(["echo", "again"]).stdout == b"again\n"
-        # Orphans get reaped by the agent: no zombies pile up.
+        # Orphans get reaped by the agent: no zombies pile up. Unreaped, the five sleeps
+        # would stay in the process table for good.
         conn.run(["sh", "-c", "for i in 1 2 3 4 5; do (sleep 0.01 &) ; done"])
-        time.sleep(0.3)
-        ps = conn.run(["sh", "-c", "cat /proc/[0-9]*/stat"]).stdout.decode()
+
+        def reaped() -> str | None:
+            stats = conn.run(["sh", "-c", "cat /proc/[0-9]*/stat"]).stdout.decode()
+            return stats if "(sleep)" not in stats else None
+
+        ps = wait_for(reaped, timeout=10, interval=0.05, what="the orphaned sleeps to be reaped")
         assert ") Z " not in ps, ps
         # Round trip of a trivial exec over the channel.
         times = []

@@ -3,8 +3,11 @@ output, directory listings, the agent's channel, and the interpreter of code ker
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from stockade import CodeContext, Sandbox
 from stockade.errors import SandboxTerminatedError, StockadeError
 
 from .conftest import LiveServer
+from .helpers import wait_for
 
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(300, func_only=True)]
 
@@ -24,13 +28,11 @@ LOG_CAP = 10 * MiB  # the server's default --max-log-bytes
 
 
 def _wait_ended(http: httpx.Client, sandbox_id: str, within: float) -> dict[str, object]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def ended() -> dict[str, object] | None:
         info: dict[str, object] = http.get(f"/v1/sandboxes/{sandbox_id}").raise_for_status().json()
-        if info["status"] not in ("starting", "running"):
-            return info
-        time.sleep(0.5)
-    raise AssertionError(f"sandbox {sandbox_id} still runs after {within} s")
+        return info if info["status"] not in ("starting", "running") else None
+
+    return wait_for(ended, timeout=within, interval=0.5, what=f"sandbox {sandbox_id} to end")
 
 
 def test_a_gigabyte_of_output_leaves_a_capped_log_with_its_tail(
@@ -178,20 +180,71 @@ def test_a_kernel_never_runs_a_python3_planted_earlier_on_path(ci: Sandbox) -> N
 def test_exec_output_nobody_reads_holds_the_command_back(
     server: LiveServer, http: httpx.Client
 ) -> None:
-    # 200 MB of output to clients that read none of it: the server passes on what the
+    # 50 MB of output to clients that read none of it: the server passes on what the
     # connection takes and grants the agent no more, so the command waits on its pipe.
-    from websockets.sync.client import connect
-
+    size = 50_000_000
     with Sandbox.create(image="debian", timeout=300) as sb:
-        argv = ["sh", "-c", "head -c 200000000 /dev/zero; touch /tmp/all-written-ws"]
-        url = server.url.replace("http://", "ws://") + f"/v1/sandboxes/{sb.id}/exec/ws"
-        with connect(url, additional_headers=server.headers, max_size=None) as ws:
-            ws.send(json.dumps({"argv": argv}))
-            time.sleep(5)
-            assert not sb.files.exists("/tmp/all-written-ws")
-        argv = ["sh", "-c", "head -c 200000000 /dev/zero; touch /tmp/all-written-ndjson"]
+        argv = ["sh", "-c", f"head -c {size} /dev/zero; touch /tmp/all-written-ws"]
+        ws = _unread_ws_exec(server, sb.id, argv)
+        try:
+            _assert_held_back(sb, size, "/tmp/all-written-ws")
+        finally:
+            ws.close()
+        argv = ["sh", "-c", f"head -c {size + 1} /dev/zero; touch /tmp/all-written-ndjson"]
         with http.stream("POST", f"/v1/sandboxes/{sb.id}/exec", json={"argv": argv}) as r:
             assert r.status_code == 200
-            time.sleep(5)
-            assert not sb.files.exists("/tmp/all-written-ndjson")
+            _assert_held_back(sb, size + 1, "/tmp/all-written-ndjson")
         assert sb.run(["echo", "ok"]).stdout == "ok\n"
+
+
+def _unread_ws_exec(server: LiveServer, sandbox_id: str, argv: list[str]) -> socket.socket:
+    """Start an exec over a WebSocket spoken by hand, whose output nobody reads: a client
+    library would take it in the background (websockets queues every frame it gets), and
+    the small receive buffer keeps what the kernel takes in small too."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v1/sandboxes/{sandbox_id}/exec/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nAuthorization: Bearer {server.token}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # byte by byte: no frame is read with it
+        byte = sock.recv(1)
+        assert byte, f"the server closed the connection: {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    # The request, as a client's (masked) text frame.
+    payload = json.dumps({"argv": argv}).encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock
+
+
+def _written(sb: Sandbox, size: int) -> int | None:
+    """How much the sandbox's ``head -c SIZE /dev/zero`` has written; None if none runs."""
+    script = (
+        "for p in /proc/[0-9]*; do "
+        f"if [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = 'head -c {size} /dev/zero ' ]; "
+        "then sed -n 's/^wchar: //p' $p/io; fi; done"
+    )
+    found = sb.run(["sh", "-c", script]).stdout.split()
+    return int(found[0]) if found else None
+
+
+def _assert_held_back(sb: Sandbox, size: int, done: str) -> None:
+    """The unread ``head -c SIZE`` runs, and is still held back well short of its end once
+    as much output, started after it and read by a client, has got through to its end:
+    the witness that it would have been done by then, had anything read it."""
+    wait_for(lambda: _written(sb, size), timeout=30, what=f"`head -c {size}` to run")
+    read = size + 2  # a command line of its own
+    with sb.exec("head", "-c", str(read), "/dev/zero", timeout=120) as p:
+        assert sum(len(chunk) for chunk in p.stdout.iter_bytes()) == read
+        assert p.wait() == 0
+    written = _written(sb, size)
+    assert written is not None, "the unread command is gone (it ended, or was killed)"
+    assert written < size // 2, f"it wrote {written} of {size} bytes that nobody read"
+    assert not sb.files.exists(done)

@@ -84,10 +84,15 @@ def _steps(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if re.match(r"\[\d+/\d+\] ", line)]
 
 
-def _image_names() -> set[str]:
+def _images() -> dict[str, str | None]:
+    """Every image the server lists: its ID (or digest reference) by name."""
     listed = cli("image", "ls", "--json", timeout=30)
     assert listed.returncode == 0, listed.stderr
-    return {str(i["name"]) for i in json.loads(listed.stdout)}
+    return {str(i["name"]): i.get("pinned") for i in json.loads(listed.stdout)}
+
+
+def _image_names() -> set[str]:
+    return set(_images())
 
 
 def test_a_python_file_builds_a_named_image_that_sandboxes_run(
@@ -119,9 +124,10 @@ def test_a_python_file_builds_a_named_image_that_sandboxes_run(
     assert built.returncode == 0, built.stderr
     assert built.stdout == f"{tag}\n"
     assert "this goes to stderr" in built.stderr
-    assert f"built {tag} (img-" in built.stderr, built.stderr
+    said = re.search(rf"built {re.escape(tag)} \((img-[0-9a-f]+)", built.stderr)
+    assert said, built.stderr
     assert [s.split()[0] for s in _steps(built.stderr)] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
-    assert tag in _image_names()
+    assert _images()[tag] == said[1]  # the name is the image the build said it made
 
     ran = cli("run", "--image", tag, "--", "sh", "-c", 'cat mark conf.txt; echo "$APP_MODE $PWD"',
               timeout=30)  # fmt: skip

@@ -3,7 +3,6 @@ the next use wakes it first, and an exec session in progress keeps it awake."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,10 +60,18 @@ def test_an_idle_sandbox_dozes_and_wakes_on_use(dozy: LiveServer) -> None:
 
 
 def test_a_running_exec_keeps_the_sandbox_awake(dozy: LiveServer) -> None:
-    with Sandbox.create(image="debian", timeout=120, url=dozy.url, token=dozy.token) as sb:
-        p = sb.exec("sh", "-c", "sleep 3; echo done")
-        time.sleep(2.5)  # past doze_after (1 s) and the loop's period, while the exec runs
+    with (
+        Sandbox.create(image="debian", timeout=120, url=dozy.url, token=dozy.token) as sb,
+        Sandbox.create(image="debian", timeout=120, url=dozy.url, token=dozy.token) as witness,
+    ):
+        p = sb.exec("sh", "-c", "read line; echo done $line")  # runs until it is told
+        witness.files.write("/tmp/used", "after the exec began")
+        # The witness, last used after the exec began, dozes in a pass of the doze loop
+        # that would have put the sandbox to doze too (before it: they go in the order they
+        # started), were it not for the exec.
+        wait_for(lambda: dozing(witness.id) or None, timeout=15, what="the witness to doze")
         assert slacks(sb.id) == {AWAKE_NS}
+        p.stdin.write("now\n")
         assert p.wait() == 0
-        assert p.stdout.read() == "done\n"
+        assert p.stdout.read() == "done now\n"
         wait_for(lambda: dozing(sb.id) or None, timeout=15, what="the sandbox to doze")

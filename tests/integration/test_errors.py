@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -147,12 +147,14 @@ def test_unknown_sandbox_id(server: LiveServer) -> None:
 
 
 def test_every_error_shares_one_root(server: LiveServer) -> None:
-    for call in (
-        lambda: Sandbox.from_id("sb-0000000000000000"),
-        lambda: Sandbox.create(image="debian", memory=1),
-        lambda: Sandbox.list(url=server.url, token="sk_wrong"),
-    ):
-        with pytest.raises(StockadeError) as err:
+    cases: list[tuple[Callable[[], object], type[StockadeError], int]] = [
+        (lambda: Sandbox.from_id("sb-0000000000000000"), NotFoundError, 404),
+        (lambda: Sandbox.create(image="debian", memory=1), InvalidArgumentError, 422),
+        (lambda: Sandbox.list(url=server.url, token="sk_wrong"), AuthenticationError, 401),
+    ]
+    for call, kind, status in cases:
+        with pytest.raises(StockadeError) as err:  # the root catches each of them
             call()
+        assert type(err.value) is kind, err.value
+        assert err.value.status == status, err.value
         assert err.value.message
-        assert err.value.status in (401, 404, 422)

@@ -17,6 +17,7 @@ from stockade import (
 )
 
 from .conftest import LiveServer
+from .helpers import wait_for
 
 
 def _read_until(p: Process, needle: bytes, *, limit: float = 20.0) -> bytes:
@@ -266,18 +267,13 @@ def test_kill_right_after_exec_returns(sb: Sandbox) -> None:
 def test_closing_the_process_kills_the_command(sb: Sandbox) -> None:
     # "If the client disconnects, the process is killed" (docs/api.md), however soon.
     later = sb.exec("sleep", "3456")
-    time.sleep(0.5)
+    wait_for(lambda: "sleep 3456" in _processes(sb) or None, timeout=10, what="sleep 3456 to run")
     later.close()
     at_once = sb.exec("sleep", "4567")
     at_once.close()
 
-    def gone() -> bool:
+    def gone() -> bool | None:
         procs = _processes(sb)
-        return not any(cmd.startswith(("sleep 3456", "sleep 4567")) for cmd in procs)
+        return not any(cmd.startswith(("sleep 3456", "sleep 4567")) for cmd in procs) or None
 
-    deadline = time.monotonic() + 8
-    while not gone() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    procs = _processes(sb)
-    assert "sleep 3456" not in procs
-    assert "sleep 4567" not in procs, f"still running after the client left: {procs}"
+    wait_for(gone, timeout=8, interval=0.5, what="both commands to end after their clients left")

@@ -17,7 +17,7 @@ import pytest
 from stockade import BuildError, Client, Image, InvalidArgumentError, NotFoundError, Sandbox
 
 from .conftest import LiveServer, private_cache
-from .helpers import unique
+from .helpers import unique, wait_ended
 
 pytestmark = pytest.mark.runsc
 
@@ -127,9 +127,12 @@ def test_names_versions_and_latest(server: LiveServer) -> None:
     v2 = Image.from_name("debian").run_commands("echo two > /version")
     assert v1.tag(f"{name}:v1") == f"{name}:v1"
     with Client() as client:
-        client.build(v2, tag=f"{name}:v2")
-        listed = {i.name for i in client.images()}
-    assert {f"{name}:v1", f"{name}:v2", f"{name}:latest"} <= listed
+        v1_id = client.build(v1).pinned  # cached: the build that tag() made
+        v2_id = client.build(v2, tag=f"{name}:v2").pinned
+        listed = {i.name: i.pinned for i in client.images() if i.name.startswith(f"{name}:")}
+    assert v1_id and v2_id and v1_id != v2_id
+    # Each name is the build it was given; the name alone (latest) the newest.
+    assert listed == {f"{name}:v1": v1_id, f"{name}:v2": v2_id, f"{name}:latest": v2_id}
     for ref, want in ((f"{name}:v1", "one"), (f"{name}:v2", "two"), (name, "two")):
         with Sandbox.create(image=ref, timeout=60) as sb:
             assert sb.run("cat /version").stdout == f"{want}\n", ref
@@ -145,14 +148,23 @@ def test_bad_build_input(server: LiveServer) -> None:
         Image.from_name("debian").run_commands("true").tag("Bad Name")
 
 
+def _build_sandboxes() -> dict[str, Sandbox]:
+    """Every sandbox a build step ran in (or runs in), by ID."""
+    return {s.id: s for s in Sandbox.list() if "stockade.build" in s.last_info.tags}
+
+
 def test_a_build_past_its_timeout_is_stopped(server: LiveServer) -> None:
     img = Image.from_name("debian").run_commands(f"echo {unique('t')}; sleep 60")
+    before = set(_build_sandboxes())
     started = time.monotonic()
     with pytest.raises(BuildError, match="timeout"), Client() as client:
         client.build(img, timeout=3)
     assert time.monotonic() - started < 20
-    time.sleep(0.5)
-    assert not [s for s in Sandbox.list(status="running") if "stockade.build" in s.last_info.tags]
+    # The step's sandbox is stopped with it: seen to end, not merely not seen running.
+    steps = [sb for sid, sb in _build_sandboxes().items() if sid not in before]
+    assert len(steps) == 1, steps
+    info = wait_ended(steps[0], timeout=10)
+    assert info.status == "terminated", info
 
 
 def test_dockerfile(server: LiveServer, tmp_path: Path) -> None:
@@ -265,10 +277,7 @@ def test_a_built_images_entrypoint_and_cmd(server: LiveServer) -> None:
         .cmd(["echo built; exit 4"])
     )
     sb = Sandbox.create(image=img, image_entrypoint=True, timeout=60)
-    deadline = time.monotonic() + 30
-    while sb.info().status == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    info = sb.info()
+    info = wait_ended(sb, timeout=30)
     assert (info.reason, info.exit_code) == ("exited", 4), info
     assert sb.logs() == "built\n"
 

@@ -10,7 +10,7 @@ import pytest
 
 from stockade import Image, Sandbox
 
-from .conftest import REPO, LiveServer
+from .conftest import REPO, SHARED_CACHE, LiveServer
 from .helpers import unique
 
 
@@ -109,10 +109,9 @@ def test_writes_stay_in_their_sandbox(pair: tuple[Sandbox, Sandbox]) -> None:
     assert secret not in b.run(probe).stdout
     with Sandbox.create(image="debian") as fresh:
         assert secret not in fresh.run(probe).stdout
-    # The image itself on the host is untouched.
-    image_motd = Path("/var/cache/stockade/images/debian/rootfs/etc/motd")
-    if image_motd.exists():
-        assert secret not in image_motd.read_text()
+    # The image itself on the host is untouched (the test servers share its base images).
+    image_motd = SHARED_CACHE / "images" / "debian" / "rootfs" / "etc" / "motd"
+    assert secret not in image_motd.read_text()
 
 
 def test_an_images_symlinks_never_lead_the_workdir_onto_the_host(server: LiveServer) -> None:

@@ -43,6 +43,15 @@ def _assert_on_time(seen: float, deadline: float) -> None:
     assert seen - deadline < SLACK, f"stopped {seen - deadline:.2f}s after its deadline"
 
 
+def _timeout_loop_passes(witness: Sandbox) -> None:
+    """Return once the server's timeout loop has made a pass at least 1 s from now:
+    ``witness``, given a timeout of 1 s now, ends in one. Whatever else was due by then was
+    due in that pass or an earlier one, so what has not happened by then is not going to."""
+    witness.set_timeout(1)
+    _, info = _until_not_running(witness)
+    assert info.reason == "timeout", info
+
+
 def test_timeout_is_honoured(server: LiveServer) -> None:
     with Sandbox.create(image="debian", timeout=2) as sb:
         assert sb.last_info.expires_at is not None
@@ -106,8 +115,8 @@ def test_set_timeout_extends(server: LiveServer) -> None:
         assert info.expires_at is not None
         new_deadline = info.expires_at.timestamp()
         assert before + 4 - 0.1 <= new_deadline <= time.time() + 4 + 0.1
-        time.sleep(2.5)  # past the old deadline
-        assert sb.info().status == "running"
+        # Watched from before the old deadline: first seen stopped at the new one, it ran
+        # on through the old one (2 s sooner, far more than the SLACK).
         seen, ended = _until_not_running(sb)
         assert ended.reason == "timeout" and ended.message and "timeout of 4s" in ended.message
         _assert_on_time(seen, new_deadline)
@@ -151,7 +160,11 @@ def test_set_timeout_from_the_cli(server: LiveServer) -> None:
 
 
 def test_on_timeout_pause_pauses_and_resume_brings_it_back(server: LiveServer) -> None:
-    with Sandbox.create(image="debian", idle_timeout=2, timeout=60, on_timeout="pause") as sb:
+    with (
+        Sandbox.create(image="debian", timeout=60) as witness,
+        Sandbox.create(image="debian", timeout=60) as second_witness,
+        Sandbox.create(image="debian", idle_timeout=2, timeout=60, on_timeout="pause") as sb,
+    ):
         assert sb.last_info.on_timeout == "pause"
         sb.files.write("/root/kept.txt", b"still here")
         last = time.time()
@@ -159,16 +172,22 @@ def test_on_timeout_pause_pauses_and_resume_brings_it_back(server: LiveServer) -
         assert info.status == "paused", info
         assert info.reason is None
         _assert_on_time(seen, last + 2)
-        time.sleep(1)  # a paused sandbox has no clocks: nothing else happens to it
-        assert sb.info().status == "paused"
+        # A paused sandbox has no clocks: nothing else happens to it.
+        _timeout_loop_passes(witness)
+        paused = sb.info()
+        assert paused.status == "paused"
+        assert paused.expires_at is not None and paused.paused_at is not None
+        left = paused.expires_at.timestamp() - paused.paused_at.timestamp()
 
         resumed = sb.resume()
         assert resumed.status == "running"
         # Its time left was kept (60 s, less the few it ran), not reset nor used up.
-        assert resumed.expires_at is not None
+        assert resumed.expires_at is not None and resumed.started_at is not None
         assert 50 < resumed.expires_at.timestamp() - time.time() <= 60
+        assert abs(resumed.expires_at.timestamp() - resumed.started_at.timestamp() - left) < 0.01
         assert sb.files.read_text("/root/kept.txt") == "still here"
-        time.sleep(1)  # its idle clock restarted at the resume
+        # Its idle clock restarted at the resume (it would be overdue at once otherwise).
+        _timeout_loop_passes(second_witness)
         assert sb.info().status == "running"
         assert sb.run("cat /root/kept.txt").stdout == "still here"
         # ... and runs again: idle once more, it pauses once more.

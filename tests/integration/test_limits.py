@@ -11,7 +11,7 @@ import pytest
 from stockade import ConflictError, Sandbox, SandboxTerminatedError
 
 from .conftest import LiveServer
-from .helpers import cpuacct_usage_ns
+from .helpers import cpuacct_usage_ns, wait_ended, wait_for
 
 # Two busy loops for `seconds`, so the quota (not a single thread) is what limits them.
 _BUSY = "timeout {s} sh -c 'while :; do :; done' & timeout {s} sh -c 'while :; do :; done'; wait"
@@ -37,17 +37,17 @@ def _assert_unharmed(server: LiveServer, bystander: Sandbox) -> None:
 
 def _assert_oom_outcome(sb: Sandbox) -> None:
     """The sandbox either survived (the exec was the victim) or ended as failed/oom."""
-    # Give a sandbox that is dying a moment to be seen as ended.
-    deadline = time.monotonic() + 2
-    info = sb.info()
-    while info.status == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
-        info = sb.info()
-    if info.status == "running":
-        assert sb.run("echo alive").stdout == "alive\n"
-    else:
+    # The next command tells which: it runs, or it is refused because the sandbox ended
+    # (or is ending) for memory.
+    try:
+        alive = sb.run("echo alive")
+    except SandboxTerminatedError as exc:
+        assert "memory" in str(exc), exc
+        info = wait_ended(sb, timeout=10)
         assert (info.status, info.reason) == ("failed", "oom"), info
         assert info.message and "memory" in info.message
+    else:
+        assert (alive.exit_code, alive.stdout) == (0, "alive\n"), alive
 
 
 def test_python_allocating_past_the_memory_limit(server: LiveServer, bystander: Sandbox) -> None:
@@ -125,7 +125,10 @@ def test_fork_bomb_is_contained(server: LiveServer, bystander: Sandbox) -> None:
     try:
         cpu_before = cpuacct_usage_ns(sb.id)
         bomb = sb.exec("sh", "-c", "b() { b | b & }; b; sleep 60", timeout=20)
-        time.sleep(1)
+        wait_for(
+            lambda: cpuacct_usage_ns(sb.id) - cpu_before > 200_000_000 or None, timeout=10,
+            what="the bomb to get going (0.2 s of CPU)",
+        )  # fmt: skip
         timings: list[float] = []
         deadline = time.monotonic() + 6
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=10) as http:

@@ -21,7 +21,7 @@ import pytest
 from stockade import ConflictError, InvalidArgumentError, Sandbox
 
 from .conftest import LiveServer
-from .helpers import wait_spares
+from .helpers import wait_for, wait_spares
 from .netlab import OTHER_PUBLIC_IP, PRIVATE_IP, PUBLIC_IP, netlab
 
 pytestmark = pytest.mark.runsc
@@ -95,12 +95,10 @@ def tls(sb: Sandbox, ip: str, sni: str) -> str:
 def serve_http(sb: Sandbox, port: int) -> None:
     """Start a web server inside the sandbox and wait until it answers there."""
     sb.run(f"setsid nohup python3 -m http.server {port} >/dev/null 2>&1 &")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if connect(sb, "127.0.0.1", port) == "OK":
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the web server in {sb.id} did not start on port {port}")
+    wait_for(
+        lambda: connect(sb, "127.0.0.1", port) == "OK" or None, timeout=20, interval=0.2,
+        what=f"the web server in {sb.id} to answer on port {port}",
+    )  # fmt: skip
 
 
 def host_address() -> str:

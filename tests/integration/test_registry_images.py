@@ -31,6 +31,7 @@ from stockade import (
 )
 
 from .conftest import LiveServer
+from .helpers import wait_ended
 from .registry import Registry, free_port, opaque_layer, run_tool, start_registry
 
 pytestmark = pytest.mark.runsc
@@ -186,10 +187,7 @@ def test_the_image_entrypoint_runs_when_asked(server: LiveServer, registries: Re
     with Sandbox.create(image=img, timeout=60) as idle:
         assert idle.run("echo up").stdout == "up\n"
     sb = Sandbox.create(image=img, image_entrypoint=True, timeout=60)
-    deadline = time.monotonic() + 30
-    while sb.info().status == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    info = sb.info()
+    info = wait_ended(sb, timeout=30)
     assert (info.reason, info.exit_code) == ("exited", 3), info
     assert info.entrypoint == ["/bin/sh", "-c", "echo main $FOO in $(pwd); exit 3"]
     assert sb.logs() == "main from-image in /data\n"

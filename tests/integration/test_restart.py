@@ -97,13 +97,16 @@ def test_sandbox_killed_while_the_server_was_down_is_failed(live: LiveServer) ->
         handle = Sandbox.from_id(sb.id, **_kw(live))
         seen: list[tuple[float, str]] = []
         started = time.monotonic()
-        info = handle.last_info
-        while time.monotonic() - started < 5:
+
+        def ended() -> SandboxInfo | None:
+            info = handle.info() if seen else handle.last_info
             seen.append((round(time.monotonic() - started, 2), info.status))
-            if info.status != "running":
-                break
-            time.sleep(0.1)
-            info = handle.info()
+            return info if info.status != "running" else None
+
+        try:
+            info = wait_for(ended, timeout=5, what="the dead sandbox to be seen ended")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {seen}") from None
         assert info.status == "failed", seen
         assert info.reason == "error"
         assert info.message, info
@@ -127,8 +130,11 @@ def test_sandbox_killed_while_the_server_was_down_is_failed(live: LiveServer) ->
 def test_timeout_that_passed_while_the_server_was_down(live: LiveServer) -> None:
     sb = Sandbox.create(image="debian", timeout=3, **_kw(live))
     try:
+        assert sb.last_info.expires_at is not None
+        expires_at = sb.last_info.expires_at.timestamp()
         live.stop(signal.SIGKILL)
-        time.sleep(3.5)
+        # Down until its deadline has passed, by the clock the server keeps deadlines on.
+        wait_for(lambda: time.time() > expires_at or None, timeout=10, what="its deadline")
         live.start()
 
         def ended() -> SandboxInfo | None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from stockade.server.service.code.kernel import _LAUNCHER, _REWATCH, KernelHandle, saved_workdir
+from tests.waiting import wait_for
 
 
 def _wait_exit(p: subprocess.Popen[bytes], timeout: float = 10) -> int:
@@ -49,19 +50,18 @@ def _launch_and_check(p: subprocess.Popen[bytes], conn: Path) -> None:
     try:
         assert p.stdout is not None
         pid = int(p.stdout.readline())
-        deadline = time.monotonic() + 10
-        while os.getsid(pid) != pid:  # the child calls setsid() right after the fork
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # The child calls setsid() right after the fork.
+        wait_for(lambda: os.getsid(pid) == pid or None, timeout=10, interval=0.01,
+                 what="the kernel to start a session")  # fmt: skip
         assert os.getsid(p.pid) != pid  # a session of its own, not the watcher's
         log = Path(str(conn) + ".log")
-        while "kernel up" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+
+        def logged(line: str) -> bool | None:
+            return line in (log.read_text() if log.exists() else "") or None
+
+        wait_for(lambda: logged("kernel up"), timeout=10, interval=0.05, what="the kernel's start")
         os.killpg(p.pid, signal.SIGINT)  # what an exec's SIGINT does: the watcher's group
-        while "got SIGINT" not in log.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: logged("got SIGINT"), timeout=10, interval=0.05, what="SIGINT to arrive")
         Path(str(conn) + ".stop").touch()
         assert _wait_exit(p) == 3
         assert p.stderr is not None

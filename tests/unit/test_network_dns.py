@@ -27,6 +27,7 @@ import pytest
 from stockade.server.network.dns import DnsForwarder, parse_upstream, system_upstreams
 from stockade.server.network.egress import AnswerLog
 from stockade.server.network.policy import NetworkPolicy
+from tests.waiting import wait_for
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 SANDBOX = "127.0.0.1"
@@ -68,13 +69,12 @@ class Upstream:
         """
         marker = f"marker-{uuid.uuid4().hex}.allowed.test"
         dns.query.udp(dns.message.make_query(marker, "A"), "127.0.0.1", port=self.port, timeout=2)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
+
+        def logged() -> str | None:
             text = self.log_path.read_bytes()[offset:].decode()
-            if marker in text:
-                return text
-            time.sleep(0.02)
-        raise AssertionError("dnsmasq did not log the marker query")
+            return text if marker in text else None
+
+        return wait_for(logged, timeout=3, interval=0.02, what="dnsmasq to log the marker query")
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,19 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         *(f"--host-record=big.test,198.51.100.{i}" for i in range(1, 61)),
     ]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def answers() -> bool | None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited {proc.returncode}")
+        query = dns.message.make_query("allowed.test", "A")
+        try:
+            dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+        except (dns.exception.Timeout, OSError):
+            return None
+        return True
+
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                dns.query.udp(
-                    dns.message.make_query("allowed.test", "A"), "127.0.0.1", port=port, timeout=0.2
-                )
-                break
-            except (dns.exception.Timeout, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("dnsmasq did not start") from None
+        wait_for(answers, timeout=5, interval=0.05, what="dnsmasq to answer")
         yield Upstream(port, log_path)
     finally:
         proc.terminate()
