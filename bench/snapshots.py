@@ -8,7 +8,7 @@ raw ``runsc checkpoint`` / ``runsc restore`` on the same image rootfs.
   ``sb.resume()`` until an exec answers against ``runsc restore`` + the first output;
 - ``sb.fork(5)`` until each fork answers an exec, against one checkpoint + 5 restores (at
   once, as the server makes them) + their first outputs;
-- the checkpoint's size on disk (``snap.info.size``: memory and files) of an idle sandbox and
+- the checkpoint's size on disk (``snap.info.size_bytes``: memory and files) of an idle sandbox and
   of one whose process holds 200 MB, and the snapshot and restore times of that one.
 
 Every sandbox, snapshot and checkpoint made here is removed, also when a figure fails.
@@ -60,7 +60,7 @@ def snapshot_legend(runs: int) -> str:
         "exec's first line); pause is that checkpoint without --leave-running + `runsc delete`;\n"
         f"resume is restore + first byte; fork({FORKS}) is one checkpoint + {FORKS} restores at "
         "once +\ntheir first bytes (Stockade: `sb.fork(5)` + an exec in each). Sizes are bytes "
-        "on disk\n(`snap.info.size`; raw: the checkpoint directory). 200 MB = a python3 "
+        "on disk\n(`snap.info.size_bytes`; raw: the checkpoint directory). 200 MB = a python3 "
         "process holding\n200 MB it has touched. target = the issue's goal: a restore of an "
         "idle Python sandbox\nat 150 ms p50 (ratio ≤ 1.00x meets it). Runs: "
         f"{runs} of each,\n{_big_runs(runs)} of the 200 MB ones, after {WARMUP} warm-ups "
@@ -252,7 +252,7 @@ def _snapshot_restore(
         if i >= WARMUP:
             snap_t.append(t1 - t0)
             restore_t.append(t2 - t1)
-            size.append(snap.info.size / MB)
+            size.append(snap.info.size_bytes / MB)
             raw_snap_t.append(t4 - t3)
             raw_restore_t.append(took)
             raw_size.append(_tree_size(ck) / MB)

@@ -255,20 +255,20 @@ class SandboxInfo:
 class FileInfo:
     """One entry of a sandbox's filesystem.
 
-    ``type`` is ``file``, ``dir``, ``symlink`` or ``other``; ``mode`` holds the permission
-    bits (``0o644`` = 420); ``mtime`` is seconds since the epoch; ``target`` is a symlink's
-    target.
+    ``type`` is ``file``, ``dir``, ``symlink`` or ``other``; ``size_bytes`` is its size in
+    bytes (the API's ``size``); ``mode`` holds the permission bits (``0o644`` = 420);
+    ``mtime`` is seconds since the epoch; ``target`` is a symlink's target.
 
     Example::
 
         for entry in sb.files.list("/etc"):
-            print(entry.name, entry.type, entry.size, oct(entry.mode))
+            print(entry.name, entry.type, entry.size_bytes, oct(entry.mode))
     """
 
     path: str
     name: str
     type: str
-    size: int = 0
+    size_bytes: int = 0
     mode: int = 0
     mtime: float = 0.0
     target: str | None = None
@@ -291,15 +291,16 @@ class FileInfo:
             path=path,
             name=_str(data, "name", path.rstrip("/").rsplit("/", 1)[-1] or "/"),
             type=_str(data, "type", "other"),
-            size=int(_num(data, "size", 0)),
+            size_bytes=int(_num(data, "size", 0)),
             mode=int(_num(data, "mode", 0)),
             mtime=_num(data, "mtime", 0.0),
             target=_opt_str(data, "target"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The record in the API's JSON shape."""
-        return dataclasses.asdict(self)
+        """The record in the API's JSON shape (where ``size_bytes`` is ``size``)."""
+        data = dataclasses.asdict(self)
+        return {("size" if key == "size_bytes" else key): value for key, value in data.items()}
 
 
 @dataclass(frozen=True)
@@ -352,12 +353,13 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class SnapshotInfo:
-    """A memory snapshot as the server describes it: ``size`` is bytes on disk (memory
-    checkpoint and files); ``sandbox_id`` is the sandbox it was taken of."""
+    """A memory snapshot as the server describes it: ``size_bytes`` is what it takes on disk
+    in bytes, memory checkpoint and files (the API's ``size``); ``sandbox_id`` is the
+    sandbox it was taken of."""
 
     id: str
     sandbox_id: str
-    size: int
+    size_bytes: int
     image: str = ""
     name: str | None = None
     created_at: datetime | None = None
@@ -367,7 +369,7 @@ class SnapshotInfo:
         return cls(
             id=_str(data, "id"),
             sandbox_id=_str(data, "sandbox_id"),
-            size=int(_num(data, "size", 0)),
+            size_bytes=int(_num(data, "size", 0)),
             image=_str(data, "image", ""),
             name=_opt_str(data, "name"),
             created_at=_time(data, "created_at"),

@@ -24,7 +24,7 @@ def test_write_and_read_text(sb: Sandbox) -> None:
     assert info.path == "/tmp/hello.txt"
     assert info.name == "hello.txt"
     assert info.type == "file"
-    assert info.size == len(text.encode())
+    assert info.size_bytes == len(text.encode())
     assert sb.files.read_text("/tmp/hello.txt") == text
     # The sandbox's own programs see the same bytes.
     assert sb.run(["cat", "/tmp/hello.txt"]).stdout == text
@@ -32,13 +32,13 @@ def test_write_and_read_text(sb: Sandbox) -> None:
     # Overwriting replaces the whole file; an empty file is a file.
     sb.files.write("/tmp/hello.txt", "short")
     assert sb.files.read_text("/tmp/hello.txt") == "short"
-    assert sb.files.write("/tmp/empty", b"").size == 0
+    assert sb.files.write("/tmp/empty", b"").size_bytes == 0
     assert sb.files.read_bytes("/tmp/empty") == b""
 
 
 def test_write_and_read_binary_with_every_byte_value(sb: Sandbox) -> None:
     data = bytes(range(256)) * 64 + b"\x00\r\n\xff"
-    assert sb.files.write("/tmp/all-bytes.bin", data).size == len(data)
+    assert sb.files.write("/tmp/all-bytes.bin", data).size_bytes == len(data)
     assert sb.files.read_bytes("/tmp/all-bytes.bin") == data
     made_inside = sb.run("printf '\\000\\001\\377' > /tmp/inside.bin")
     assert made_inside.exit_code == 0
@@ -66,9 +66,9 @@ def test_list_directory(sb: Sandbox) -> None:
     entries = sb.files.list("/listing")
     assert [e.name for e in entries] == ["a.txt", "b.txt", "link", "pipe", "sub"]
     by_name = {e.name: e for e in entries}
-    assert by_name["a.txt"].type == "file" and by_name["a.txt"].size == 1
+    assert by_name["a.txt"].type == "file" and by_name["a.txt"].size_bytes == 1
     assert by_name["a.txt"].path == "/listing/a.txt"
-    assert by_name["b.txt"].size == 2
+    assert by_name["b.txt"].size_bytes == 2
     assert by_name["sub"].type == "dir" and by_name["sub"].is_dir
     assert by_name["link"].type == "symlink" and by_name["link"].target == "a.txt"
     assert by_name["pipe"].type == "other"
@@ -79,7 +79,7 @@ def test_list_directory(sb: Sandbox) -> None:
 def test_stat_type_size_mode(sb: Sandbox) -> None:
     sb.files.write("/tmp/stat-me", "12345")
     info = sb.files.stat("/tmp/stat-me")
-    assert (info.type, info.size, info.name) == ("file", 5, "stat-me")
+    assert (info.type, info.size_bytes, info.name) == ("file", 5, "stat-me")
     assert info.is_file and not info.is_dir
     assert info.mode == 0o644
     assert info.mtime > 1_600_000_000
@@ -173,7 +173,7 @@ def test_200_mb_file_in_and_out_without_server_memory_growth(
     with RssSampler(server.proc.pid) as rss:
         with source.open("rb") as f:
             info = sb.files.write("/data/big.bin", f)
-        assert info.size == size
+        assert info.size_bytes == size
         inside = sb.run("sha256sum /data/big.bin").stdout.split()[0]
         assert inside == expected
         assert sb.files.read_to("/data/big.bin", back) == size

@@ -160,7 +160,7 @@ async def test_async_sandbox_create_exec_files_terminate(server: LiveServer) -> 
 
         data = bytes(range(256)) * 3
         written = await sb.files.write("/work/blob.bin", data)
-        assert written.size == len(data)
+        assert written.size_bytes == len(data)
         assert await sb.files.read_bytes("/work/blob.bin") == data
         assert [e.name for e in await sb.files.list("/work")] == ["blob.bin"]
 

@@ -193,4 +193,4 @@ def test_disk_limit(server: LiveServer) -> None:
             sb.files.write("/more.bin", b"x" * (8 * 2**20))
         # Freeing space makes it usable again.
         sb.files.remove("/big")
-        assert sb.files.write("/small.txt", "ok").size == 2
+        assert sb.files.write("/small.txt", "ok").size_bytes == 2

@@ -217,7 +217,7 @@ def test_restore_list_and_delete(server: LiveServer, cleanup: list[Sandbox]) -> 
     assert snap.info.sandbox_id == sb.id
     assert snap.info.image == "debian"
     assert snap.info.name == label
-    assert snap.info.size > 0
+    assert snap.info.size_bytes > 0
     assert snap.info.created_at is not None
     assert started - 5 <= snap.info.created_at.timestamp() <= time.time() + 5
 

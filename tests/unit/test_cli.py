@@ -207,13 +207,18 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     seen: dict[str, Any] = {}
     monkeypatch.setattr(stockade.server.main, "run_server", lambda **kw: seen.update(kw))
     args = ["serve", "--port", "9999", "--data-dir", str(tmp_path / "d"),
-            "--code-output-limit", "65536", "--doze-after", "2.5"]  # fmt: skip
+            "--max-code-output-bytes", "65536", "--doze-after", "2.5"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
                     "tunnel_domain": None, "code_output_limit": 65536,
                     "retention": None, "doze_after": 2.5, "max_log_bytes": None}  # fmt: skip
+    seen.clear()
+    # The flag's name before it said its unit still works, unlisted.
+    assert CliRunner().invoke(cli, ["serve", "--code-output-limit", "4096"]).exit_code == 0
+    assert seen["code_output_limit"] == 4096 and "legacy_code_output_limit" not in seen
+    assert "--code-output-limit" not in CliRunner().invoke(cli, ["serve", "--help"]).output
     seen.clear()
     args = ["serve", "--no-network", "--dns-upstream", "127.0.0.1:5353",
             "--tunnel-domain", "sbx.example.com"]  # fmt: skip

@@ -19,7 +19,7 @@ def test_write_text_and_read_back(sb: Sandbox, api: FakeApi) -> None:
     request = api.last("PUT")
     assert request.url.params["path"] == "/app/x.txt"
     assert request.headers["content-length"] == "5"
-    assert (info.path, info.name, info.type, info.size, info.is_file) == (
+    assert (info.path, info.name, info.type, info.size_bytes, info.is_file) == (
         "/app/x.txt", "x.txt", "file", 5, True,
     )  # fmt: skip
     assert sb.files.read_text("/app/x.txt") == "hello"
@@ -86,7 +86,7 @@ def test_list_stat_mkdir_remove_exists(sb: Sandbox, api: FakeApi) -> None:
     sb.files.write("/app/b.txt", b"b")
     sb.files.write("/app/a.txt", b"a")
     assert [e.name for e in sb.files.list("/app")] == ["a.txt", "b.txt", "d"]
-    assert sb.files.stat("/app/a.txt").size == 1
+    assert sb.files.stat("/app/a.txt").size_bytes == 1
     assert sb.files.exists("/app/a.txt")
     sb.files.remove("/app/a.txt")
     assert api.last("DELETE").url.params["recursive"] == "false"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stockade import FileInfo, ImageInfo, SandboxInfo
+from stockade import FileInfo, ImageInfo, SandboxInfo, SnapshotInfo
 from tests.unit.fakes import sandbox_record
 
 
@@ -45,6 +45,14 @@ def test_file_info() -> None:
         "symlink", "/x", 0o777, False, False,
     )  # fmt: skip
     assert FileInfo.from_json({"path": "/a/b"}).name == "b"
+    # Bytes, named so in Python; the API (and to_json, its shape) says "size".
+    assert info.size_bytes == 4
+    assert info.to_json()["size"] == 4 and "size_bytes" not in info.to_json()
+
+
+def test_snapshot_info_size_is_in_bytes() -> None:
+    snap = SnapshotInfo.from_json({"id": "sn-1", "sandbox_id": "sb-1", "size": 2_500_000})
+    assert snap.size_bytes == 2_500_000
 
 
 def test_image_info() -> None:

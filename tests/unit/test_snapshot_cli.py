@@ -49,6 +49,10 @@ def test_snapshot_ls_and_rm(api: FakeApi) -> None:
     listed = _run(api, "snapshot", "ls", "--json")
     assert listed.exit_code == 0, listed.output
     assert [s["id"] for s in json.loads(listed.output)] == ["sn-1"]
+    assert json.loads(listed.output)[0]["size"] == 2_500_000  # as the API says it: bytes
+    api.errors[("GET", "/v1/snapshots")] = (200, {"snapshots": [SNAP]})
+    table = _run(api, "snapshot", "ls")
+    assert "2.4 MiB" in table.output
 
     api.errors[("GET", "/v1/snapshots/sn-1")] = (200, SNAP)
     api.errors[("DELETE", "/v1/snapshots/sn-1")] = (204, b"")

@@ -95,7 +95,8 @@ class AsyncFiles:
         return (await self.read_bytes(path)).decode(encoding)
 
     async def read_to(self, path: str, dest: str | os.PathLike[str] | _base.Writable) -> int:
-        """Stream the file at ``path`` into a local path or binary file; return its size.
+        """Stream the file at ``path`` into a local path or binary file; return its size in
+        bytes.
 
         Example::
 
@@ -128,7 +129,7 @@ class AsyncFiles:
         Example::
 
             for entry in await sb.files.list("/app"):
-                print(entry.name, entry.size)
+                print(entry.name, entry.size_bytes)
         """
         data = await self._client.request("GET", self._path + "/list", params={"path": path})
         return [
@@ -142,7 +143,7 @@ class AsyncFiles:
         Example::
 
             info = await sb.files.stat("/app/main.py")
-            print(info.size, oct(info.mode))
+            print(info.size_bytes, oct(info.mode))
         """
         data = await self._client.request("GET", self._path + "/stat", params={"path": path})
         return _base.parse(FileInfo.from_json, data, "file info")

@@ -97,7 +97,8 @@ class Files:
         return (self.read_bytes(path)).decode(encoding)
 
     def read_to(self, path: str, dest: str | os.PathLike[str] | _base.Writable) -> int:
-        """Stream the file at ``path`` into a local path or binary file; return its size.
+        """Stream the file at ``path`` into a local path or binary file; return its size in
+        bytes.
 
         Example::
 
@@ -130,7 +131,7 @@ class Files:
         Example::
 
             for entry in sb.files.list("/app"):
-                print(entry.name, entry.size)
+                print(entry.name, entry.size_bytes)
         """
         data = self._client.request("GET", self._path + "/list", params={"path": path})
         return [
@@ -144,7 +145,7 @@ class Files:
         Example::
 
             info = sb.files.stat("/app/main.py")
-            print(info.size, oct(info.mode))
+            print(info.size_bytes, oct(info.mode))
         """
         data = self._client.request("GET", self._path + "/stat", params={"path": path})
         return _base.parse(FileInfo.from_json, data, "file info")

@@ -55,13 +55,19 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     "[env: STOCKADE_TUNNEL_DOMAIN; default: path URLs /proxy/ID/PORT/].",
 )
 @click.option(
-    "--code-output-limit",
+    "--max-code-output-bytes",
+    "code_output_limit",
     type=click.IntRange(min=1024),
     default=None,
     metavar="BYTES",
     help="The most output one run_code returns; the rest is dropped with a marker "
     "[env: STOCKADE_CODE_OUTPUT_LIMIT; default: 16 MiB].",
 )
+# Its name before sizes said their unit; still taken, no longer shown.
+@click.option(
+    "--code-output-limit", "legacy_code_output_limit", type=click.IntRange(min=1024),
+    default=None, hidden=True,
+)  # fmt: skip
 @click.option(
     "--retention",
     type=click.FloatRange(min=0),
@@ -97,6 +103,7 @@ def serve(
     dns_upstreams: tuple[str, ...],
     tunnel_domain: str | None,
     code_output_limit: int | None,
+    legacy_code_output_limit: int | None,
     retention: float | None,
     doze_after: float | None,
     max_log_bytes: int | None,
@@ -124,7 +131,9 @@ def serve(
         network=False if no_network else None,
         dns_upstreams=dns_upstreams,
         tunnel_domain=tunnel_domain,
-        code_output_limit=code_output_limit,
+        code_output_limit=(
+            code_output_limit if code_output_limit is not None else legacy_code_output_limit
+        ),
         retention=retention,
         doze_after=doze_after,
         max_log_bytes=max_log_bytes,

@@ -80,7 +80,7 @@ def ls(state: CliState, sandbox_id: str | None, as_json: bool) -> None:
             s.info.sandbox_id,
             s.info.image,
             s.info.name or "",
-            f"{s.info.size / 1e6:.1f} MB",
+            f"{s.info.size_bytes / (1024 * 1024):.1f} MiB",
             age(s.info.created_at),
         )
     stdout_console().print(table)
@@ -144,6 +144,6 @@ def _snapshot_json(s: Snapshot) -> dict[str, object]:
         "sandbox_id": info.sandbox_id,
         "image": info.image,
         "name": info.name,
-        "size": info.size,
+        "size": info.size_bytes,
         "created_at": info.created_at.isoformat() if info.created_at else None,
     }
