@@ -40,7 +40,7 @@ from stockade.server.service.changes import (
     quiet_paths,
     sandbox_changes,
 )
-from stockade.server.state.records import SandboxRecord
+from stockade.server.state.records import SandboxRecord, SandboxStatus
 
 
 @pytest.fixture(autouse=True)
@@ -451,7 +451,7 @@ def test_whiteout_helper(tmp_path: Path) -> None:
 def _record(**changes: Any) -> SandboxRecord:
     record = SandboxRecord(
         id="sb-1", image="debian", cpu=1.0, memory=512, disk=1024, timeout=300.0,
-        status="running",
+        status=SandboxStatus.RUNNING,
     )  # fmt: skip
     for key, value in changes.items():
         setattr(record, key, value)

@@ -38,6 +38,7 @@ from stockade.cli.ports import forward_port
 from stockade.server.api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 from stockade.server.api.ingress import WS_MAX_SIZE, PortTarget, SandboxProxy
 from stockade.server.api.port_tunnel import router
+from stockade.server.state.records import ExposedPort
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -53,7 +54,7 @@ BLOCK = bytes(range(256)) * 256  # 64 KiB
 class FakeRecord:
     """The part of a sandbox record that the proxy checks access on."""
 
-    ports: list[dict[str, Any]]
+    ports: list[ExposedPort]
     access_token: str | None
 
 
@@ -71,7 +72,7 @@ class FakeTargets:
     async def get(self, sandbox_id: str) -> FakeRecord:
         if sandbox_id not in (SB, DEAD):
             raise NotFoundError(f"sandbox {sandbox_id} does not exist")
-        ports = [{"port": n, "public": t.public} for n, t in self.targets.items()]
+        ports = [ExposedPort(n, t.public) for n, t in self.targets.items()]
         return FakeRecord(ports, ACCESS)
 
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:

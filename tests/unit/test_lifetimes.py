@@ -44,7 +44,7 @@ from stockade.server.runtime.runsc import Runsc, RunscError, SandboxState
 from stockade.server.service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo
 from stockade.server.service.sandboxes import SandboxService, lifetimes
 from stockade.server.service.sandboxes.lifetimes import Deadline
-from stockade.server.state.records import SandboxRecord
+from stockade.server.state.records import EndReason, SandboxRecord, SandboxStatus
 from stockade.server.state.store import SQLiteStore
 from tests.unit.fakes import sandbox_record
 from tests.waiting import wait_for_async
@@ -56,7 +56,7 @@ NOW = 1_800_000_000.0
 def _record(sandbox_id: str = "sb-1", **fields: Any) -> SandboxRecord:
     record = SandboxRecord(
         id=sandbox_id, image="debian", cpu=1, memory=256, disk=256, timeout=300,
-        status="running", created_at=NOW, started_at=NOW, expires_at=NOW + 300,
+        status=SandboxStatus.RUNNING, created_at=NOW, started_at=NOW, expires_at=NOW + 300,
     )  # fmt: skip
     for name, value in fields.items():
         setattr(record, name, value)
@@ -68,7 +68,7 @@ def _record(sandbox_id: str = "sb-1", **fields: Any) -> SandboxRecord:
 
 def test_deadline_is_the_timeout_without_idle_timeout() -> None:
     due = lifetimes.deadline(_record(), last_active=NOW + 100, busy=False, since=NOW)
-    assert due == Deadline(NOW + 300, "timeout")
+    assert due == Deadline(NOW + 300, EndReason.TIMEOUT)
     never = _record(expires_at=None)
     assert lifetimes.deadline(never, last_active=None, busy=False, since=NOW) is None
 
@@ -76,14 +76,14 @@ def test_deadline_is_the_timeout_without_idle_timeout() -> None:
 def test_idle_deadline_counts_from_the_last_activity() -> None:
     record = _record(idle_timeout=30)
     assert lifetimes.deadline(record, last_active=None, busy=False, since=NOW) == Deadline(
-        NOW + 30, "idle"
+        NOW + 30, EndReason.IDLE
     )
     assert lifetimes.deadline(record, last_active=NOW + 50, busy=False, since=NOW) == Deadline(
-        NOW + 80, "idle"
+        NOW + 80, EndReason.IDLE
     )
     # Whichever comes first wins: here the timeout.
     late = lifetimes.deadline(record, last_active=NOW + 290, busy=False, since=NOW)
-    assert late == Deadline(NOW + 300, "timeout")
+    assert late == Deadline(NOW + 300, EndReason.TIMEOUT)
 
 
 def test_a_busy_sandbox_has_no_idle_deadline() -> None:
@@ -91,7 +91,7 @@ def test_a_busy_sandbox_has_no_idle_deadline() -> None:
     assert lifetimes.deadline(record, last_active=NOW, busy=True, since=NOW) is None
     record.expires_at = NOW + 300
     assert lifetimes.deadline(record, last_active=NOW, busy=True, since=NOW) == Deadline(
-        NOW + 300, "timeout"
+        NOW + 300, EndReason.TIMEOUT
     )
 
 
@@ -99,14 +99,14 @@ def test_after_a_restart_activity_counts_from_the_restart() -> None:
     # Started an hour before this server: it was not idle for an hour as far as we know.
     record = _record(idle_timeout=30, started_at=NOW - 3600, expires_at=None)
     due = lifetimes.deadline(record, last_active=None, busy=False, since=NOW)
-    assert due == Deadline(NOW + 30, "idle")
+    assert due == Deadline(NOW + 30, EndReason.IDLE)
 
 
 def test_end_messages_name_the_limit_and_the_fix() -> None:
-    idle = lifetimes.end_message(_record(idle_timeout=30), "idle")
+    idle = lifetimes.end_message(_record(idle_timeout=30), EndReason.IDLE)
     assert "idle_timeout of 30s" in idle and "`idle_timeout=`" in idle
     assert "no exec, file or API activity" in idle
-    timeout = lifetimes.end_message(_record(timeout=2.5), "timeout")
+    timeout = lifetimes.end_message(_record(timeout=2.5), EndReason.TIMEOUT)
     assert "timeout of 2.5s" in timeout and "`timeout=`" in timeout
     assert "set_timeout" in timeout
 

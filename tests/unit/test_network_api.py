@@ -29,7 +29,12 @@ from stockade.server.config import ServerConfig
 from stockade.server.network.policy import NetworkPolicy
 from stockade.server.service.creation import Creator
 from stockade.server.service.sandboxes import CreateRequest
-from stockade.server.state.records import SandboxRecord
+from stockade.server.state.records import (
+    ExposedPort,
+    NetworkAttachment,
+    SandboxRecord,
+    SandboxStatus,
+)
 
 TOKEN = "admin-token"
 SB = "sb-0123456789abcdef"
@@ -135,11 +140,10 @@ class FakeSandboxes:
     def add(self, sandbox_id: str, **changes: Any) -> SandboxRecord:
         record = SandboxRecord(
             id=sandbox_id, image="python", cpu=1.0, memory=512, disk=1024, timeout=300.0,
-            status="running", created_at=1764180000.0, started_at=1764180000.5,
+            status=SandboxStatus.RUNNING, created_at=1764180000.0, started_at=1764180000.5,
             expires_at=1764180300.0, access_token="sat_x",
-            network={"slot": 1, "ip": "10.213.0.6", "policy": NetworkPolicy().to_dict(),
-                     "reason": None},
-            ports=[{"port": 8080, "public": False}],
+            network=NetworkAttachment(1, "10.213.0.6", NetworkPolicy().to_dict()),
+            ports=[ExposedPort(8080, public=False)],
         )  # fmt: skip
         for key, value in changes.items():
             setattr(record, key, value)
@@ -162,23 +166,22 @@ class FakeSandboxes:
         self.creates.append(req)
         return self.add(
             SB,
-            network={"slot": 1, "ip": "10.213.0.6", "policy": req.policy.to_dict(),
-                     "reason": None},
-            ports=[{"port": p, "public": public} for p, public in req.ports],
+            network=NetworkAttachment(1, "10.213.0.6", req.policy.to_dict()),
+            ports=[ExposedPort(p, public) for p, public in req.ports],
         )  # fmt: skip
 
     async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> SandboxRecord:
         record = await self.get_running(sandbox_id)
         self.policies.append((sandbox_id, policy))
         assert record.network is not None
-        record.network["policy"] = policy.to_dict()
+        record.network.policy = policy.to_dict()
         return record
 
     async def expose(self, sandbox_id: str, port: int, public: bool) -> SandboxRecord:
         record = await self.get_running(sandbox_id)
         self.exposed.append((sandbox_id, port, public))
-        others = [p for p in record.ports if p["port"] != port]
-        record.ports = sorted([*others, {"port": port, "public": public}], key=lambda p: p["port"])
+        others = [p for p in record.ports if p.port != port]
+        record.ports = sorted([*others, ExposedPort(port, public)], key=lambda p: p.port)
         return record
 
 
@@ -409,7 +412,7 @@ async def test_expose_refuses(
 
 
 async def test_expose_limit(api: httpx.AsyncClient, fake: FakeSandboxes) -> None:
-    fake.add(SB, ports=[{"port": p, "public": False} for p in range(1000, 1064)])
+    fake.add(SB, ports=[ExposedPort(p, public=False) for p in range(1000, 1064)])
     resp = await api.post(f"/v1/sandboxes/{SB}/ports", json={"port": 2000})
     status, code, message = error_of(resp)
     assert (status, code) == (422, "invalid_argument")
@@ -433,10 +436,11 @@ async def test_expose_on_an_ended_sandbox(api: httpx.AsyncClient, fake: FakeSand
 
 def test_sandbox_out_network() -> None:
     record = SandboxRecord(
-        id=SB, image="python", cpu=1.0, memory=512, disk=1024, timeout=300.0, status="running",
-        network={"slot": None, "ip": None, "reason": "networking is off",
-                 "policy": NetworkPolicy(block_network=True).to_dict()},
-        ports=[{"port": 81, "public": True}], access_token="sat_y",
+        id=SB, image="python", cpu=1.0, memory=512, disk=1024, timeout=300.0,
+        status=SandboxStatus.RUNNING,
+        network=NetworkAttachment(None, None, NetworkPolicy(block_network=True).to_dict(),
+                                  reason="networking is off"),
+        ports=[ExposedPort(81, public=True)], access_token="sat_y",
     )  # fmt: skip
     out = SandboxOut.of(record, "t.example").model_dump()
     assert out["network"] == {
@@ -447,7 +451,7 @@ def test_sandbox_out_network() -> None:
         {"port": 81, "public": True, "path": f"/proxy/{SB}/81/", "host": f"81-{SB}.t.example"}
     ]
     assert out["access_token"] == "sat_y"
-    record.status = "terminated"
+    record.status = SandboxStatus.TERMINATED
     assert SandboxOut.of(record).access_token is None  # an ended sandbox's token is gone
     record.network = None
     assert SandboxOut.of(record).network is None

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from stockade.server.service.pools import PoolManager, PoolSpec
 from stockade.server.service.sandboxes import CreateRequest, SandboxService
-from stockade.server.state.records import SandboxRecord
+from stockade.server.state.records import SandboxRecord, SandboxStatus
 
 
 class _Store:
@@ -31,7 +31,8 @@ class _Sandboxes:
         self._n += 1
         sid = f"sb-{self._n}"
         self.store.records[sid] = SandboxRecord(
-            id=sid, image="debian", cpu=1.0, memory=memory, disk=1024, timeout=0, status=status
+            id=sid, image="debian", cpu=1.0, memory=memory, disk=1024, timeout=0,
+            status=SandboxStatus(status),
         )
         return sid
 
@@ -40,11 +41,11 @@ class _Sandboxes:
 
     async def terminate(self, sandbox_id: str, *, reason: str = "terminated") -> Any:
         self.terminated.append(sandbox_id)
-        self.store.records[sandbox_id].status = "terminated"
+        self.store.records[sandbox_id].status = SandboxStatus.TERMINATED
 
     async def adopt(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
         record = self.store.records[sandbox_id]
-        record.status = "running"
+        record.status = SandboxStatus.RUNNING
         return record
 
 

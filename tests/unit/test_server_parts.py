@@ -6,13 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from stockade.errors import InvalidArgumentError
+from stockade.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    SandboxPausedError,
+    SandboxStartingError,
+    SandboxTerminatedError,
+)
 from stockade.server.api.limits import check_create_ranges
 from stockade.server.images.mirror import debian_mirror
 from stockade.server.runtime import bundle
 from stockade.server.runtime.cgroups import cgroup_path
 from stockade.server.service.files import FileInfo, check_path
-from stockade.server.state.records import SandboxRecord
+from stockade.server.service.sandboxes.lookup import get_running
+from stockade.server.state.records import (
+    EndReason,
+    ExposedPort,
+    NetworkAttachment,
+    SandboxRecord,
+    SandboxStatus,
+)
 from stockade.server.state.store import SQLiteStore
 
 
@@ -96,7 +109,7 @@ async def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     rec = SandboxRecord(id="sb-1", image="python", cpu=1, memory=512, disk=1024, timeout=300,
                         tags={"k": "v"}, created_at=1.0)  # fmt: skip
     await store.put_sandbox(rec)
-    rec.status, rec.reason = "terminated", "timeout"
+    rec.status, rec.reason = SandboxStatus.TERMINATED, EndReason.TIMEOUT
     await store.put_sandbox(rec)
     await store.put_sandbox(SandboxRecord(id="sb-2", image="debian", cpu=1, memory=512,
                                           disk=1024, timeout=300, created_at=2.0))  # fmt: skip
@@ -108,6 +121,46 @@ async def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     assert [r.id for r in await reopened.list_sandboxes("terminated")] == ["sb-1"]
     assert await reopened.get_sandbox("sb-3") is None
     await reopened.close()
+
+
+def test_records_load_as_their_own_types() -> None:
+    """A record as an older server wrote it (plain strings and dicts) loads as enums and
+    typed parts, and goes back to the same JSON."""
+    raw = (
+        '{"id": "sb-1", "image": "debian", "cpu": 1, "memory": 512, "disk": 1024, '
+        '"timeout": 300, "status": "running", "reason": null, "on_timeout": "pause", '
+        '"network": {"slot": 3, "ip": "10.213.0.8", "policy": {"block_network": false}, '
+        '"reason": null}, "ports": [{"port": 8080, "public": true}], "future_field": 1}'
+    )
+    record = SandboxRecord.from_json(raw)
+    assert record.status is SandboxStatus.RUNNING and record.on_timeout == "pause"
+    assert record.network == NetworkAttachment(3, "10.213.0.8", {"block_network": False})
+    assert record.ports == [ExposedPort(8080, public=True)] and record.exposed(8080)
+    assert record.exposed(8081) is None
+    assert SandboxRecord.from_json(record.to_json()) == record
+    ended = SandboxRecord.from_json(raw.replace('"reason": null, "on', '"reason": "oom", "on'))
+    assert ended.reason is EndReason.OOM
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "says"),
+    [
+        (SandboxStatus.STARTING, SandboxStartingError, "still starting"),
+        (SandboxStatus.PAUSED, SandboxPausedError, "resume it first"),
+        (SandboxStatus.TERMINATED, SandboxTerminatedError, "create a new sandbox"),
+        (SandboxStatus.POOLED, NotFoundError, "does not exist"),
+    ],
+)
+async def test_a_sandbox_that_is_not_running_says_why(
+    tmp_path: Path, status: SandboxStatus, error: type[Exception], says: str
+) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.put_sandbox(SandboxRecord(
+        id="sb-1", image="debian", cpu=1, memory=512, disk=1024, timeout=300, status=status
+    ))  # fmt: skip
+    with pytest.raises(error, match=says):
+        await get_running(store, "sb-1")
+    await store.close()
 
 
 def test_pool_specs_parse_and_reject() -> None:

@@ -48,7 +48,7 @@ from stockade.server.service.volumes import (
     check_mount_path,
     check_name,
 )
-from stockade.server.state.records import SandboxRecord, VolumeRecord
+from stockade.server.state.records import SandboxRecord, SandboxStatus, VolumeRecord
 from stockade.server.state.store import SQLiteStore
 
 TOKEN = "admin-token"
@@ -200,7 +200,7 @@ def service(config: ServerConfig, store: SQLiteStore, disks: Disks) -> VolumeSer
 def _sandbox(sandbox_id: str, status: str, volumes: dict[str, str]) -> SandboxRecord:
     return SandboxRecord(
         id=sandbox_id, image="python", cpu=1.0, memory=512, disk=1024, timeout=300.0,
-        status=status, volumes=volumes, created_at=1764180000.0,
+        status=SandboxStatus(status), volumes=volumes, created_at=1764180000.0,
     )  # fmt: skip
 
 

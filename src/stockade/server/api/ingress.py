@@ -46,9 +46,9 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote, unquote_plus
 
 import httpx
@@ -60,6 +60,7 @@ from websockets.typing import Subprotocol
 
 from ...errors import AuthenticationError, InvalidArgumentError, NotFoundError, StockadeError
 from ..service.ports import PortTarget
+from ..state.records import ExposedPort
 from .errors import error_response
 from .relay import first_of, relay_websocket
 
@@ -131,8 +132,8 @@ class SandboxAccess(Protocol):
     """What the proxy reads of a sandbox's record to decide who may reach its ports."""
 
     @property
-    def ports(self) -> Sequence[Mapping[str, Any]]:
-        """The exposed ports: ``[{"port": 8080, "public": False}]``."""
+    def ports(self) -> Sequence[ExposedPort]:
+        """The exposed ports."""
         ...
 
     @property
@@ -280,7 +281,7 @@ async def _authorize(targets: PortTargets, route: Route, given: bytes) -> None:
     except NotFoundError:
         record = None
     if record is not None and any(
-        p.get("port") == route.port and p.get("public") for p in record.ports
+        p.port == route.port and p.public for p in record.ports
     ):
         return
     _check_token(given, record.access_token if record is not None else None)

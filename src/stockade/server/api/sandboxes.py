@@ -101,7 +101,7 @@ async def set_network(sandbox_id: SandboxIdP, body: NetworkIn, svc: Svc) -> Sand
 @router.post("/{sandbox_id}/ports", response_model=SandboxOut, summary="Expose a port")
 async def expose_port(sandbox_id: SandboxIdP, body: PortIn, svc: Svc) -> SandboxOut:
     record = await svc.sandboxes.get_running(sandbox_id)
-    if len(record.ports) >= _MAX_PORTS and all(p["port"] != body.port for p in record.ports):
+    if len(record.ports) >= _MAX_PORTS and record.exposed(body.port) is None:
         raise InvalidArgumentError(f"at most {_MAX_PORTS} exposed ports per sandbox")
     return _out(svc, await svc.sandboxes.expose(sandbox_id, body.port, body.public))
 

@@ -9,13 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..images.built import BuiltImage
 from ..images.catalog import ImageInfo
-from ..network.policy import MAX_ALLOWLIST, NetworkPolicy
+from ..network.policy import MAX_ALLOWLIST, NetworkMode, NetworkPolicy
 from ..service.files import FileInfo
 from ..service.images import PulledImage
 from ..service.snapshots import MAX_FORKS
 from ..service.spec import OnTimeout, SandboxSpec
 from ..service.volumes import MAX_MOUNTS, SIZE_RANGE_MIB
-from ..state.records import SandboxRecord, SnapshotRecord
+from ..state.records import EndReason, SandboxRecord, SandboxStatus, SnapshotRecord
 from .limits import DISK_RANGE, MAX_PORTS, MEMORY_RANGE, MIN_CPU, TIMEOUT_RANGE, cpu_limit
 from .params import (
     ABS_PATH,
@@ -200,7 +200,7 @@ class CreateSandbox(_Strict):
 
 
 class NetworkOut(BaseModel):
-    mode: Literal["open", "blocked", "allowlist"]
+    mode: NetworkMode
     block_network: bool
     outbound_cidr_allowlist: list[str] | None
     outbound_domain_allowlist: list[str] | None
@@ -220,11 +220,11 @@ class PortOut(BaseModel):
 def _network_out(r: SandboxRecord) -> NetworkOut | None:
     if r.network is None:
         return None
-    policy = NetworkPolicy.from_dict(r.network.get("policy") or {})
+    policy = NetworkPolicy.from_dict(r.network.policy)
     return NetworkOut(
-        mode=policy.mode,  # type: ignore[arg-type]
-        ip=r.network.get("ip"),
-        reason=r.network.get("reason"),
+        mode=policy.mode,
+        ip=r.network.ip,
+        reason=r.network.reason,
         **policy.to_dict(),
     )
 
@@ -232,10 +232,10 @@ def _network_out(r: SandboxRecord) -> NetworkOut | None:
 def _ports_out(r: SandboxRecord, tunnel_domain: str) -> list[PortOut]:
     return [
         PortOut(
-            port=p["port"],
-            public=p["public"],
-            path=f"/proxy/{r.id}/{p['port']}/",
-            host=f"{p['port']}-{r.id}.{tunnel_domain}" if tunnel_domain else None,
+            port=p.port,
+            public=p.public,
+            path=f"/proxy/{r.id}/{p.port}/",
+            host=f"{p.port}-{r.id}.{tunnel_domain}" if tunnel_domain else None,
         )
         for p in r.ports
     ]
@@ -249,10 +249,9 @@ def _iso(t: float | None) -> str | None:
 
 class SandboxOut(BaseModel):
     id: str
-    status: Literal["starting", "running", "paused", "terminated", "failed"]
-    reason: (
-        Literal["terminated", "timeout", "idle", "oom", "error", "exited", "agent_protocol"] | None
-    )
+    # A pooled sandbox belongs to nobody yet: no caller ever sees that status.
+    status: SandboxStatus
+    reason: EndReason | None
     message: str | None
     exit_code: int | None
     image: str
@@ -284,8 +283,8 @@ class SandboxOut(BaseModel):
     def of(cls, r: SandboxRecord, tunnel_domain: str = "") -> SandboxOut:
         return cls(
             id=r.id,
-            status=r.status,  # type: ignore[arg-type]
-            reason=r.reason,  # type: ignore[arg-type]
+            status=r.status,
+            reason=r.reason,
             message=r.message,
             exit_code=r.exit_code,
             image=r.image,
@@ -299,15 +298,15 @@ class SandboxOut(BaseModel):
             created_at=_iso(r.created_at),
             started_at=_iso(r.started_at),
             ended_at=_iso(r.ended_at),
-            expires_at=_iso(r.expires_at if r.alive or r.status == "paused" else None),
+            expires_at=_iso(r.expires_at if r.alive or r.status == SandboxStatus.PAUSED else None),
             network=_network_out(r),
             ports=_ports_out(r, tunnel_domain),
-            access_token=r.access_token if r.alive or r.status == "paused" else None,
+            access_token=r.access_token if r.alive or r.status == SandboxStatus.PAUSED else None,
             volumes=r.volumes,
             idle_timeout=r.idle_timeout or None,
-            on_timeout=r.on_timeout,  # type: ignore[arg-type]
+            on_timeout=r.on_timeout,
             auto_resume=r.auto_resume,
-            paused_at=_iso(r.paused_at if r.status == "paused" else None),
+            paused_at=_iso(r.paused_at if r.status == SandboxStatus.PAUSED else None),
             snapshot=r.snapshot,
         )
 

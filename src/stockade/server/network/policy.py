@@ -18,11 +18,20 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ...errors import InvalidArgumentError
 
-__all__ = ["NetworkPolicy", "domain_matches", "normalize_domain_pattern", "parse_cidr"]
+__all__ = [
+    "NetworkMode",
+    "NetworkPolicy",
+    "domain_matches",
+    "normalize_domain_pattern",
+    "parse_cidr",
+]
+
+# What NetworkPolicy.mode says: no limits, no network at all, or only what is listed.
+NetworkMode = Literal["open", "blocked", "allowlist"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAX_ALLOWLIST = 256
@@ -82,7 +91,7 @@ class NetworkPolicy:
     domain_allowlist: tuple[str, ...] | None = None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> NetworkMode:
         if self.block_network:
             return "blocked"
         if self.cidr_allowlist is not None or self.domain_allowlist is not None:

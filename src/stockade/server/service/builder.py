@@ -52,6 +52,7 @@ from ..images.mirror import debian_mirror
 from ..images.oci import RegistryAuth, unpack_copy
 from ..images.wheelhouse import WHEELS_DIR, Wheelhouse, ensure_wheelhouse
 from ..network.policy import NetworkPolicy
+from ..state.records import EndReason
 from .execs import ExecService, ExitInfo, OutputChunk
 from .sandboxes import CreateRequest, SandboxService
 
@@ -416,7 +417,7 @@ class ImageBuilder:
                 code, tail = await self._exec(record.id, command, image.workdir, on_log)
                 if code != 0:
                     raise BuildError(_failure(step, command, code, tail))
-            await self.sandboxes.terminate(record.id, reason="terminated", capture=capture)
+            await self.sandboxes.terminate(record.id, reason=EndReason.TERMINATED, capture=capture)
             captured = True
         finally:
             if not captured:

@@ -33,6 +33,7 @@ from ...errors import (
 )
 from ..agent.protocol import MAX_PAYLOAD, Frame, FrameType
 from ..runtime.agent_link import AGENT_REPLY_TIMEOUT, AgentLost, AgentSilent, Channel
+from ..state.records import SandboxStatus
 from .sandboxes import SandboxService, describe_end
 
 __all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk"]
@@ -73,7 +74,7 @@ async def lost(sandboxes: SandboxService, sandbox_id: str, exc: AgentLost) -> St
     """The error for a broken agent channel: the sandbox's end, if that is what it was."""
     # The agent is the sandbox's init: when its channel closes, the sandbox is ending.
     record = await sandboxes.settle(sandbox_id, ending=True)
-    if record.status != "running":
+    if record.status != SandboxStatus.RUNNING:
         return SandboxTerminatedError(describe_end(record))
     return ServerError(f"lost the connection to the agent of sandbox {sandbox_id}: {exc}")
 

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
-from ..state.records import ALIVE, SandboxRecord
+from ..state.records import ALIVE, EndReason, SandboxRecord, SandboxStatus
 from .sandboxes import CreateRequest, SandboxService
 from .spec import SandboxSpec
 
@@ -84,12 +84,12 @@ class PoolManager:
 
     async def start(self) -> None:
         # Sandboxes pooled by an earlier server are still fresh: nobody ever had them.
-        for record in await self.sandboxes.store.list_sandboxes("pooled"):
+        for record in await self.sandboxes.store.list_sandboxes(SandboxStatus.POOLED):
             spec = self.specs.get(record.image)
             if spec is not None and _shape(record) == (spec.cpu, spec.memory, spec.disk):
                 self._ready[record.image].append(record.id)
             else:
-                await self.sandboxes.terminate(record.id, reason="terminated")
+                await self.sandboxes.terminate(record.id, reason=EndReason.TERMINATED)
         self._task = asyncio.create_task(self._fill_loop(), name="pool-fill")
 
     async def stop(self) -> None:
@@ -134,7 +134,7 @@ class PoolManager:
             victim = next((q.pop() for q in self._ready.values() if q), None)
             if victim is None:
                 return
-            await self.sandboxes.terminate(victim, reason="terminated")
+            await self.sandboxes.terminate(victim, reason=EndReason.TERMINATED)
 
     async def _committed(self) -> int:
         # Per alive status: ended sandboxes pile up in the store and must not cost a scan.
@@ -150,7 +150,7 @@ class PoolManager:
                 ready = self._ready[spec.image]
                 # Shrink first (a lowered size), then grow one at a time.
                 while len(ready) > spec.size:
-                    await self.sandboxes.terminate(ready.pop(), reason="terminated")
+                    await self.sandboxes.terminate(ready.pop(), reason=EndReason.TERMINATED)
                 if len(ready) < spec.size:
                     if await self._committed() + spec.memory > self.capacity_mib:
                         continue  # the host is full: the pool waits for room

@@ -34,7 +34,7 @@ from ..images.catalog import ImageCatalog
 from ..images.tags import parse_tag
 from ..network.policy import NetworkPolicy
 from ..state.ids import new_id
-from ..state.records import SandboxRecord, SnapshotRecord
+from ..state.records import SandboxRecord, SandboxStatus, SnapshotRecord
 from ..state.store import Store
 from .sandboxes import Checkpoint, CreateRequest, SandboxService
 
@@ -108,7 +108,7 @@ class SnapshotService:
     async def layers_in_use(self) -> set[Path]:
         """The image layers that snapshots and paused sandboxes will mount again."""
         records = [s.source() for s in await self.store.list_snapshots()]
-        records += await self.store.list_sandboxes("paused")
+        records += await self.store.list_sandboxes(SandboxStatus.PAUSED)
         return {Path(p) for r in records for p in r.layers}
 
     # ----------------------------------------------------------- memory snapshots
@@ -248,8 +248,8 @@ def _request_like(source: SandboxRecord) -> CreateRequest:
         image=source.image, cpu=source.cpu, memory=source.memory, disk=source.disk,
         timeout=source.timeout, env=source.env, workdir=source.workdir, tags=source.tags,
         entrypoint=source.entrypoint,
-        policy=NetworkPolicy.from_dict((source.network or {}).get("policy") or {}),
-        ports=[(int(p["port"]), bool(p["public"])) for p in source.ports],
+        policy=NetworkPolicy.from_dict(source.network.policy if source.network else {}),
+        ports=[(p.port, p.public) for p in source.ports],
         volumes=source.volumes, idle_timeout=source.idle_timeout,
         on_timeout=source.on_timeout, auto_resume=source.auto_resume,
     )  # fmt: skip

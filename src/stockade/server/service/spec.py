@@ -13,17 +13,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from ..network.policy import NetworkPolicy
 from ..runtime.rootfs import DEFAULT_DISK_MIB
 from ..state.ids import new_id
-from ..state.records import SandboxRecord
+from ..state.records import ExposedPort, OnTimeout, SandboxRecord
 
 __all__ = ["Checkpoint", "CreateRequest", "OnTimeout", "SandboxSpec", "new_record"]
 
-# What a sandbox's timeout and idle timeout do to it when they come.
-OnTimeout = Literal["terminate", "pause"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class CreateRequest:
     # Mount path → volume ID (checked and resolved by the caller: VolumeService).
     volumes: Mapping[str, str] = field(default_factory=dict)
     idle_timeout: float = SandboxSpec.idle_timeout
-    on_timeout: str = SandboxSpec.on_timeout
+    on_timeout: OnTimeout = SandboxSpec.on_timeout
     auto_resume: bool = SandboxSpec.auto_resume
 
 
@@ -100,7 +97,7 @@ def new_record(
         tags=dict(req.tags if tags is None else tags),
         entrypoint=list(entrypoint) if entrypoint else None,
         created_at=time.time(),
-        ports=[{"port": port, "public": public} for port, public in req.ports],
+        ports=[ExposedPort(port, public) for port, public in req.ports],
         access_token="sat_" + secrets.token_urlsafe(24),
         volumes=dict(req.volumes if volumes is None else volumes),
         idle_timeout=req.idle_timeout,

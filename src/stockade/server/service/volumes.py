@@ -42,7 +42,7 @@ from ..config import ServerConfig
 from ..runtime import proc
 from ..runtime.rootfs import make_disk, mount_disk
 from ..state.ids import new_id
-from ..state.records import VolumeRecord
+from ..state.records import SandboxStatus, VolumeRecord
 from ..state.store import Store
 
 __all__ = [
@@ -62,7 +62,9 @@ DEFAULT_SIZE_MIB = 1024
 SIZE_RANGE_MIB = (16, 1024 * 1024)
 MAX_MOUNTS = 16
 # Sandboxes in these states have (or, paused, will have again) their volumes mounted.
-IN_USE = ("starting", "running", "pooled", "paused")
+IN_USE = (
+    SandboxStatus.STARTING, SandboxStatus.RUNNING, SandboxStatus.POOLED, SandboxStatus.PAUSED
+)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ID_SHAPE = re.compile(r"vol-[0-9a-f]{16}")

@@ -5,9 +5,65 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Self
+from enum import StrEnum
+from typing import Any, Literal, Self, get_args
 
-__all__ = ["ALIVE", "SandboxRecord", "SnapshotRecord", "VolumeRecord"]
+__all__ = [
+    "ALIVE",
+    "EndReason",
+    "ExposedPort",
+    "NetworkAttachment",
+    "OnTimeout",
+    "SandboxRecord",
+    "SandboxStatus",
+    "SnapshotRecord",
+    "VolumeRecord",
+]
+
+
+class SandboxStatus(StrEnum):
+    """Where a sandbox is in its life (see :class:`SandboxRecord`)."""
+
+    STARTING = "starting"
+    POOLED = "pooled"  # running in a warm pool, nobody's yet: never shown to callers
+    RUNNING = "running"
+    PAUSED = "paused"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+class EndReason(StrEnum):
+    """Why a sandbox ended."""
+
+    TERMINATED = "terminated"  # asked to (an API call, a pool shrinking, a build's end)
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+    OOM = "oom"
+    ERROR = "error"
+    EXITED = "exited"  # its entrypoint exited
+    AGENT_PROTOCOL = "agent_protocol"  # its agent broke the channel protocol
+
+
+# What a sandbox's timeout and idle timeout do to it when they come.
+OnTimeout = Literal["terminate", "pause"]
+
+
+@dataclass
+class ExposedPort:
+    """A port of the sandbox reachable through the port proxy."""
+
+    port: int
+    public: bool = False  # reachable without the sandbox's access token
+
+
+@dataclass
+class NetworkAttachment:
+    """A sandbox's place on the host-only network, or why it has none."""
+
+    slot: int | None  # the network slot it holds (namespace, veth, rules); None: none now
+    ip: str | None
+    policy: dict[str, Any]  # NetworkPolicy.to_dict()
+    reason: str | None = None  # why the sandbox has no network, if it has none
 
 
 class _Record:
@@ -19,13 +75,21 @@ class _Record:
 
     @classmethod
     def from_json(cls, raw: str) -> Self:
-        data: dict[str, Any] = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**cls._typed({k: v for k, v in data.items() if k in known}))
+
+    @classmethod
+    def _typed(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """The JSON values of ``fields`` as the record's own types (enums, nested records)."""
+        return fields
 
 
 # Statuses in which a runsc sandbox may exist for the record.
-ALIVE = frozenset({"starting", "running", "pooled"})
+ALIVE = frozenset({SandboxStatus.STARTING, SandboxStatus.RUNNING, SandboxStatus.POOLED})
 
 
 @dataclass
@@ -44,8 +108,8 @@ class SandboxRecord(_Record):
     memory: int
     disk: int
     timeout: float
-    status: str = "starting"
-    reason: str | None = None
+    status: SandboxStatus = SandboxStatus.STARTING
+    reason: EndReason | None = None
     message: str | None = None
     exit_code: int | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -58,11 +122,9 @@ class SandboxRecord(_Record):
     expires_at: float | None = None
     # Host PID of the runsc sandbox process, to watch for its exit without polling.
     pid: int | None = None
-    # {"slot": int | None, "ip": str | None, "policy": NetworkPolicy.to_dict(),
-    #  "reason": why there is no network, or None}. None until the sandbox boots.
-    network: dict[str, Any] | None = None
-    # Exposed ports: [{"port": 8080, "public": False}].
-    ports: list[dict[str, Any]] = field(default_factory=list)
+    # None until the sandbox boots.
+    network: NetworkAttachment | None = None
+    ports: list[ExposedPort] = field(default_factory=list)
     # Grants access to the sandbox's non-public exposed ports (and nothing else).
     access_token: str | None = None
     # The image's USER, which commands run as (None: root).
@@ -77,7 +139,7 @@ class SandboxRecord(_Record):
     # Lifetimes: no exec, file or API activity for idle_timeout seconds also ends it (0 =
     # never); on_timeout says whether either limit terminates or pauses it.
     idle_timeout: float = 0.0
-    on_timeout: str = "terminate"
+    on_timeout: OnTimeout = "terminate"
     # A paused sandbox with auto_resume wakes by itself on its next exec, file or port call.
     auto_resume: bool = False
     paused_at: float | None = None
@@ -89,6 +151,25 @@ class SandboxRecord(_Record):
     @property
     def alive(self) -> bool:
         return self.status in ALIVE
+
+    @classmethod
+    def _typed(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        out = dict(fields)
+        if "status" in out:
+            out["status"] = SandboxStatus(out["status"])
+        if out.get("reason") is not None:
+            out["reason"] = EndReason(out["reason"])
+        if "on_timeout" in out and out["on_timeout"] not in get_args(OnTimeout):
+            out["on_timeout"] = "terminate"
+        if isinstance(out.get("network"), dict):
+            out["network"] = NetworkAttachment(**out["network"])
+        if "ports" in out:
+            out["ports"] = [ExposedPort(int(p["port"]), bool(p["public"])) for p in out["ports"]]
+        return out
+
+    def exposed(self, port: int) -> ExposedPort | None:
+        """The exposed ``port``, if it is exposed."""
+        return next((p for p in self.ports if p.port == port), None)
 
 
 @dataclass
@@ -110,7 +191,7 @@ class SnapshotRecord(_Record):
     contexts: list[dict[str, Any]] = field(default_factory=list)
 
     def source(self) -> SandboxRecord:
-        return SandboxRecord.from_json(json.dumps(self.sandbox))
+        return SandboxRecord.from_dict(self.sandbox)
 
 
 @dataclass

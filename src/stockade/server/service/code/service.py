@@ -32,7 +32,7 @@ from ....errors import (
 )
 from ...images.catalog import BASE_IMAGES
 from ...state.ids import new_id
-from ...state.records import SandboxRecord
+from ...state.records import SandboxRecord, SandboxStatus
 from ..execs import ExecService
 from ..recipes import CODE_INTERPRETER
 from ..sandboxes import SandboxService
@@ -174,7 +174,7 @@ class CodeService:
 
     async def start(self) -> None:
         """Take up the contexts of the sandboxes that outlived the last server."""
-        for status in ("running", "paused"):
+        for status in (SandboxStatus.RUNNING, SandboxStatus.PAUSED):
             for record in await self.sandboxes.store.list_sandboxes(status):
                 if record.contexts:
                     self._detached[record.id] = list(record.contexts)
@@ -362,7 +362,8 @@ class CodeService:
             record = await self.sandboxes.get(sandbox_id)
         except NotFoundError:
             record = None
-        if record is None or record.status not in ("running", "paused", "starting"):
+        kept = (SandboxStatus.RUNNING, SandboxStatus.PAUSED, SandboxStatus.STARTING)
+        if record is None or record.status not in kept:
             await self.forget(sandbox_id)
 
     def prewarm(self, sandbox_id: str, image: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ...runtime import cgroups, proc
 from ...runtime.reaper import Reaper
 from ...runtime.runsc import Runsc
-from ...state.records import SandboxRecord
+from ...state.records import EndReason, SandboxRecord, SandboxStatus
 from ...state.store import Store
 from .launch import Launcher
 from .live import Background, LiveSandboxes
@@ -158,18 +158,19 @@ class ExitWatcher:
             # runsc delete removes the cgroup; execs that end after it still ask.
             live.final_ooms = ooms
             if ooms > 0:
-                record.status, record.reason = "failed", "oom"
+                record.status, record.reason = SandboxStatus.FAILED, EndReason.OOM
                 record.message = (
                     f"the sandbox ran out of memory (memory={record.memory} MiB) and was "
                     "killed; create it with a larger `memory=`"
                 )
             elif record.entrypoint:
-                record.status, record.reason, record.exit_code = "terminated", "exited", code
+                record.status, record.reason = SandboxStatus.TERMINATED, EndReason.EXITED
+                record.exit_code = code
                 record.message = f"the entrypoint exited with code {code}"
                 if code in (126, 127):  # it could not even start: say why
                     record.message += f": {self.launcher.log_tail(sandbox_id, 300)}"
             else:
-                record.status, record.reason = "failed", "error"
+                record.status, record.reason = SandboxStatus.FAILED, EndReason.ERROR
                 record.message = init_ended(code)
             await self.launcher.cleanup(sandbox_id)
             record.ended_at = time.time()

@@ -27,7 +27,7 @@ from ...runtime.agent_link import AgentLink
 from ...runtime.output_log import OutputLog, read_tail
 from ...runtime.rootfs import RootFS
 from ...runtime.runsc import Runsc, RunscError
-from ...state.records import SandboxRecord
+from ...state.records import NetworkAttachment, SandboxRecord
 from ..spares import Spares
 from ..stages import stage
 from .live import LiveSandbox, LiveSandboxes
@@ -219,19 +219,19 @@ class Launcher:
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{record.id}\n"
         )
         if not self.network.available:
-            record.network = {
-                "slot": None,
-                "ip": None,
-                "policy": NetworkPolicy(block_network=True).to_dict(),
-                "reason": self.network.reason,
-            }
+            record.network = NetworkAttachment(
+                slot=None,
+                ip=None,
+                policy=NetworkPolicy(block_network=True).to_dict(),
+                reason=self.network.reason,
+            )
             return None, {"/etc/hosts": hosts}, []
         slot = self.network.reserve()
         self.live[record.id].slot = slot
         net = await self.network.attach(slot, policy)
         resolv = directory / "resolv.conf"
         resolv.write_text(f"nameserver {net.nameserver}\noptions timeout:2 attempts:2\n")
-        record.network = {"slot": slot, "ip": net.ip, "policy": policy.to_dict(), "reason": None}
+        record.network = NetworkAttachment(slot, net.ip, policy.to_dict())
         files = {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
         return net.netns, files, self.network.runsc_prefix(directory / "netexec-scratch")
 
@@ -243,23 +243,22 @@ class Launcher:
         A sandbox without a network stays blocked: an error when asked explicitly
         (``strict``), as on create otherwise (the record carries the reason).
         """
-        net = record.network or {}
-        slot = net.get("slot")
-        if slot is None:
+        net = record.network
+        if net is None or net.slot is None:
             if strict and policy.mode != "blocked":
                 raise ConflictError(
-                    f"sandbox {record.id} has no network: {net.get('reason')}; "
+                    f"sandbox {record.id} has no network: {net.reason if net else None}; "
                     "it can only run with block_network=True"
                 )
             return
-        await self.network.set_policy(int(slot), policy)
-        record.network = {**net, "policy": policy.to_dict()}
+        await self.network.set_policy(net.slot, policy)
+        net.policy = policy.to_dict()
 
     async def release_network(self, record: SandboxRecord) -> None:
         """Give the sandbox's slot back and say so in its record (the caller stores it)."""
         await self._release_slot(record.id)
         if record.network is not None:
-            record.network = {**record.network, "slot": None, "ip": None}
+            record.network.slot = record.network.ip = None
 
     async def _release_slot(self, sandbox_id: str) -> None:
         """Remove the sandbox's network namespace, veth and rules, if it has any."""

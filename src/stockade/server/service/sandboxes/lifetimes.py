@@ -30,7 +30,7 @@ from typing import NamedTuple, Protocol
 
 from ....errors import InvalidArgumentError
 from ...runtime.rootfs import RootFS
-from ...state.records import SandboxRecord
+from ...state.records import EndReason, SandboxRecord, SandboxStatus
 from ...state.store import Store
 from .live import Background, LiveSandboxes
 from .lookup import get, not_running
@@ -56,7 +56,7 @@ ENDED = ("terminated", "failed")
 
 class Deadline(NamedTuple):
     at: float
-    reason: str  # "timeout" | "idle": the end reason it gives
+    reason: EndReason  # TIMEOUT or IDLE
 
 
 def deadline(
@@ -75,19 +75,19 @@ def deadline(
         if due is not None and due.at <= time.time():
             ...  # apply record.on_timeout, with due.reason as the end reason
     """
-    due = None if record.expires_at is None else Deadline(record.expires_at, "timeout")
+    due = None if record.expires_at is None else Deadline(record.expires_at, EndReason.TIMEOUT)
     if record.idle_timeout > 0 and not busy:
         base = max(last_active or 0.0, record.started_at or 0.0, since)
-        idle = Deadline(base + record.idle_timeout, "idle")
+        idle = Deadline(base + record.idle_timeout, EndReason.IDLE)
         if due is None or idle.at < due.at:
             due = idle
     return due
 
 
-def end_message(record: SandboxRecord, reason: str) -> str:
+def end_message(record: SandboxRecord, reason: EndReason) -> str:
     """What a sandbox's record says when ``reason`` ("timeout" or "idle") ended it, naming
     the fix."""
-    if reason == "idle":
+    if reason is EndReason.IDLE:
         return (
             f"the sandbox reached its idle_timeout of {record.idle_timeout:g}s (no exec, file "
             "or API activity); create it with a larger `idle_timeout=`, or with "
@@ -147,7 +147,11 @@ class Ending(Protocol):
     """How the loop ends a sandbox whose time is up (the sandbox service)."""
 
     async def terminate(
-        self, sandbox_id: str, *, reason: str = "terminated", message: str | None = None
+        self,
+        sandbox_id: str,
+        *,
+        reason: EndReason = EndReason.TERMINATED,
+        message: str | None = None,
     ) -> SandboxRecord: ...
 
     async def pause(self, sandbox_id: str) -> SandboxRecord: ...
@@ -238,7 +242,7 @@ class Lifetimes:
         await get(self.store, sandbox_id)  # an unknown ID gets no entry in self.live
         async with self.live[sandbox_id].lock:
             record = await self.store.get_sandbox(sandbox_id)
-            if record is None or record.status != "running":
+            if record is None or record.status != SandboxStatus.RUNNING:
                 raise not_running(sandbox_id, record)
             restart_clock(record, seconds, time.time())
             await self.store.put_sandbox(record)
@@ -278,7 +282,7 @@ class Lifetimes:
     async def _expire_due(self, since: float) -> float:
         """Start applying the deadlines that have passed; returns when the next one comes."""
         started = time.time()
-        running = await self.store.list_sandboxes("running")
+        running = await self.store.list_sandboxes(SandboxStatus.RUNNING)
         now = time.time()
         for r in running:
             self.live[r.id].idle_limit = r.idle_timeout
@@ -304,7 +308,7 @@ class Lifetimes:
         or set_timeout has moved the deadline since (the loop works from a snapshot)."""
         try:
             record = await self.store.get_sandbox(sandbox_id)
-            if record is None or record.status != "running":
+            if record is None or record.status != SandboxStatus.RUNNING:
                 return
             due = self._due(record, since)
             if due is None or due.at > time.time():
@@ -327,16 +331,16 @@ class Lifetimes:
             self.live[sandbox_id].expiring = False
             self.changed()
 
-    async def _pause_at(self, record: SandboxRecord, reason: str) -> None:
+    async def _pause_at(self, record: SandboxRecord, reason: EndReason) -> None:
         """Pause a sandbox whose ``timeout`` or ``idle_timeout`` has come (on_timeout="pause")."""
-        if reason == "timeout":
+        if reason is EndReason.TIMEOUT:
             # A pause keeps what is left of the timeout for the resume, which here would be
             # nothing: a sandbox paused at its timeout gets the whole of it again. Set here,
             # before the pause: a resume right after it cannot miss it, and should the
             # server die in between, the sandbox still has a deadline.
             async with self.live[record.id].lock:
                 current = await self.store.get_sandbox(record.id)
-                if current is None or current.status != "running":
+                if current is None or current.status != SandboxStatus.RUNNING:
                     return  # paused or ended meanwhile: nothing left to do
                 restart_clock(current, current.timeout, time.time())
                 await self.store.put_sandbox(current)

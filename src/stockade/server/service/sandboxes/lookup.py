@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from ....errors import NotFoundError, SandboxPausedError, SandboxTerminatedError, StockadeError
-from ...state.records import SandboxRecord
+from ....errors import (
+    NotFoundError,
+    SandboxPausedError,
+    SandboxStartingError,
+    SandboxTerminatedError,
+    StockadeError,
+)
+from ...state.records import SandboxRecord, SandboxStatus
 from ...state.store import Store
 
 __all__ = ["describe_end", "get", "get_running", "not_running"]
@@ -12,7 +18,7 @@ __all__ = ["describe_end", "get", "get_running", "not_running"]
 async def get(store: Store, sandbox_id: str) -> SandboxRecord:
     """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
     record = await store.get_sandbox(sandbox_id)
-    if record is None or record.status == "pooled":
+    if record is None or record.status == SandboxStatus.POOLED:
         raise NotFoundError(
             f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
         )
@@ -22,20 +28,23 @@ async def get(store: Store, sandbox_id: str) -> SandboxRecord:
 async def get_running(store: Store, sandbox_id: str) -> SandboxRecord:
     """The record of a running sandbox, or an error saying why it is not running."""
     record = await get(store, sandbox_id)
-    if record.status != "running":
+    if record.status != SandboxStatus.RUNNING:
         raise not_running(sandbox_id, record)
     return record
 
 
 def not_running(sandbox_id: str, record: SandboxRecord | None) -> StockadeError:
     """The error for a call that needs ``sandbox_id`` running, given its record."""
-    if record is None or record.status == "pooled":
+    if record is None or record.status == SandboxStatus.POOLED:
         return NotFoundError(
             f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
         )
-    if record.status == "starting":
-        return SandboxTerminatedError(f"sandbox {sandbox_id} is still starting")
-    if record.status == "paused":
+    if record.status == SandboxStatus.STARTING:
+        return SandboxStartingError(
+            f"sandbox {sandbox_id} is still starting; wait for its create to return, then "
+            "try again"
+        )
+    if record.status == SandboxStatus.PAUSED:
         return SandboxPausedError(
             f"sandbox {sandbox_id} is paused; resume it first (sb.resume() or "
             f"`stockade resume {sandbox_id}`), or create it with auto_resume=True"

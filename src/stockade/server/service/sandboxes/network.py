@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ....errors import ConflictError, NotFoundError
 from ...network.policy import NetworkPolicy
-from ...state.records import SandboxRecord
+from ...state.records import ExposedPort, SandboxRecord
 from ...state.store import Store
 from ..ports import PortTarget
 from .launch import Launcher
@@ -35,9 +35,9 @@ class SandboxPorts:
         await get(self.store, sandbox_id)
         async with self.live[sandbox_id].lock:
             record = await get_running(self.store, sandbox_id)
-            record.ports = [p for p in record.ports if p["port"] != port]
-            record.ports.append({"port": port, "public": public})
-            record.ports.sort(key=lambda p: int(p["port"]))
+            record.ports = [p for p in record.ports if p.port != port]
+            record.ports.append(ExposedPort(port, public))
+            record.ports.sort(key=lambda p: p.port)
             await self.store.put_sandbox(record)
         return record
 
@@ -45,34 +45,34 @@ class SandboxPorts:
         await get(self.store, sandbox_id)
         async with self.live[sandbox_id].lock:
             record = await get_running(self.store, sandbox_id)
-            if not any(p["port"] == port for p in record.ports):
+            if record.exposed(port) is None:
                 raise NotFoundError(f"port {port} of sandbox {sandbox_id} is not exposed")
-            record.ports = [p for p in record.ports if p["port"] != port]
+            record.ports = [p for p in record.ports if p.port != port]
             await self.store.put_sandbox(record)
         return record
 
     async def resolve(self, record: SandboxRecord, port: int) -> PortTarget:
         """Where the port proxy sends traffic for ``port`` of a running sandbox."""
         sandbox_id = record.id
-        exposed = next((p for p in record.ports if p["port"] == port), None)
+        exposed = record.exposed(port)
         if exposed is None:
-            listed = ", ".join(str(p["port"]) for p in record.ports) or "none"
+            listed = ", ".join(str(p.port) for p in record.ports) or "none"
             raise NotFoundError(
                 f"port {port} of sandbox {sandbox_id} is not exposed (exposed: {listed}); "
                 "create the sandbox with ports=[...] or call sb.expose(port)"
             )
-        ip = (record.network or {}).get("ip")
-        if NetworkPolicy.from_dict((record.network or {}).get("policy") or {}).block_network:
+        net = record.network
+        if NetworkPolicy.from_dict(net.policy if net else {}).block_network:
             raise ConflictError(
                 f"sandbox {sandbox_id} runs with block_network=True, so nothing reaches it, "
                 "not even its exposed ports; open it with set_network() first"
             )
-        if not ip:
+        if net is None or not net.ip:
             raise ConflictError(
-                f"sandbox {sandbox_id} has no network: {(record.network or {}).get('reason')}"
+                f"sandbox {sandbox_id} has no network: {net.reason if net else None}"
             )
         return PortTarget(
-            host=str(ip), port=port, public=bool(exposed["public"]),
+            host=net.ip, port=port, public=exposed.public,
             access_token=record.access_token or "",
         )  # fmt: skip
 

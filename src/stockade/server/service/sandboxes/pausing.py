@@ -18,7 +18,7 @@ from ...network.policy import NetworkPolicy
 from ...runtime import cgroups
 from ...runtime.rootfs import RootFS
 from ...runtime.runsc import Runsc, RunscError
-from ...state.records import SandboxRecord
+from ...state.records import SandboxRecord, SandboxStatus
 from ...state.store import Store
 from .exits import ExitWatcher
 from .launch import Launcher
@@ -85,7 +85,7 @@ class Pauser:
         place (from here the pause has happened), record ``paused``, then remove the runsc
         sandbox. A restarted server finishes or undoes a pause cut short at any step.
         """
-        if (await get(self.store, sandbox_id)).status != "running":
+        if (await get(self.store, sandbox_id)).status != SandboxStatus.RUNNING:
             return await self._pause(sandbox_id)
         await _run_hooks(self.before_pause, sandbox_id)
         try:
@@ -96,7 +96,7 @@ class Pauser:
     async def _pause(self, sandbox_id: str) -> SandboxRecord:
         async with self.live[sandbox_id].lock:
             record = await get(self.store, sandbox_id)
-            if record.status == "paused":
+            if record.status == SandboxStatus.PAUSED:
                 return record
             record = await get_running(self.store, sandbox_id)
             final = self.checkpoint_dir(sandbox_id)
@@ -121,7 +121,7 @@ class Pauser:
                 raise
             self.exits.unwatch(sandbox_id)
             # The clock stops while paused: expires_at - paused_at is what resume grants.
-            record.status, record.paused_at, record.pid = "paused", time.time(), None
+            record.status, record.paused_at, record.pid = SandboxStatus.PAUSED, time.time(), None
             await self.store.put_sandbox(record)
             failpoint("pause.after-record")
             await self.stop_paused(record)
@@ -165,11 +165,11 @@ class Pauser:
         await get(self.store, sandbox_id)
         async with self.launcher.booting(sandbox_id):
             record = await get(self.store, sandbox_id)
-            if record.status != "paused":
+            if record.status != SandboxStatus.PAUSED:
                 return await get_running(self.store, sandbox_id)
             rootfs = self.launcher.rootfs(sandbox_id)
             await rootfs.mount(await self.launcher.lowerdirs(record))
-            policy = NetworkPolicy.from_dict((record.network or {}).get("policy") or {})
+            policy = NetworkPolicy.from_dict(record.network.policy if record.network else {})
             try:
                 # A fresh namespace: gVisor takes its address from it again on restore.
                 netns, etc_files, prefix = await self.launcher.attach_network(record, policy)
@@ -184,7 +184,7 @@ class Pauser:
                 raise ServerError(f"resuming sandbox {sandbox_id} failed: {exc}") from exc
             failpoint("resume.after-restore")
             resume_clock(record, time.time())
-            record.status, record.paused_at = "running", None
+            record.status, record.paused_at = SandboxStatus.RUNNING, None
             await self.store.put_sandbox(record)
             await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(sandbox_id), True)
             self.lifetimes.touch(sandbox_id)

@@ -16,7 +16,7 @@ import time
 from ...network.policy import NetworkPolicy
 from ...runtime import proc
 from ...runtime.runsc import SandboxState
-from ...state.records import SandboxRecord
+from ...state.records import EndReason, SandboxRecord, SandboxStatus
 from ...state.store import Store
 from .exits import ExitWatcher
 from .launch import Launcher
@@ -33,13 +33,15 @@ async def reconcile(store: Store, launcher: Launcher, exits: ExitWatcher, pauser
     runtime = launcher.runtime
     known = {s.id: s for s in await runtime.list()}
     for record in await store.list_sandboxes():
-        slot = (record.network or {}).get("slot")
-        if slot is not None and (record.alive or record.status == "paused"):
+        slot = record.network.slot if record.network else None
+        if slot is not None and (record.alive or record.status == SandboxStatus.PAUSED):
             # (A paused one holds a slot only if a crash cut its pause short.)
-            launcher.live[record.id].slot = int(slot)
+            launcher.live[record.id].slot = slot
         state = known.get(record.id)
-        if record.status == "paused" or (
-            record.status == "running" and state is not None and state.status == "paused"
+        if record.status == SandboxStatus.PAUSED or (
+            record.status == SandboxStatus.RUNNING
+            and state is not None
+            and state.status == "paused"
         ):
             await _recover_pause(store, launcher, exits, pauser, record, state)
             continue
@@ -50,15 +52,15 @@ async def reconcile(store: Store, launcher: Launcher, exits: ExitWatcher, pauser
             state = None
         mounted = launcher.rootfs(record.id).is_mounted()
         usable = state is not None and state.status == "running" and mounted
-        if usable and record.status != "starting":
+        if usable and record.status != SandboxStatus.STARTING:
             assert state is not None
             record.pid = state.pid
             await store.put_sandbox(record)
             exits.watch(record)
             continue
         await launcher.cleanup(record.id)
-        was_starting = record.status == "starting"
-        record.status, record.reason = "failed", "error"
+        was_starting = record.status == SandboxStatus.STARTING
+        record.status, record.reason = SandboxStatus.FAILED, EndReason.ERROR
         if state is None:
             record.message = "the sandbox's runsc sandbox vanished while the server was down"
         elif was_starting:
@@ -71,19 +73,18 @@ async def reconcile(store: Store, launcher: Launcher, exits: ExitWatcher, pauser
         log.warning("sandbox %s: %s", record.id, record.message)
     # runsc sandboxes that have no live record (e.g. the server died mid-create).
     records = await store.list_sandboxes()
-    alive_ids = {r.id for r in records if r.alive or r.status == "paused"}
+    alive_ids = {r.id for r in records if r.alive or r.status == SandboxStatus.PAUSED}
     for sid in known:
         if sid not in alive_ids:
             await launcher.cleanup(sid)
-    live = [r for r in records if r.alive and r.network]
-    slots = [int(n["slot"]) for r in records if (n := r.network or {}).get("slot")]
+    attached = [r.network for r in records if r.network and r.network.slot is not None]
     await launcher.network.install(
         (
-            (int(r.network["slot"]), NetworkPolicy.from_dict(r.network["policy"]))
-            for r in live
-            if r.network and r.network.get("slot") is not None
+            (net.slot, NetworkPolicy.from_dict(net.policy))
+            for r in records
+            if r.alive and (net := r.network) is not None and net.slot is not None
         ),
-        last_slot=max(slots, default=0),
+        last_slot=max((net.slot or 0 for net in attached), default=0),
     )
 
 
@@ -106,15 +107,15 @@ async def _recover_pause(
     complete = await asyncio.to_thread(checkpoint.is_dir)
     await asyncio.to_thread(shutil.rmtree, checkpoint.with_name("checkpoint.tmp"), True)
     live = state is not None and proc.pid_alive(state.pid)
-    if record.status == "paused" and live and state is not None and state.status == "running":
+    if record.status == SandboxStatus.PAUSED and live and state and state.status == "running":
         resume_clock(record, time.time())
-        record.status, record.paused_at, record.pid = "running", None, state.pid
+        record.status, record.paused_at, record.pid = SandboxStatus.RUNNING, None, state.pid
         await store.put_sandbox(record)
         await asyncio.to_thread(shutil.rmtree, checkpoint, True)
         exits.watch(record)
         log.warning("sandbox %s: a resume was cut short; it is running", sid)
         return
-    if record.status == "running" and not complete and live:
+    if record.status == SandboxStatus.RUNNING and not complete and live:
         await launcher.runtime.resume(sid)
         record.pid = state.pid if state is not None else None
         await store.put_sandbox(record)
@@ -122,8 +123,8 @@ async def _recover_pause(
         log.warning("sandbox %s: a pause or snapshot was cut short; it runs on", sid)
         return
     if complete:
-        if record.status != "paused":
-            record.status, record.paused_at, record.pid = "paused", time.time(), None
+        if record.status != SandboxStatus.PAUSED:
+            record.status, record.paused_at, record.pid = SandboxStatus.PAUSED, time.time(), None
             await store.put_sandbox(record)
             log.warning("sandbox %s: a pause was cut short after its checkpoint", sid)
         try:
@@ -133,7 +134,7 @@ async def _recover_pause(
         return
     # Neither running nor saved: nothing to come back to.
     await launcher.cleanup(sid)
-    record.status, record.reason = "failed", "error"
+    record.status, record.reason = SandboxStatus.FAILED, EndReason.ERROR
     record.message = "the sandbox was lost while paused: its checkpoint is missing"
     record.ended_at = time.time()
     await store.put_sandbox(record)

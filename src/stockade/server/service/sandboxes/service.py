@@ -33,7 +33,7 @@ from ...runtime.reaper import Reaper
 from ...runtime.rootfs import RootFS, makedirs_in_root
 from ...runtime.runsc import Runsc
 from ...state.ids import new_id
-from ...state.records import SandboxRecord
+from ...state.records import EndReason, SandboxRecord, SandboxStatus
 from ...state.store import Store
 from ..doze import Dozer
 from ..ports import PortTarget
@@ -143,7 +143,7 @@ class SandboxService:
         call, a code run, a port request): a paused one created with ``auto_resume`` is
         woken first, and the call counts as activity for ``idle_timeout``."""
         record = await self.get(sandbox_id)
-        if record.status == "paused" and record.auto_resume:
+        if record.status == SandboxStatus.PAUSED and record.auto_resume:
             await self.resume(sandbox_id)
         record = await self.get_running(sandbox_id)
         self.touch(sandbox_id)  # first: the dozer must not pick it again while it wakes
@@ -184,7 +184,7 @@ class SandboxService:
     ) -> list[SandboxRecord]:
         records = await self.store.list_sandboxes(status)
         # Pooled sandboxes belong to nobody yet: they are not part of any listing.
-        records = [r for r in records if r.status != "pooled"]
+        records = [r for r in records if r.status != SandboxStatus.POOLED]
         if tags:
             records = [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
         return records
@@ -209,7 +209,7 @@ class SandboxService:
             entrypoint=list(entrypoint) if entrypoint else None,
         )  # fmt: skip
         record = await self._boot(record, image.lowerdirs, pooled=False, policy=req.policy)
-        if record.status == "running":
+        if record.status == SandboxStatus.RUNNING:
             # Connected now, so that the sandbox is ready when create returns and its
             # first exec pays no handshake (the agent would have to come up either way).
             with stage("channel"), contextlib.suppress(AgentLost):
@@ -243,7 +243,7 @@ class SandboxService:
         # The restored servers still listen: their ports stay exposed unless the caller
         # names others.
         record.ports = record.ports or list(source.ports)
-        policy = NetworkPolicy.from_dict((source.network or {}).get("policy") or {})
+        policy = NetworkPolicy.from_dict(source.network.policy if source.network else {})
         layers = [Path(p) for p in source.layers]
         return await self._boot(record, layers, pooled=False, policy=policy, restore=saved)
 
@@ -255,7 +255,7 @@ class SandboxService:
         image = await self.images.ensure(image_name)
         record = SandboxRecord(
             id=new_id("sb"), image=image_name, cpu=cpu, memory=memory, disk=disk,
-            timeout=0.0, status="starting", created_at=time.time(),
+            timeout=0.0, status=SandboxStatus.STARTING, created_at=time.time(),
         )  # fmt: skip
         # Pooled sandboxes boot with the default policy; adopt() applies the caller's.
         await self._boot(record, image.layers, pooled=True, policy=NetworkPolicy())
@@ -271,7 +271,7 @@ class SandboxService:
         """
         async with self.live[sandbox_id].lock:
             record = await self.store.get_sandbox(sandbox_id)
-            if record is None or record.status != "pooled":
+            if record is None or record.status != SandboxStatus.POOLED:
                 return None
             if record.pid is None or not proc.pid_alive(record.pid):
                 return None
@@ -282,7 +282,7 @@ class SandboxService:
             record.workdir, record.timeout = req.workdir, req.timeout
             record.idle_timeout, record.on_timeout = req.idle_timeout, req.on_timeout
             record.auto_resume = req.auto_resume
-            record.status = "running"
+            record.status = SandboxStatus.RUNNING
             record.created_at = time.time()
             start_clock(record, record.created_at)
             await self.store.put_sandbox(record)
@@ -330,7 +330,7 @@ class SandboxService:
                 )
             except Exception as exc:
                 await launcher.cleanup(record.id)
-                record.status, record.reason = "failed", "error"
+                record.status, record.reason = SandboxStatus.FAILED, EndReason.ERROR
                 record.message = f"starting the sandbox failed: {exc}"
                 record.ended_at = time.time()
                 await self.store.put_sandbox(record)
@@ -338,9 +338,9 @@ class SandboxService:
                     raise
                 raise ServerError(f"starting sandbox {record.id} failed: {exc}") from exc
             if pooled:
-                record.status, record.started_at = "pooled", time.time()
+                record.status, record.started_at = SandboxStatus.POOLED, time.time()
             else:
-                record.status = "running"
+                record.status = SandboxStatus.RUNNING
                 start_clock(record, time.time())
             with stage("store"):
                 await self.store.put_sandbox(record)
@@ -356,14 +356,15 @@ class SandboxService:
         """Run the sandbox's commands as the image's USER, looked up in the image's own
         /etc/passwd and /etc/group (read inside the sandbox, so a symlink in the image
         cannot point the lookup at the host's files)."""
-        if not user or user in ("root", "0", "0:0") or record.status != "running":
+        if not user or user in ("root", "0", "0:0") or record.status != SandboxStatus.RUNNING:
             return record
         try:
             passwd = await self.launcher.agent_read(record.id, "/etc/passwd")
             group = await self.launcher.agent_read(record.id, "/etc/group")
             uid, gid = resolve_user(user, passwd, group)
         except Exception:
-            await self.terminate(record.id, reason="error", message=f"bad image user {user!r}")
+            bad = f"bad image user {user!r}"
+            await self.terminate(record.id, reason=EndReason.ERROR, message=bad)
             raise
         async with self.live[record.id].lock:
             record.user, record.uid, record.gid = user, uid, gid
@@ -389,7 +390,7 @@ class SandboxService:
         """A running or paused sandbox's writes (its upper directory) and its image layers,
         top-first, without the agent's."""
         record = await self.get(sandbox_id)
-        if record.status not in ("running", "paused"):
+        if record.status not in (SandboxStatus.RUNNING, SandboxStatus.PAUSED):
             await self.get_running(sandbox_id)  # raises, saying why
         return RootFS(self.sandbox_dir(sandbox_id)).upper, tuple(Path(p) for p in record.layers)
 
@@ -403,7 +404,7 @@ class SandboxService:
         self,
         sandbox_id: str,
         *,
-        reason: str = "terminated",
+        reason: EndReason = EndReason.TERMINATED,
         message: str | None = None,
         capture: Path | None = None,
     ) -> SandboxRecord:
@@ -416,13 +417,13 @@ class SandboxService:
         async with self.live[sandbox_id].lock:
             found = await self.store.get_sandbox(sandbox_id)
             record = found if found is not None else await self.get(sandbox_id)
-            if not record.alive and record.status != "paused":
+            if not record.alive and record.status != SandboxStatus.PAUSED:
                 if capture is not None:
                     raise not_running(sandbox_id, record)
                 return record
             self.exits.unwatch(sandbox_id)
             await self.launcher.cleanup(sandbox_id, capture=capture)
-            record.status = "terminated"
+            record.status = SandboxStatus.TERMINATED
             record.reason = reason
             record.message = message
             record.ended_at = time.time()
@@ -443,7 +444,7 @@ class SandboxService:
                 return
             self.exits.unwatch(sandbox_id)
             await self.launcher.cleanup(sandbox_id)
-            record.status, record.reason = "failed", "agent_protocol"
+            record.status, record.reason = SandboxStatus.FAILED, EndReason.AGENT_PROTOCOL
             record.message = (
                 f"its agent broke the channel protocol ({why}), so the sandbox was stopped"
             )
