@@ -1,4 +1,4 @@
-"""Spare disks and network slots (service/spares.py), against real mounts, namespaces,
+"""Spare disks and network slots (service/boot_reserve.py), against real mounts, namespaces,
 nftables and gVisor: cold creates take them and get exactly what they asked for, the
 server makes new ones, and none outlives the server, whether it stops or crashes."""
 

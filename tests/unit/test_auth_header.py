@@ -52,7 +52,7 @@ class FakeSandboxes:
     async def list(self, **_: Any) -> list[Any]:
         return []
 
-    async def use(self, sandbox_id: str) -> Any:
+    async def ready_for_use(self, sandbox_id: str) -> Any:
         raise NotFoundError(f"sandbox {sandbox_id} does not exist")
 
 

@@ -32,7 +32,7 @@ class _Sandboxes:
     def __init__(self, link: AgentLink) -> None:
         self._link = link
 
-    async def use(self, sandbox_id: str) -> Any:
+    async def ready_for_use(self, sandbox_id: str) -> Any:
         return SimpleNamespace(disk=1024)
 
     async def link(self, sandbox_id: str) -> AgentLink:

@@ -43,7 +43,7 @@ class _Sandboxes:
         self.terminated.append(sandbox_id)
         self.store.records[sandbox_id].status = SandboxStatus.TERMINATED
 
-    async def adopt(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
+    async def hand_out_pooled(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
         record = self.store.records[sandbox_id]
         record.status = SandboxStatus.RUNNING
         return record

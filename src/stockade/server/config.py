@@ -151,7 +151,7 @@ class ServerConfig:
 
     @property
     def spares_dir(self) -> Path:
-        """Disks made ahead for sandboxes to come (service/spares.py)."""
+        """Disks made ahead for sandboxes to come (service/boot_reserve.py)."""
         return self.data_dir / "spares"
 
     @property

@@ -120,7 +120,7 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         # Refuse the handshake itself with a plain HTTP error when we can, so that a bad
         # token or an ended sandbox looks the same as on every other route.
         check_token(ws)
-        await svc.sandboxes.use(sandbox_id)
+        await svc.sandboxes.ready_for_use(sandbox_id)
     except StockadeError as err:
         if "websocket.http.response" in ws.scope.get("extensions", {}):
             await ws.send_denial_response(error_response(err.status, err.code, err.message))

@@ -27,7 +27,7 @@ class PoolOut(BaseModel):
 
 
 class SparesOut(BaseModel):
-    """Boot resources made ahead of need for cold creates (service/spares.py)."""
+    """Boot resources made ahead of need for cold creates (service/boot_reserve.py)."""
 
     disks: int = Field(description="Mounted disks of the default size, ready now.")
     network_slots: int = Field(description="Network namespaces with rules, ready now.")
@@ -61,10 +61,10 @@ class PoolRequest(BaseModel):
 
 @router.get("", response_model=PoolList, summary="List the warm pools")
 async def list_pools(svc: Svc) -> PoolList:
-    disks, slots = svc.sandboxes.spares.ready
+    disks, slots = svc.sandboxes.reserve.ready
     return PoolList(
         pools=[PoolOut.model_validate(p) for p in svc.pools.status()],
-        spares=SparesOut(disks=disks, network_slots=slots, target=svc.sandboxes.spares.count),
+        spares=SparesOut(disks=disks, network_slots=slots, target=svc.sandboxes.reserve.count),
     )
 
 

@@ -9,7 +9,7 @@ Lifecycle:
    removed, and the DNS forwarder and egress proxy start on the services address.
 3. Per sandbox: :meth:`reserve` a slot, :meth:`attach` (namespace, veth, rules) before
    ``runsc run``, :meth:`set_policy` any time, :meth:`release` after the sandbox is gone.
-   :meth:`make_spare` sets a slot up ahead of need (service/spares.py); ``reserve`` hands
+   :meth:`make_spare` sets a slot up ahead of need (service/boot_reserve.py); ``reserve`` hands
    out such a spare first, and ``attach`` then only changes its policy if it must.
 """
 

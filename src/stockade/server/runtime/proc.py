@@ -35,7 +35,7 @@ _NICE: contextvars.ContextVar[int] = contextvars.ContextVar("nice", default=0)
 @contextlib.contextmanager
 def background() -> Iterator[None]:
     """Run the commands spawned inside at the lowest CPU priority: work done ahead of need
-    (service/spares.py) then yields the cores to the requests being served meanwhile."""
+    (service/boot_reserve.py) then yields the cores to the requests being served meanwhile."""
     token = _NICE.set(19)
     try:
         yield

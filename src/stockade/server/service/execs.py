@@ -73,7 +73,7 @@ async def open_channel(sandboxes: SandboxService, sandbox_id: str) -> Channel:
 async def lost(sandboxes: SandboxService, sandbox_id: str, exc: AgentLost) -> StockadeError:
     """The error for a broken agent channel: the sandbox's end, if that is what it was."""
     # The agent is the sandbox's init: when its channel closes, the sandbox is ending.
-    record = await sandboxes.settle(sandbox_id, ending=True)
+    record = await sandboxes.settled(sandbox_id, ending=True)
     if record.status != SandboxStatus.RUNNING:
         return SandboxTerminatedError(describe_end(record))
     return ServerError(f"lost the connection to the agent of sandbox {sandbox_id}: {exc}")
@@ -186,7 +186,7 @@ class ExecSession:
             try:
                 frame = await self._ch.recv()
             except AgentLost as exc:
-                end = await self._sandboxes.settle(self.sandbox_id, ending=True)
+                end = await self._sandboxes.settled(self.sandbox_id, ending=True)
                 if end.reason == "oom":
                     yield self._finish(OOM_EXIT_CODE, oom=True)
                     return
@@ -290,7 +290,7 @@ class ExecService:
         """
         if not argv:
             raise InvalidArgumentError("argv must name a command, e.g. ['echo', 'hi']")
-        record = await self.sandboxes.use(sandbox_id)
+        record = await self.sandboxes.ready_for_use(sandbox_id)
         extra = dict(env or {})
         if pty_size is not None:
             extra = {"TERM": "xterm-256color", **extra}

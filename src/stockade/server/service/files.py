@@ -123,7 +123,7 @@ class FileService:
         self.execs = execs
 
     async def _open(self, sandbox_id: str) -> tuple[Channel, int]:
-        record = await self.execs.sandboxes.use(sandbox_id)
+        record = await self.execs.sandboxes.ready_for_use(sandbox_id)
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
     @contextlib.asynccontextmanager

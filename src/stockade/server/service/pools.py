@@ -114,13 +114,13 @@ class PoolManager:
         ]  # fmt: skip
 
     async def take(self, req: CreateRequest) -> SandboxRecord | None:
-        """A pooled sandbox adopted for ``req``, or None when no pool fits or none is ready."""
+        """A pooled sandbox handed out for ``req``, or None when no pool fits or none is ready."""
         spec = self.specs.get(req.image)
         if spec is None or not spec.matches(req):
             return None
         ready = self._ready[req.image]
         while ready:
-            record = await self.sandboxes.adopt(ready.popleft(), req)
+            record = await self.sandboxes.hand_out_pooled(ready.popleft(), req)
             self._wake.set()
             if record is not None:
                 return record

@@ -53,7 +53,7 @@ class KernelContexts(Protocol):
 
     def saved(self, sandbox_id: str) -> list[dict[str, Any]]: ...
 
-    async def adopt(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None: ...
+    async def take_contexts(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None: ...
 
 
 class SnapshotService:
@@ -166,7 +166,7 @@ class SnapshotService:
         await self.store.put_sandbox(record)
         snap = await self.store.get_snapshot(snapshot_id)
         if self.code is not None and snap is not None:
-            await self.code.adopt(record.id, snap.contexts)
+            await self.code.take_contexts(record.id, snap.contexts)
         return record
 
     def _contexts(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
@@ -201,7 +201,7 @@ class SnapshotService:
             raise failed[0]
         for r in forks:
             if self.code is not None:
-                await self.code.adopt(r.id, contexts)
+                await self.code.take_contexts(r.id, contexts)
         return forks
 
     # ------------------------------------------------------- filesystem snapshots

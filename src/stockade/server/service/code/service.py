@@ -139,7 +139,7 @@ class CodeService:
     async def _sandbox_contexts(self, sandbox_id: str) -> dict[str, CodeContext]:
         """The contexts of a running sandbox (the contexts of an ended one are dropped)."""
         try:
-            await self.sandboxes.use(sandbox_id)
+            await self.sandboxes.ready_for_use(sandbox_id)
         except SandboxPausedError:
             raise  # its kernels wait for the resume
         except Exception:
@@ -166,7 +166,7 @@ class CodeService:
                 )  # fmt: skip
         return out
 
-    async def adopt(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None:
+    async def take_contexts(self, sandbox_id: str, saved: list[dict[str, Any]]) -> None:
         """Give a restored or forked sandbox the contexts its snapshot kept."""
         if saved:
             self._detached[sandbox_id] = [dict(s) for s in saved]

@@ -28,7 +28,7 @@ from ...runtime.output_log import OutputLog, read_tail
 from ...runtime.rootfs import RootFS
 from ...runtime.runsc import Runsc, RunscError
 from ...state.records import NetworkAttachment, SandboxRecord
-from ..spares import Spares
+from ..boot_reserve import BootReserve
 from ..stages import stage
 from .live import LiveSandbox, LiveSandboxes
 
@@ -58,7 +58,7 @@ class Launcher:
         self._boots = 0  # boots holding or waiting for a slot
         self._no_boots = asyncio.Event()  # set while _boots is 0
         self._no_boots.set()
-        self.spares = Spares(config.spares_dir, network, idle=self._no_boots)
+        self.reserve = BootReserve(config.spares_dir, network, idle=self._no_boots)
         # Told when a sandbox's agent broke the channel protocol (its link is cut already).
         self.on_protocol_error: Callable[[str, str], None] = lambda sid, why: None
         config.sandboxes_dir.mkdir(parents=True, exist_ok=True)

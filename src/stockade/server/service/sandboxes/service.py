@@ -75,7 +75,7 @@ class SandboxService:
         self.background = Background()
         self.launcher = Launcher(config, self.runtime, self.network, self.live)
         self.launcher.on_protocol_error = self._agent_broke_protocol
-        self.spares = self.launcher.spares
+        self.reserve = self.launcher.reserve
         self.exits = ExitWatcher(
             store, self.runtime, self.launcher, self.live, self.background, reaper, self._ended
         )
@@ -138,7 +138,7 @@ class SandboxService:
         async for chunk in read_log(self.sandbox_dir(sandbox_id), follow=follow, alive=alive):
             yield chunk
 
-    async def use(self, sandbox_id: str) -> SandboxRecord:
+    async def ready_for_use(self, sandbox_id: str) -> SandboxRecord:
         """The record of a running sandbox that a caller is about to use (an exec, a files
         call, a code run, a port request): a paused one created with ``auto_resume`` is
         woken first, and the call counts as activity for ``idle_timeout``."""
@@ -150,7 +150,7 @@ class SandboxService:
         await self.dozer.wake(sandbox_id)
         return record
 
-    async def settle(self, sandbox_id: str, *, ending: bool = False) -> SandboxRecord:
+    async def settled(self, sandbox_id: str, *, ending: bool = False) -> SandboxRecord:
         """The record once any transition in progress is done.
 
         Used when an operation failed in a way that suggests the sandbox is dying: its
@@ -250,21 +250,23 @@ class SandboxService:
     async def create_pooled(self, image_name: str, cpu: float, memory: int, disk: int) -> str:
         """Start a sandbox for a warm pool: running, but nobody's yet (status ``pooled``).
 
-        It has no lifetime until :meth:`adopt` hands it to a caller; nothing lists it.
+        It has no lifetime until :meth:`hand_out_pooled` gives it to a caller; nothing
+        lists it.
         """
         image = await self.images.ensure(image_name)
         record = SandboxRecord(
             id=new_id("sb"), image=image_name, cpu=cpu, memory=memory, disk=disk,
             timeout=0.0, status=SandboxStatus.STARTING, created_at=time.time(),
         )  # fmt: skip
-        # Pooled sandboxes boot with the default policy; adopt() applies the caller's.
+        # Pooled sandboxes boot with the default policy; hand_out_pooled() applies the
+        # caller's.
         await self._boot(record, image.layers, pooled=True, policy=NetworkPolicy())
         # Connected ahead too: the first exec of its user then pays no handshake.
         with contextlib.suppress(AgentLost):
             await self.link(record.id)
         return record.id
 
-    async def adopt(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
+    async def hand_out_pooled(self, sandbox_id: str, req: CreateRequest) -> SandboxRecord | None:
         """Hand a pooled sandbox to a caller, as if created now with ``req``.
 
         Returns None when it is no longer usable (it died while waiting).
@@ -312,11 +314,11 @@ class SandboxService:
                 upper = restore.upper if restore is not None else None
                 with stage("overlay"):
                     lowerdirs = await launcher.lowerdirs(record)
-                    spare = self.spares.take_disk(record.disk) if upper is None else None
+                    spare = self.reserve.take_disk(record.disk) if upper is None else None
                     await rootfs.create(lowerdirs, record.disk, upper_from=upper, spare=spare)
                 with stage("network"):
                     netns, etc_files, prefix = await launcher.attach_network(record, policy)
-                    self.spares.network_taken()
+                    self.reserve.network_taken()
                 if record.workdir and restore is None:
                     # The working directory must exist before the init starts in it. The
                     # image's symlinks are resolved inside its root, never on the host.
@@ -384,7 +386,7 @@ class SandboxService:
 
     async def resolve(self, sandbox_id: str, port: int) -> PortTarget:
         """Where the port proxy sends traffic for ``port`` of a sandbox (PortTargets)."""
-        return await self.ports.resolve(await self.use(sandbox_id), port)
+        return await self.ports.resolve(await self.ready_for_use(sandbox_id), port)
 
     async def fs_layers(self, sandbox_id: str) -> tuple[Path, tuple[Path, ...]]:
         """A running or paused sandbox's writes (its upper directory) and its image layers,
@@ -468,7 +470,7 @@ class SandboxService:
         await reconcile(self.store, self.launcher, self.exits, self.pauser)
         self.lifetimes.start()
         self._dozing_task = asyncio.create_task(self.dozer.run(), name="doze-loop")
-        await self.spares.start()
+        await self.reserve.start()
 
     async def stop(self) -> None:
         """Stop watching; the sandboxes themselves keep running for the next server."""
@@ -483,5 +485,5 @@ class SandboxService:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await self.spares.stop()
+        await self.reserve.stop()
         await self.network.stop()

@@ -2,7 +2,7 @@
 
 A cold create spends about 40 ms of its time before runsc starts on work that does not
 depend on the request: making and loop-mounting the sandbox's ext4 disk (mkfs, mount) and
-setting up its network namespace, veth and rules (``ip`` twice, ``nft``). :class:`Spares`
+setting up its network namespace, veth and rules (``ip`` twice, ``nft``). :class:`BootReserve`
 keeps a few of each ready, for the default disk size and the default network policy, so
 that a create only renames a directory and, when its policy differs, rewrites its rules.
 
@@ -26,7 +26,7 @@ from ..network.manager import NetworkManager
 from ..runtime import proc
 from ..runtime.rootfs import DEFAULT_DISK_MIB, RootFS
 
-__all__ = ["SPARES", "Spares"]
+__all__ = ["SPARES", "BootReserve"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SPARES = 2
 
 
-class Spares:
+class BootReserve:
     """Keeps :data:`SPARES` disks and network slots ready. Use from the event loop."""
 
     def __init__(
