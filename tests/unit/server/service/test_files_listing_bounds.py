@@ -16,7 +16,7 @@ from stockade.server.agent.protocol import FrameType, encode
 from stockade.server.runtime.agent_link import AgentLink
 from stockade.server.service import files
 from stockade.server.service.files import FileService
-from tests.unit.test_agent_link_bounds import FakeAgent
+from tests.unit.server.runtime.test_agent_link_bounds import FakeAgent
 
 PART = 896 * 1024  # the agent starts a new part past this much JSON
 

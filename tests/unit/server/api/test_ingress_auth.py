@@ -23,7 +23,7 @@ import websockets.exceptions
 
 from stockade.server.api import ingress
 from stockade.server.service.ports import PortTarget
-from tests.unit.test_ingress import (
+from tests.unit.server.api.test_ingress import (
     ACCESS,
     DEAD,
     HTTP_PORT,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-SERVER = Path(__file__).resolve().parents[2] / "src" / "stockade" / "server"
+SERVER = Path(__file__).resolve().parents[3] / "src" / "stockade" / "server"
 PACKAGE = "stockade.server"
 
 # Higher may import lower. The composition roots (app, main, prebuild) wire everything.
