@@ -231,6 +231,10 @@ static void parse_input(void)
         in_garbage = 0;
         handle_frame(inbuf[p + 5], be32(inbuf + p + 6), inbuf + p + HDR, len);
         p += HDR + len;
+        /* Send each answer as soon as it is made (a non-blocking write): a batch of
+         * EXECs, each waiting for its child's execve, can take seconds on a crowded
+         * host, and the server must hear every STARTED as it comes, not all at the end. */
+        flush_out();
     }
     memmove(inbuf, inbuf + p, inlen - p);
     inlen -= p;

@@ -168,8 +168,17 @@ class Channel:
         """
         started = time.monotonic()
         while True:
+            if not self._frames.empty():
+                return await self.recv()
             since = started if strict else max(started, self.link.heard_at)
             left = since + timeout - time.monotonic()
+            if left <= 0 and not strict:
+                # The event loop may have been too busy to read what the agent sent in
+                # time: read it now, before calling the agent silent.
+                self.link.read_pending()
+                if not self._frames.empty():
+                    continue
+                left = max(started, self.link.heard_at) + timeout - time.monotonic()
             if left <= 0:
                 raise self._silent(timeout)
             try:
@@ -417,6 +426,11 @@ class AgentLink:
             if len(data) < _READ_CHUNK:
                 break
         return b"".join(chunks)
+
+    def read_pending(self) -> None:
+        """Take in what the agent has sent and the loop has not read yet (no waiting)."""
+        if not self.dead and self._out_fd >= 0:
+            self._on_readable()
 
     def _on_readable(self) -> None:
         data = self._read_available()
