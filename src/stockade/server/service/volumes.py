@@ -70,7 +70,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ID_SHAPE = re.compile(r"vol-[0-9a-f]{16}")
 # Mount points that belong to the sandbox's runtime: the kernel's filesystems and the agent.
 _RESERVED_TREES = ("/proc", "/dev", "/sys", "/.stockade")
-# Files the server binds over the image's (see SandboxService._attach_network).
+# Files the server binds over the image's (see Launcher.attach_network).
 _RESERVED_FILES = ("/etc/hosts", "/etc/resolv.conf")
 _MAX_PATH = 1024
 _MIB = 1024 * 1024
