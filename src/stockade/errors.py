@@ -3,7 +3,8 @@
 Every error Stockade raises derives from one root::
 
     StockadeError
-    ├── AuthenticationError            401 unauthorized, 403 forbidden
+    ├── AuthenticationError            401 unauthorized
+    │   ├── ForbiddenError             403 forbidden: the key's role may not do that
     │   └── RegistryAuthError          403 registry_auth_failed
     ├── NotFoundError                  404 not_found
     │   └── ImageNotFoundError         404 image_not_found
@@ -28,8 +29,8 @@ Every error Stockade raises derives from one root::
 The server answers every error with ``{"error": {"code": ..., "message": ...}}``; the SDK
 turns that body back into the class below through :func:`error_from_body`, the one place
 where codes map to classes. A subclass keeps its base's HTTP status (except
-:class:`RegistryAuthError`), so an SDK that does not know a code yet still raises the base
-class.
+:class:`ForbiddenError` and :class:`RegistryAuthError`), so an SDK that does not know a
+code yet still raises the base class.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "BuildError",
     "ConflictError",
     "DigestMismatchError",
+    "ForbiddenError",
     "ImageNotFoundError",
     "InvalidArgumentError",
     "KernelUnavailableError",
@@ -97,6 +99,14 @@ class AuthenticationError(StockadeError):
 
     code = "unauthorized"
     status = 401
+
+
+class ForbiddenError(AuthenticationError):
+    """The credential is good, but its role may not make this call; the message names the
+    role needed (readonly < user < admin < the server's admin token)."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFoundError(StockadeError):
@@ -231,7 +241,7 @@ class BuildError(StockadeError):
 
 _BY_CODE: dict[str, type[StockadeError]] = {
     "unauthorized": AuthenticationError,
-    "forbidden": AuthenticationError,
+    "forbidden": ForbiddenError,
     "not_found": NotFoundError,
     "bad_request": InvalidArgumentError,
     "payload_too_large": InvalidArgumentError,
@@ -256,7 +266,7 @@ _BY_CODE: dict[str, type[StockadeError]] = {
 _BY_STATUS: dict[int, type[StockadeError]] = {
     400: InvalidArgumentError,
     401: AuthenticationError,
-    403: AuthenticationError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     413: InvalidArgumentError,

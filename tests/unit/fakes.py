@@ -14,12 +14,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import websockets.exceptions
 import websockets.sync.server
 from websockets.http11 import Request, Response
+
+from stockade.server.service.access import AccessService
+from stockade.server.state.store import Store
 
 TOKEN = "test-token"
 BIG_STDERR = 3 * 1024 * 1024  # several times any socket buffer: a deadlock would show
@@ -409,3 +412,9 @@ class FakeExecServer:
         self._send(ws, {"type": "started"})
         ws.send(b"\x01" + json.dumps(start).encode())
         self._exit(ws, 0)
+
+
+def operator_access(token: str) -> AccessService:
+    """The server's access check with ``token`` as its admin token and no keys (for apps
+    built from single routers in unit tests)."""
+    return AccessService(cast(Store, None), token)

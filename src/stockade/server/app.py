@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from .._version import __version__
 from .api import (
+    access,
     code,
     execs,
     files,
@@ -38,7 +39,8 @@ JSON_BODY_LIMIT = 1024 * 1024
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": desc}
     for status, desc in {
-        400: "Malformed request", 401: "Missing or wrong token", 404: "Not found",
+        400: "Malformed request", 401: "Missing or wrong token",
+        403: "The key's role may not make this call", 404: "Not found",
         409: "Conflict, e.g. the sandbox has ended", 422: "Invalid argument",
         500: "Internal error (carries a request ID)",
     }.items()
@@ -73,6 +75,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(code.router, dependencies=auth)
     app.include_router(snapshots.router, dependencies=auth)
     app.include_router(volumes.router, dependencies=auth)
+    app.include_router(access.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.

@@ -23,6 +23,7 @@ import uvicorn
 from stockade.errors import NotFoundError
 from stockade.server.app import create_app
 from stockade.server.config import ServerConfig
+from tests.unit.fakes import operator_access
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,7 +62,9 @@ async def serving(tmp_path: Path) -> AsyncIterator[int]:
     """The Stockade app on a free loopback port, in this event loop; yields the port."""
     config = ServerConfig(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", token=TOKEN)
     app = create_app(config)
-    app.state.services = SimpleNamespace(config=config, sandboxes=FakeSandboxes())
+    app.state.services = SimpleNamespace(
+        config=config, sandboxes=FakeSandboxes(), access=operator_access(config.token)
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
     )

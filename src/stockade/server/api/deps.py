@@ -1,17 +1,23 @@
-"""What every handler needs: the services, and the bearer-token check."""
+"""What every handler needs: the services, and who is calling (the bearer credential's
+check, with the role each route needs)."""
 
 from __future__ import annotations
 
-import hmac
+from typing import Annotated
 
+from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from ...errors import AuthenticationError
+from ..service.access import Principal
 from ..service.wiring import Services
 
 __all__ = [
+    "Caller",
     "Services",
     "bearer_credentials",
+    "caller",
+    "check_owner",
     "check_token",
     "require_token",
     "server_token",
@@ -44,13 +50,13 @@ def server_token(app: object) -> bytes | None:
     return token.encode() if isinstance(token, str) and token else None
 
 
-def check_token(conn: HTTPConnection) -> None:
-    """Raise AuthenticationError unless the connection carries the admin bearer token.
+def check_token(conn: HTTPConnection, needed: str = "readonly") -> Principal:
+    """Who the connection's bearer credential stands for, if it may do what ``needed``
+    (a role) allows; AuthenticationError (401) or ForbiddenError (403) otherwise.
 
     Any malformed header (another scheme, no credentials, bytes that are not ASCII) is a
-    wrong token, never an error of the server's own.
+    wrong credential, never an error of the server's own.
     """
-    expected: str = conn.app.state.services.config.token
     # The raw bytes, not conn.headers: those are latin-1-decoded str, which compare_digest
     # refuses (TypeError) as soon as they hold a non-ASCII character.
     header = next((v for k, v in conn.scope["headers"] if k.lower() == b"authorization"), b"")
@@ -59,15 +65,51 @@ def check_token(conn: HTTPConnection) -> None:
             "missing token: send `Authorization: Bearer <token>` (the SDK and CLI read "
             "STOCKADE_TOKEN or the server's token file)"
         )
-    given = bearer_credentials(header)
-    # Compared even when the scheme is wrong, so that every refusal takes as long.
-    matches = hmac.compare_digest(given or b"", expected.encode())
-    if given is None or not matches:
-        raise AuthenticationError(
-            "wrong token: send `Authorization: Bearer <token>` with the token in the "
-            "server's token file or STOCKADE_TOKEN"
-        )
+    caller = services(conn).access.authenticate(bearer_credentials(header) or b"")
+    method = conn.scope.get("method", "WEBSOCKET")
+    caller.check(needed, f"{method} {conn.scope.get('path', '')}")
+    conn.state.principal = caller
+    return caller
+
+
+# Images and pools are the server's, shared by every tenant: a key may use and read them,
+# only the operator may change them.
+_OPERATORS_ONLY = ("/v1/images", "/v1/pools")
 
 
 async def require_token(conn: HTTPConnection) -> None:
-    check_token(conn)
+    """The routes' guard: reading (GET, HEAD) needs a readonly key or better, anything
+    else a user key or better, changing images and pools the operator; and an object named
+    in the path must be the caller's tenant's. Routes that need more check it themselves."""
+    method = conn.scope.get("method", "")
+    needed = "readonly" if method in ("GET", "HEAD") else "user"
+    if needed == "user" and conn.url.path.startswith(_OPERATORS_ONLY):
+        needed = "operator"
+    await check_owner(conn, check_token(conn, needed))
+
+
+async def check_owner(conn: HTTPConnection, who: Principal) -> None:
+    """404 for an object of another tenant named in the path, exactly as for one that does
+    not exist: every route under it (files, exec, code, snapshots, ports, its WebSocket)
+    is guarded by this one check, so a route added later is too."""
+    if who.operator:
+        return
+    svc = services(conn)
+    params = conn.path_params
+    if (sandbox_id := params.get("sandbox_id")) is not None:
+        await svc.sandboxes.get_owned(sandbox_id, who.tenant)
+    if (snapshot_id := params.get("snapshot_id")) is not None:
+        await svc.snapshots.get_owned(snapshot_id, who.tenant)
+    if (volume := params.get("name_or_id")) is not None and conn.url.path.startswith(
+        "/v1/volumes/"
+    ):
+        await svc.volumes.get_owned(volume, who.tenant)
+
+
+def caller(conn: HTTPConnection) -> Principal:
+    """The caller that require_token (or check_token) let in."""
+    principal: Principal = conn.state.principal
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]

@@ -18,11 +18,11 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from ...errors import InvalidArgumentError, StockadeError
+from ...errors import AuthenticationError, InvalidArgumentError, StockadeError
 from ..service.execs import ExecSession, ExitInfo, OutputChunk
 from ..service.files import check_path
 from . import ndjson
-from .deps import Services, check_token, services
+from .deps import Services, check_owner, check_token, services
 from .errors import error_response
 from .limits import check_range
 from .params import SandboxIdP
@@ -119,7 +119,8 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
     try:
         # Refuse the handshake itself with a plain HTTP error when we can, so that a bad
         # token or an ended sandbox looks the same as on every other route.
-        check_token(ws)
+        who = check_token(ws, "user")
+        await check_owner(ws, who)
         await svc.sandboxes.ready_for_use(sandbox_id)
     except StockadeError as err:
         if "websocket.http.response" in ws.scope.get("extensions", {}):
@@ -147,6 +148,16 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         return
     await ws.send_text('{"type":"started"}')
     reader = asyncio.create_task(_client_to_session(ws, session))
+    stream = asyncio.current_task()
+    cut: list[str] = []
+
+    def revoked(key_id: str) -> None:
+        # The key this stream was opened with stops working now, stream included.
+        if key_id == who.key_id and stream is not None and not cut:
+            cut.append(key_id)
+            stream.cancel()
+
+    svc.access.on_revoke.append(revoked)
     try:
         try:
             async for event in session.events():
@@ -161,7 +172,14 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
             await ws.close(code=1000)
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client left: the command is killed below
+    except asyncio.CancelledError:
+        if not cut or stream is None:
+            raise  # not ours: the server is stopping
+        stream.uncancel()
+        with contextlib.suppress(Exception):
+            await _send_error(ws, AuthenticationError(f"API key {cut[0]} was revoked"))
     finally:
+        svc.access.on_revoke.remove(revoked)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader

@@ -59,8 +59,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.typing import Subprotocol
 
 from ...errors import AuthenticationError, InvalidArgumentError, NotFoundError, StockadeError
+from ..service.access import is_key
 from ..service.ports import PortTarget
 from ..state.records import ExposedPort
+from .deps import bearer_credentials, server_token
 from .errors import error_response
 from .relay import first_of, relay_websocket
 
@@ -435,24 +437,20 @@ def _upstream_headers(
 def _admin_token(scope: Scope) -> bytes | None:
     """The server's admin token, from the app the request came in through (Starlette puts
     itself in ``scope["app"]``); None when it is not known."""
-    # Imported here: api.deps pulls in the services, which use this module's PortTarget.
-    from .deps import server_token
-
     return server_token(scope.get("app"))
 
 
 def _is_admin_bearer(value: bytes, admin: bytes | None) -> bool:
-    """Whether the ``Authorization`` value ``value`` is ``Bearer <admin>``.
+    """Whether the ``Authorization`` value ``value`` is ``Bearer <admin>`` or carries a
+    Stockade API key: neither may ever reach a sandbox's app.
 
     With the admin token unknown every bearer token counts as one: dropping an app's own
     header now and then is better than handing the admin token to a sandbox.
     """
-    from .deps import bearer_credentials
-
     given = bearer_credentials(value)
     if given is None:
         return False
-    return admin is None or hmac.compare_digest(given, admin)
+    return admin is None or is_key(given) or hmac.compare_digest(given, admin)
 
 
 class SandboxProxy:

@@ -13,7 +13,7 @@ import contextlib
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ...errors import StockadeError
-from .deps import check_token
+from .deps import check_owner, check_token
 from .ingress import (
     CONNECT_TIMEOUT,
     PortTargets,
@@ -43,7 +43,7 @@ async def connect_port(websocket: WebSocket, sandbox_id: str, port: str) -> None
     the port's public flag and access token do not apply.
     """
     try:
-        check_token(websocket)
+        await check_owner(websocket, check_token(websocket, "user"))
         route = Route(sandbox_id, port_number(port), b"", "")
         targets: PortTargets | None = getattr(websocket.app.state, "port_targets", None)
         if targets is None:

@@ -9,11 +9,12 @@ from fastapi.responses import StreamingResponse
 
 from ...errors import InvalidArgumentError
 from ..network.policy import NetworkPolicy
+from ..service.access import Principal
 from ..service.sandboxes import CreateRequest
 from ..service.spec import SandboxSpec
 from ..service.stages import collect
 from ..state.records import SandboxRecord
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .limits import MAX_PORTS as _MAX_PORTS
 from .limits import TIMEOUT_RANGE, check_create_ranges, check_range
 from .params import PortP, SandboxIdP, documented
@@ -36,15 +37,17 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 
 
 @router.post("", status_code=201, response_model=SandboxOut, summary="Create a sandbox")
-async def create_sandbox(body: CreateSandbox, svc: Svc, response: Response) -> SandboxOut:
+async def create_sandbox(
+    body: CreateSandbox, svc: Svc, caller: Caller, response: Response
+) -> SandboxOut:
     # Server-Timing says where the create's time went (make bench prints the breakdown).
     with collect() as stages:
-        out = await _create(body, svc)
+        out = await _create(body, svc, caller)
     response.headers["Server-Timing"] = stages.header()
     return out
 
 
-async def _create(body: CreateSandbox, svc: Svc) -> SandboxOut:
+async def _create(body: CreateSandbox, svc: Svc, caller: Principal) -> SandboxOut:
     check_create_ranges(body.cpu, body.memory, body.disk, body.timeout)
     if body.idle_timeout is not None:
         check_range("idle_timeout", body.idle_timeout, *TIMEOUT_RANGE, " seconds")
@@ -57,6 +60,10 @@ async def _create(body: CreateSandbox, svc: Svc) -> SandboxOut:
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
         )
     svc.images.check(body.image)  # 404 naming the images, or 422 for a bad reference
+    # A key restores and mounts only what its tenant owns (the operator: anything).
+    owner = None if caller.operator else caller.tenant
+    if body.snapshot is not None and owner is not None:
+        await svc.snapshots.get_owned(body.snapshot, owner)
     policy = NetworkPolicy.parse(
         block_network=body.block_network,
         outbound_cidr_allowlist=body.outbound_cidr_allowlist,
@@ -67,9 +74,11 @@ async def _create(body: CreateSandbox, svc: Svc) -> SandboxOut:
         timeout=body.timeout, env=body.env, workdir=body.workdir, tags=body.tags,
         entrypoint=body.entrypoint, policy=policy, ports=_ports(body.ports),
         image_entrypoint=body.image_entrypoint,
-        volumes=await svc.volumes.resolve_mounts(body.volumes) if body.volumes else {},
+        volumes=(
+            await svc.volumes.resolve_mounts(body.volumes, tenant=owner) if body.volumes else {}
+        ),
         idle_timeout=body.idle_timeout or SandboxSpec.idle_timeout, on_timeout=body.on_timeout,
-        auto_resume=body.auto_resume,
+        auto_resume=body.auto_resume, tenant=caller.tenant,
     )  # fmt: skip
     return _out(svc, await svc.creator.create(req, snapshot=body.snapshot))
 
@@ -124,6 +133,7 @@ async def set_timeout(sandbox_id: SandboxIdP, body: TimeoutIn, svc: Svc) -> Sand
 @router.get("", response_model=SandboxList, summary="List sandboxes")
 async def list_sandboxes(
     svc: Svc,
+    caller: Caller,
     status: Annotated[
         Literal["starting", "running", "paused", "terminated", "failed"] | None,
         Query(description="Only sandboxes in this status."),
@@ -138,7 +148,7 @@ async def list_sandboxes(
     ] = [],  # noqa: B006
 ) -> SandboxList:
     records = await svc.sandboxes.list(status=status, tags=_parse_tags(tag))
-    return SandboxList(sandboxes=[_out(svc, r) for r in records])
+    return SandboxList(sandboxes=[_out(svc, r) for r in records if caller.sees(r.tenant)])
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut, summary="Get a sandbox")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from ..state.records import SandboxRecord
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .params import SANDBOX_ID, SandboxIdP, SnapshotIdP, documented_optional
 from .schemas import (
     ForkIn,
@@ -90,6 +90,7 @@ async def fork(sandbox_id: SandboxIdP, svc: Svc, body: ForkIn | None = None) -> 
 @router.get("/v1/snapshots", response_model=SnapshotList, summary="List snapshots")
 async def list_snapshots(
     svc: Svc,
+    caller: Caller,
     sandbox_id: Annotated[
         str | None,
         Query(
@@ -98,7 +99,8 @@ async def list_snapshots(
         ),
     ] = None,
 ) -> SnapshotList:
-    return SnapshotList(snapshots=[SnapshotOut.of(s) for s in await svc.snapshots.list(sandbox_id)])
+    found = [s for s in await svc.snapshots.list(sandbox_id) if caller.sees(s.tenant)]
+    return SnapshotList(snapshots=[SnapshotOut.of(s) for s in found])
 
 
 @router.get("/v1/snapshots/{snapshot_id}", response_model=SnapshotOut, summary="Get a snapshot")

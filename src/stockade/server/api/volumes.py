@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from ..state.records import VolumeRecord
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .params import VolumeRefP
 from .schemas import VolumeCreate, VolumeList, VolumeOut, _iso
 
@@ -33,21 +33,26 @@ def _out(record: VolumeRecord, used_by: Sequence[str]) -> VolumeOut:
     summary="Create a volume",
     responses={200: {"model": VolumeOut, "description": "It existed (create_if_missing)"}},
 )
-async def create_volume(body: VolumeCreate, svc: Svc, response: Response) -> VolumeOut:
+async def create_volume(
+    body: VolumeCreate, svc: Svc, caller: Caller, response: Response
+) -> VolumeOut:
     if body.create_if_missing:
-        record, created = await svc.volumes.get_or_create(body.name, body.size)
+        record, created = await svc.volumes.get_or_create(
+            body.name, body.size, tenant=caller.tenant
+        )
         if not created:
             response.status_code = 200
             return _out(record, await svc.volumes.users_of(record.id))
     else:
-        record = await svc.volumes.create(body.name, body.size)
+        record = await svc.volumes.create(body.name, body.size, tenant=caller.tenant)
     return _out(record, [])
 
 
 @router.get("", response_model=VolumeList, summary="List volumes")
-async def list_volumes(svc: Svc) -> VolumeList:
+async def list_volumes(svc: Svc, caller: Caller) -> VolumeList:
     users = await svc.volumes.users()
-    return VolumeList(volumes=[_out(r, users.get(r.id, [])) for r in await svc.volumes.list()])
+    found = [r for r in await svc.volumes.list() if caller.sees(r.tenant)]
+    return VolumeList(volumes=[_out(r, users.get(r.id, [])) for r in found])
 
 
 @router.get("/{name_or_id}", response_model=VolumeOut, summary="Get a volume by name or ID")

@@ -96,6 +96,15 @@ class SnapshotService:
             )
         return record
 
+    async def get_owned(self, snapshot_id: str, tenant: str) -> SnapshotRecord:
+        """The snapshot if ``tenant`` owns it; another tenant's answers as a missing one."""
+        record = await self.store.get_snapshot(snapshot_id)
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(
+                f"snapshot {snapshot_id} does not exist; `stockade snapshot ls` lists them"
+            )
+        return record
+
     async def list(self, sandbox_id: str | None = None) -> list[SnapshotRecord]:
         records = await self.store.list_snapshots()
         return [r for r in records if sandbox_id is None or r.sandbox_id == sandbox_id]
@@ -130,6 +139,7 @@ class SnapshotService:
         record = SnapshotRecord(
             id=snapshot_id, sandbox_id=sandbox_id, created_at=time.time(), size=size,
             sandbox=json.loads(source.to_json()), name=name, contexts=contexts,
+            tenant=source.tenant,
         )  # fmt: skip
         await self.store.put_snapshot(record)
         log.info("snapshot %s of %s: %d bytes", snapshot_id, sandbox_id, size)
@@ -251,5 +261,5 @@ def _request_like(source: SandboxRecord) -> CreateRequest:
         policy=NetworkPolicy.from_dict(source.network.policy if source.network else {}),
         ports=[(p.port, p.public) for p in source.ports],
         volumes=source.volumes, idle_timeout=source.idle_timeout,
-        on_timeout=source.on_timeout, auto_resume=source.auto_resume,
+        on_timeout=source.on_timeout, auto_resume=source.auto_resume, tenant=source.tenant,
     )  # fmt: skip

@@ -59,6 +59,8 @@ class CreateRequest:
     idle_timeout: float = SandboxSpec.idle_timeout
     on_timeout: OnTimeout = SandboxSpec.on_timeout
     auto_resume: bool = SandboxSpec.auto_resume
+    # Whose sandbox it will be (the caller's tenant).
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -103,4 +105,5 @@ def new_record(
         idle_timeout=req.idle_timeout,
         on_timeout=req.on_timeout,
         auto_resume=req.auto_resume,
+        tenant=req.tenant,
     )

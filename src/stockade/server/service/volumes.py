@@ -193,11 +193,14 @@ class VolumeService:
     async def get(self, name_or_id: str) -> VolumeRecord:
         record = await self.store.get_volume(name_or_id)
         if record is None:
-            raise NotFoundError(
-                f"volume {name_or_id!r} does not exist; `stockade volume ls` lists the volumes "
-                f"(make it with Volume.from_name({name_or_id!r}, create_if_missing=True) or "
-                f"`stockade volume create {name_or_id}`)"
-            )
+            raise _missing(name_or_id)
+        return record
+
+    async def get_owned(self, name_or_id: str, tenant: str) -> VolumeRecord:
+        """The volume if ``tenant`` owns it; another tenant's answers as a missing one."""
+        record = await self.get(name_or_id)
+        if record.tenant != tenant:
+            raise _missing(name_or_id)
         return record
 
     async def list(self) -> list[VolumeRecord]:
@@ -218,22 +221,28 @@ class VolumeService:
 
     # -------------------------------------------------------------------------- create
 
-    async def create(self, name: str, size_mib: int | None = None) -> VolumeRecord:
-        """A new, empty volume; ConflictError if the name is taken."""
-        record, _ = await self._create(name, size_mib, exist_ok=False)
+    async def create(
+        self, name: str, size_mib: int | None = None, *, tenant: str = "default"
+    ) -> VolumeRecord:
+        """A new, empty volume of ``tenant``; ConflictError if the name is taken."""
+        record, _ = await self._create(name, size_mib, exist_ok=False, tenant=tenant)
         return record
 
     async def get_or_create(
-        self, name: str, size_mib: int | None = None
+        self, name: str, size_mib: int | None = None, *, tenant: str = "default"
     ) -> tuple[VolumeRecord, bool]:
         """The volume ``name``, made first if missing; returns (record, whether it is new).
         An existing volume keeps its size whatever ``size_mib`` says."""
-        return await self._create(name, size_mib, exist_ok=True)
+        return await self._create(name, size_mib, exist_ok=True, tenant=tenant)
 
     async def _create(
-        self, name: str, size_mib: int | None, *, exist_ok: bool
+        self, name: str, size_mib: int | None, *, exist_ok: bool, tenant: str
     ) -> tuple[VolumeRecord, bool]:
-        if exist_ok and (found := await self.store.get_volume(name)) is not None:
+        found = await self.store.get_volume(name)
+        if found is not None and found.tenant != tenant:
+            # Names are one space for now: say it is taken, never hand another's over.
+            raise ConflictError(f"volume name {name!r} is taken; choose another name")
+        if exist_ok and found is not None:
             return found, False  # also by ID, which is never a valid new name
         check_name(name)
         size = DEFAULT_SIZE_MIB if size_mib is None else size_mib
@@ -249,7 +258,9 @@ class VolumeService:
                     f"`stockade volume rm {name}`"
                 )
             await self._check_space(size)
-            record = VolumeRecord(id=new_id("vol"), name=name, created_at=time.time(), size=size)
+            record = VolumeRecord(
+                id=new_id("vol"), name=name, created_at=time.time(), size=size, tenant=tenant
+            )
             tmp = self.config.volumes_dir / f".new-{record.id}"
             try:
                 await asyncio.to_thread((tmp / "mnt").mkdir, parents=True)
@@ -320,7 +331,9 @@ class VolumeService:
 
     # -------------------------------------------------------------------------- mounts
 
-    async def resolve_mounts(self, mounts: Mapping[str, str]) -> dict[str, str]:
+    async def resolve_mounts(
+        self, mounts: Mapping[str, str], *, tenant: str | None = None
+    ) -> dict[str, str]:
         """Check a create's ``volumes`` (mount path → volume name or ID) and return mount
         path → volume ID. 422 for a bad path, 404 for an unknown volume."""
         if len(mounts) > MAX_MOUNTS:
@@ -339,7 +352,8 @@ class VolumeService:
                     )
         out: dict[str, str] = {}
         for path in paths:
-            record = await self.get(mounts[path])
+            ref = mounts[path]
+            record = await (self.get(ref) if tenant is None else self.get_owned(ref, tenant))
             if not await asyncio.to_thread(os.path.ismount, self.config.volume_mount(record.id)):
                 # Never bind the bare mount point: writes would land on the host's disk.
                 raise ServerError(
@@ -392,3 +406,11 @@ async def _remove(directory: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(directory.unlink)
+
+
+def _missing(name_or_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"volume {name_or_id!r} does not exist; `stockade volume ls` lists the volumes "
+        f"(make it with Volume.from_name({name_or_id!r}, create_if_missing=True) or "
+        f"`stockade volume create {name_or_id}`)"
+    )

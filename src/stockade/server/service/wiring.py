@@ -12,6 +12,7 @@ from ..images.catalog import ImageCatalog
 from ..network.manager import NetworkManager
 from ..runtime.reaper import Reaper
 from ..state.store import SQLiteStore
+from .access import AccessService
 from .builder import ImageBuilder, build_policy, pip_env
 from .code.service import CodeService
 from .creation import Creator
@@ -45,6 +46,7 @@ class Services:
     creator: Creator
     image_service: ImageService
     exporter: ImageExporter
+    access: AccessService
 
 
 @contextlib.asynccontextmanager
@@ -80,8 +82,11 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         creator=Creator(sandboxes, pools, snapshots, code),
         image_service=ImageService(catalog, builder, snapshots),
         exporter=ImageExporter(catalog, config.cache_dir),
+        access=AccessService(store, config.token),
     )  # fmt: skip
     try:
+        # Before any request: the default tenant and the keys.
+        await services.access.start()
         # Volumes first: sandboxes that resume or boot from here on bind their disks.
         await volumes.start()
         await sandboxes.start()

@@ -12,11 +12,14 @@ __all__ = [
     "ALIVE",
     "EndReason",
     "ExposedPort",
+    "KeyRecord",
     "NetworkAttachment",
     "OnTimeout",
+    "Role",
     "SandboxRecord",
     "SandboxStatus",
     "SnapshotRecord",
+    "TenantRecord",
     "VolumeRecord",
 ]
 
@@ -147,10 +150,16 @@ class SandboxRecord(_Record):
     snapshot: str | None = None
     # Its code contexts' kernels (CodeService.saved): a restarted server attaches to them.
     contexts: list[dict[str, Any]] = field(default_factory=list)
+    # The tenant it belongs to (records from before tenants: the default one).
+    tenant: str = "default"
 
     @property
     def alive(self) -> bool:
         return self.status in ALIVE
+
+    @property
+    def ended(self) -> bool:
+        return self.status in (SandboxStatus.TERMINATED, SandboxStatus.FAILED)
 
     @classmethod
     def _typed(cls, fields: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +198,7 @@ class SnapshotRecord(_Record):
     name: str | None = None
     # The code contexts whose kernels it holds (CodeService.saved), attached on restore.
     contexts: list[dict[str, Any]] = field(default_factory=list)
+    tenant: str = "default"
 
     def source(self) -> SandboxRecord:
         return SandboxRecord.from_dict(self.sandbox)
@@ -202,3 +212,39 @@ class VolumeRecord(_Record):
     name: str
     created_at: float
     size: int  # MiB: the most it may hold
+    tenant: str = "default"
+
+
+# What a tenant's API key may do: readonly reads; user also creates, runs and writes;
+# admin also manages its tenant's keys. (The server's admin token is the operator's.)
+Role = Literal["readonly", "user", "admin"]
+
+
+@dataclass
+class TenantRecord(_Record):
+    """A tenant: the owner of sandboxes, snapshots, images, volumes and keys."""
+
+    name: str
+    created_at: float
+    # Limits by name (see service/access.py: QUOTAS); absent: no limit.
+    quotas: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class KeyRecord(_Record):
+    """An API key of a tenant. The secret itself is never stored: only its SHA-256."""
+
+    id: str  # "key-…", also the start of the key the holder sends
+    tenant: str
+    role: Role
+    secret_sha256: str
+    created_at: float
+    name: str | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    @classmethod
+    def _typed(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        if fields.get("role") not in get_args(Role):
+            fields = {**fields, "role": "readonly"}  # never more than a record says
+        return fields

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from .records import SandboxRecord, SnapshotRecord, VolumeRecord
+from .records import KeyRecord, SandboxRecord, SnapshotRecord, TenantRecord, VolumeRecord
 
 __all__ = ["SQLiteStore", "Store"]
 
@@ -36,6 +36,13 @@ class Store(Protocol):
     async def get_volume(self, volume_id: str) -> VolumeRecord | None: ...
     async def list_volumes(self) -> list[VolumeRecord]: ...
     async def delete_volume(self, volume_id: str) -> None: ...
+    async def put_tenant(self, record: TenantRecord) -> None: ...
+    async def get_tenant(self, name: str) -> TenantRecord | None: ...
+    async def list_tenants(self) -> list[TenantRecord]: ...
+    async def delete_tenant(self, name: str) -> None: ...
+    async def put_key(self, record: KeyRecord) -> None: ...
+    async def list_keys(self) -> list[KeyRecord]: ...
+    async def delete_key(self, key_id: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -49,6 +56,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
 CREATE TABLE IF NOT EXISTS snapshots (
     id         TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    name       TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
     created_at REAL NOT NULL,
     data       TEXT NOT NULL
 );
@@ -164,6 +182,40 @@ class SQLiteStore:
 
     async def delete_volume(self, volume_id: str) -> None:
         await asyncio.to_thread(self._exec, "DELETE FROM volumes WHERE id = ?", (volume_id,))
+
+    async def put_tenant(self, record: TenantRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO tenants(name, created_at, data) VALUES (?, ?, ?)",
+            (record.name, record.created_at, record.to_json()),
+        )
+
+    async def get_tenant(self, name: str) -> TenantRecord | None:
+        rows = await asyncio.to_thread(
+            self._rows, "SELECT data FROM tenants WHERE name = ?", (name,)
+        )
+        return TenantRecord.from_json(rows[0]) if rows else None
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        rows = await asyncio.to_thread(self._rows, "SELECT data FROM tenants ORDER BY name")
+        return [TenantRecord.from_json(r) for r in rows]
+
+    async def delete_tenant(self, name: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM tenants WHERE name = ?", (name,))
+
+    async def put_key(self, record: KeyRecord) -> None:
+        await asyncio.to_thread(
+            self._exec,
+            "INSERT OR REPLACE INTO keys(id, tenant, created_at, data) VALUES (?, ?, ?, ?)",
+            (record.id, record.tenant, record.created_at, record.to_json()),
+        )
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await asyncio.to_thread(self._rows, "SELECT data FROM keys ORDER BY created_at")
+        return [KeyRecord.from_json(r) for r in rows]
+
+    async def delete_key(self, key_id: str) -> None:
+        await asyncio.to_thread(self._exec, "DELETE FROM keys WHERE id = ?", (key_id,))
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         return await asyncio.to_thread(self._get, sandbox_id)

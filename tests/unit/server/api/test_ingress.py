@@ -39,6 +39,7 @@ from stockade.server.api.errors import BodyLimit, JsonByDefault, RequestIds, ins
 from stockade.server.api.ingress import WS_MAX_SIZE, PortTarget, SandboxProxy
 from stockade.server.api.port_tunnel import router
 from stockade.server.state.records import ExposedPort
+from tests.unit.fakes import operator_access
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -185,7 +186,9 @@ def proxy_app(targets: FakeTargets) -> FastAPI:
     """A stand-in for the Stockade app, with the proxy wired in the same way."""
     app = FastAPI()
     install_error_handlers(app)
-    app.state.services = SimpleNamespace(config=SimpleNamespace(token=TOKEN))
+    app.state.services = SimpleNamespace(
+        config=SimpleNamespace(token=TOKEN), access=operator_access(TOKEN)
+    )
     app.state.port_targets = targets
 
     @app.get("/hello")

@@ -125,10 +125,12 @@ async def test_the_token_or_a_public_port_lets_the_request_through(proxy: Proxy)
         (f"bearer   {TOKEN}", False),
         ("Bearer the-apps-own-token", True),
         ("Basic dXNlcjpwYXNz", True),
+        # A tenant's API key, even one this server does not know, never reaches an app.
+        (f"Bearer stk_0123456789abcdef_{'k' * 43}", False),
     ],
-    ids=["admin", "admin-spelled-otherwise", "other-bearer", "basic"],
+    ids=["admin", "admin-spelled-otherwise", "other-bearer", "basic", "api-key"],
 )
-async def test_the_admin_token_is_not_forwarded(
+async def test_the_admin_token_and_api_keys_are_not_forwarded(
     proxy: Proxy, authorization: str, forwarded: bool
 ) -> None:
     headers = {"Authorization": authorization, "X-Stockade-Access-Token": ACCESS}

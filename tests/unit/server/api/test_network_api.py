@@ -35,6 +35,7 @@ from stockade.server.state.records import (
     SandboxRecord,
     SandboxStatus,
 )
+from tests.unit.fakes import operator_access
 
 TOKEN = "admin-token"
 SB = "sb-0123456789abcdef"
@@ -228,7 +229,8 @@ async def api(fake: FakeSandboxes, config: ServerConfig) -> AsyncIterator[httpx.
     pools, code = cast(Any, FakePools()), cast(Any, FakeCode())
     creator = Creator(cast(Any, fake), pools, cast(Any, None), code)
     app.state.services = SimpleNamespace(
-        config=config, images=FakeImages(), sandboxes=fake, creator=creator
+        config=config, images=FakeImages(), sandboxes=fake, creator=creator,
+        access=operator_access(TOKEN),
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKEN}"}

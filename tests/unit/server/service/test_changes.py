@@ -41,6 +41,7 @@ from stockade.server.service.changes import (
     sandbox_changes,
 )
 from stockade.server.state.records import SandboxRecord, SandboxStatus
+from tests.unit.fakes import operator_access
 
 
 @pytest.fixture(autouse=True)
@@ -506,6 +507,7 @@ async def http(services: SimpleNamespace) -> AsyncIterator[httpx.AsyncClient]:
     app.include_router(files.router, dependencies=[Depends(require_token)])
     app.state.services = services
     services.config = SimpleNamespace(token="t")
+    services.access = operator_access("t")
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": "Bearer t"}
     async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as c:

@@ -50,6 +50,7 @@ from stockade.server.service.volumes import (
 )
 from stockade.server.state.records import SandboxRecord, SandboxStatus, VolumeRecord
 from stockade.server.state.store import SQLiteStore
+from tests.unit.fakes import operator_access
 
 TOKEN = "admin-token"
 
@@ -427,6 +428,7 @@ def app(service: VolumeService, config: ServerConfig) -> FastAPI:
     code = SimpleNamespace(prewarm=lambda sandbox_id, image: None)
     app.state.services = SimpleNamespace(
         config=config,
+        access=operator_access(config.token),
         volumes=service,
         sandboxes=fake,
         # No snapshots here: no create restores one.

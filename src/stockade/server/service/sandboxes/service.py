@@ -44,7 +44,7 @@ from .exits import ExitWatcher
 from .launch import Launcher
 from .lifetimes import Lifetimes, start_clock
 from .live import Background, LiveSandboxes
-from .lookup import get, get_running, not_running
+from .lookup import get, get_owned, get_running, not_running
 from .network import SandboxPorts
 from .pausing import Pauser
 from .reconcile import reconcile
@@ -122,6 +122,10 @@ class SandboxService:
     async def get(self, sandbox_id: str) -> SandboxRecord:
         """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
         return await get(self.store, sandbox_id)
+
+    async def get_owned(self, sandbox_id: str, tenant: str) -> SandboxRecord:
+        """The record of a sandbox of ``tenant`` (another's answers as a missing one)."""
+        return await get_owned(self.store, sandbox_id, tenant)
 
     async def get_running(self, sandbox_id: str) -> SandboxRecord:
         """The record of a running sandbox, or an error saying why it is not running."""
@@ -284,6 +288,7 @@ class SandboxService:
             record.workdir, record.timeout = req.workdir, req.timeout
             record.idle_timeout, record.on_timeout = req.idle_timeout, req.on_timeout
             record.auto_resume = req.auto_resume
+            record.tenant = req.tenant
             record.status = SandboxStatus.RUNNING
             record.created_at = time.time()
             start_clock(record, record.created_at)

@@ -46,7 +46,7 @@ from stockade.server.service.sandboxes import SandboxService, lifetimes
 from stockade.server.service.sandboxes.lifetimes import Deadline
 from stockade.server.state.records import EndReason, SandboxRecord, SandboxStatus
 from stockade.server.state.store import SQLiteStore
-from tests.unit.fakes import sandbox_record
+from tests.unit.fakes import operator_access, sandbox_record
 from tests.waiting import wait_for_async
 
 TOKEN = "admin-token"
@@ -540,7 +540,9 @@ async def api(svc: SandboxService) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(sandbox_routes.router, dependencies=[Depends(require_token)])
-    app.state.services = SimpleNamespace(config=svc.config, sandboxes=svc)
+    app.state.services = SimpleNamespace(
+        config=svc.config, sandboxes=svc, access=operator_access(TOKEN)
+    )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(
