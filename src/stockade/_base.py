@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import httpx
 import websockets.exceptions
 
+from stockade import _config
 from stockade.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -287,10 +289,59 @@ def transport_error(exc: Exception, *, url: str, action: str) -> StockadeError:
     bad_url = websockets.exceptions.InvalidURI | httpx.InvalidURL | httpx.UnsupportedProtocol
     if isinstance(exc, bad_url):
         return InvalidArgumentError(f"{action}: {url} is not a usable server URL: {exc}")
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return StockadeConnectionError(f"{action}: {_tls_message(tls, url)}")
     detail = str(exc) or type(exc).__name__
+    # What a server that serves TLS does to a plain request: takes the connection, then
+    # hangs up (or resets it) without an answer.
+    hung_up = (
+        httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError
+        | websockets.exceptions.InvalidMessage | ConnectionResetError
+    )  # fmt: skip
+    if isinstance(exc, hung_up) and url.startswith(("http://", "ws://")):
+        return StockadeConnectionError(
+            f"{action}: the server at {url} hung up ({detail}); if it serves HTTPS (started "
+            "with --tls-cert or --tls-self-signed), use an https:// URL, else see its log"
+        )
     return StockadeConnectionError(
         f"{action}: could not reach the Stockade server at {url} ({detail}); start it with "
         "`stockade serve` (or `make run` in a checkout), or point STOCKADE_URL at it"
+    )
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under ``exc``: httpx wraps it twice (httpx, then httpcore)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_message(error: ssl.SSLError, url: str) -> str:
+    """What went wrong in a TLS handshake, and the fix."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = error.verify_message or error.reason or str(error)
+        if why.startswith(("Hostname mismatch", "IP address mismatch")):
+            return (
+                f"the certificate of the Stockade server at {url} is not valid for this "
+                f"name ({why}); connect by a name it covers (the server prints them at "
+                "start), or give the server a certificate for this one"
+            )
+        return (
+            f"the certificate of the Stockade server at {url} is not trusted ({why}); set "
+            f"{_config.CA_BUNDLE_ENV} to the server's certificate (`stockade serve "
+            "--tls-self-signed` prints its path) or to the CA that signed it, or pass "
+            "verify='/path/to/cert.pem' to the client"
+        )
+    return (
+        f"the TLS handshake with the Stockade server at {url} failed ({error.reason or error}); "
+        "check that it serves HTTPS (started with --tls-cert or --tls-self-signed), or use an "
+        "http:// URL for one that does not"
     )
 
 
@@ -329,11 +380,53 @@ def whole_content(data: object) -> bytes | None:
     return None
 
 
+VerifyTypes = bool | str | os.PathLike[str] | ssl.SSLContext
+"""What a client's ``verify=`` takes: ``True`` (the system's CAs, plus ``$STOCKADE_CA_BUNDLE``),
+``False`` (no check), a CA bundle's path, or a ready :class:`ssl.SSLContext`."""
+
+
 @functools.cache
-def ssl_context() -> ssl.SSLContext:
-    """One TLS context per process, shared by every client.
+def ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """One TLS context per process (per CA bundle), shared by every client.
 
     Building one loads the CA store, which costs tens of milliseconds: far more than a
     whole request to a local server. Clients are cheap to make only if they share it.
+    ``ca_bundle`` (a PEM file, or a directory of hashed certificates) is trusted on top of
+    the system's CAs, so a private CA adds a server without taking away public ones (an
+    ``https://`` ``HTTPS_PROXY``, say). It is read once per process.
     """
-    return ssl.create_default_context()
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        if os.path.isdir(ca_bundle):
+            context.load_verify_locations(capath=ca_bundle)
+        else:
+            context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+@functools.cache
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_ssl_context(verify: VerifyTypes = True) -> ssl.SSLContext:
+    """The TLS context of a client made with ``verify=`` (see :data:`VerifyTypes`), which
+    its HTTP requests and its WebSockets share."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    resolved = _config.resolve_verify(verify)
+    if resolved is False:
+        return _unverified_context()
+    if resolved is True:
+        return ssl_context()
+    try:
+        return ssl_context(resolved)
+    except (ssl.SSLError, OSError) as exc:
+        source = f"{_config.CA_BUNDLE_ENV}={resolved}" if verify is True else f"verify={resolved!r}"
+        raise InvalidArgumentError(
+            f"{source} holds no usable PEM certificate ({exc}); point it at the server's "
+            "certificate (a file starting with -----BEGIN CERTIFICATE-----) or its CA's"
+        ) from None

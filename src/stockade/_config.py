@@ -8,6 +8,11 @@ Resolution order, first match wins:
 
 The token file is read only when the URL points at this machine (loopback), so a
 misconfigured ``STOCKADE_URL`` never sends the local server's token to another host.
+
+- Certificates (an ``https://`` server): the ``verify=`` argument when it is ``False`` or a
+  path, else ``$STOCKADE_CA_BUNDLE``, else the system's CA store. A bundle (a PEM file of
+  certificates, or a directory of them as ``openssl rehash`` leaves it) is trusted on top
+  of the system's CAs: a server's self-signed certificate, or a private CA.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/stockade")
 URL_ENV = "STOCKADE_URL"
 TOKEN_ENV = "STOCKADE_TOKEN"
 DATA_DIR_ENV = "STOCKADE_DATA_DIR"
+CA_BUNDLE_ENV = "STOCKADE_CA_BUNDLE"
 
 
 def _env(name: str) -> str | None:
@@ -43,6 +49,33 @@ def resolve_url(url: str | None = None) -> str:
             f"set {URL_ENV} or pass url= like {DEFAULT_URL!r}"
         )
     return resolved.rstrip("/")
+
+
+def resolve_verify(verify: bool | str | os.PathLike[str] = True) -> bool | str:
+    """How to check an https server's certificate: ``False`` (not at all), ``True`` (the
+    system's CAs) or the path of a CA bundle trusted as well.
+
+    Raises :class:`InvalidArgumentError` when the bundle named does not exist.
+    """
+    if verify is False:
+        return False
+    if verify is True:
+        configured = _env(CA_BUNDLE_ENV)
+        if configured is None:
+            return True
+        path, source = Path(configured).expanduser(), f"{CA_BUNDLE_ENV}={configured}"
+    elif isinstance(verify, str | os.PathLike):
+        path, source = Path(verify).expanduser(), f"verify={os.fspath(verify)!r}"
+    else:
+        raise InvalidArgumentError(
+            f"verify= takes True, False or the path of a CA bundle, not {verify!r}"
+        )
+    if not path.exists():
+        raise InvalidArgumentError(
+            f"{source}: no such file; point it at the server's certificate (a PEM file; a "
+            "server started with --tls-self-signed prints its path) or the CA that signed it"
+        )
+    return str(path.resolve())
 
 
 def data_dir() -> Path:

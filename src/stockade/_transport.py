@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from enum import Enum
 
@@ -54,12 +55,21 @@ class AsyncWebSocket:
         self.close_reason = ""
 
     @classmethod
-    async def connect(cls, url: str, *, headers: dict[str, str], action: str) -> AsyncWebSocket:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        headers: dict[str, str],
+        action: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> AsyncWebSocket:
         """Open the socket; raises the Stockade error for a refused or failed handshake."""
         try:
             conn = await websockets.asyncio.client.connect(
                 url,
                 additional_headers=headers,
+                # ws:// takes no context; wss:// without one would load the CA store anew.
+                ssl=ssl_context if url.startswith("wss://") else None,
                 open_timeout=CONNECT_TIMEOUT,
                 ping_interval=_PING_INTERVAL,
                 max_size=_MAX_SIZE,
@@ -111,12 +121,21 @@ class WebSocket:
         self.close_reason = ""
 
     @classmethod
-    def connect(cls, url: str, *, headers: dict[str, str], action: str) -> WebSocket:
+    def connect(
+        cls,
+        url: str,
+        *,
+        headers: dict[str, str],
+        action: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> WebSocket:
         """Open the socket; raises the Stockade error for a refused or failed handshake."""
         try:
             conn = websockets.sync.client.connect(
                 url,
                 additional_headers=headers,
+                # ws:// takes no context; wss:// without one would load the CA store anew.
+                ssl=ssl_context if url.startswith("wss://") else None,
                 open_timeout=CONNECT_TIMEOUT,
                 ping_interval=_PING_INTERVAL,
                 max_size=_MAX_SIZE,

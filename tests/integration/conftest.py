@@ -52,8 +52,13 @@ class LiveServer:
         self.log_path = self.data_dir.parent / "server.log"
 
     @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS (started with --tls-self-signed or --tls-cert)."""
+        return any(arg in ("--tls-self-signed", "--tls-cert") for arg in self.extra_args)
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -76,7 +81,9 @@ class LiveServer:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited {proc.returncode}:\n{self.log()}")
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200 or None
+                # Whether it answers, not whom it is: the TLS tests check the certificate.
+                answer = httpx.get(f"{self.url}/healthz", timeout=1, verify=not self.tls)
+                return answer.status_code == 200 or None
             except httpx.HTTPError:
                 return None
 
@@ -110,7 +117,9 @@ class LiveServer:
     def terminate_all(self) -> None:
         """End every sandbox this server knows (cleanup between test modules)."""
         try:
-            with httpx.Client(base_url=self.url, headers=self.headers, timeout=60) as c:
+            with httpx.Client(
+                base_url=self.url, headers=self.headers, timeout=60, verify=not self.tls
+            ) as c:
                 for sb in c.get("/v1/sandboxes", params={"status": "running"}).json()["sandboxes"]:
                     c.delete(f"/v1/sandboxes/{sb['id']}")
         except httpx.HTTPError:

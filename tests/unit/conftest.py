@@ -17,7 +17,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
     Returns the (empty) data directory that token lookups see.
     """
-    for name in ("STOCKADE_URL", "STOCKADE_TOKEN"):
+    for name in ("STOCKADE_URL", "STOCKADE_TOKEN", "STOCKADE_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
     data = tmp_path / "data"
     monkeypatch.setenv("STOCKADE_DATA_DIR", str(data))

@@ -1,4 +1,4 @@
-"""URL and token resolution: arguments, environment, the local token file."""
+"""URL, token and certificate-check resolution: arguments, environment, the local token file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stockade import AuthenticationError, Client, InvalidArgumentError
-from stockade._config import is_local, resolve_token, resolve_url
+from stockade._config import is_local, resolve_token, resolve_url, resolve_verify
 
 LOCAL = "http://127.0.0.1:7423"
 
@@ -74,3 +74,31 @@ def test_is_local() -> None:
 def test_client_resolves_eagerly(isolated_env: Path) -> None:
     with pytest.raises(AuthenticationError, match="STOCKADE_TOKEN"):
         Client()
+
+
+def test_verify_order(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, other = isolated_env.parent / "ca.pem", isolated_env.parent / "other.pem"
+    bundle.write_text("x")
+    other.write_text("x")
+    assert resolve_verify() is True
+    assert resolve_verify(False) is False
+    assert resolve_verify(str(other)) == str(other)
+    monkeypatch.setenv("STOCKADE_CA_BUNDLE", str(bundle))
+    assert resolve_verify() == str(bundle)
+    assert resolve_verify(True) == str(bundle)
+    assert resolve_verify(other) == str(other)  # an explicit bundle wins, a PathLike too
+    assert resolve_verify(False) is False  # and so does turning checks off
+    monkeypatch.setenv("STOCKADE_CA_BUNDLE", " ")
+    assert resolve_verify() is True  # exported but empty: unset
+
+
+def test_a_missing_bundle_names_the_setting(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOCKADE_CA_BUNDLE", "/nowhere/ca.pem")
+    with pytest.raises(InvalidArgumentError, match=r"STOCKADE_CA_BUNDLE=/nowhere/ca.pem: no such"):
+        resolve_verify()
+    with pytest.raises(InvalidArgumentError, match=r"verify='/nowhere/x.pem': no such file"):
+        resolve_verify("/nowhere/x.pem")
+    with pytest.raises(InvalidArgumentError, match="verify= takes True, False or the path"):
+        resolve_verify(1)  # type: ignore[arg-type]

@@ -29,7 +29,11 @@ class Client:
     """A connection to one Stockade server, shared by any number of sandboxes.
 
     ``url`` and ``token`` default to ``$STOCKADE_URL``/``$STOCKADE_TOKEN`` (and the local
-    server's token file); see :mod:`stockade._config`. A client keeps connections open for
+    server's token file); see :mod:`stockade._config`. An ``https://`` server's certificate
+    is checked against the system's CAs and ``$STOCKADE_CA_BUNDLE``; ``verify`` changes
+    that: the path of a CA bundle to trust instead of the variable's (a self-signed
+    server's certificate, or a private CA), ``False`` to skip the check, or an
+    :class:`ssl.SSLContext`. A client keeps connections open for
     reuse, so close it when done (``with`` does). The sandbox methods create a
     client of their own when none is passed; that one keeps no idle connections, so it
     needs no closing.
@@ -44,6 +48,8 @@ class Client:
             print([image.name for image in client.images()])
             sb = Sandbox.create(client=client)
             sb.terminate()
+
+        remote = Client("https://sandbox-host:7423", verify="sandbox-host-cert.pem")
     """
 
     def __init__(
@@ -53,10 +59,12 @@ class Client:
         *,
         timeout: float = _base.DEFAULT_TIMEOUT,
         keepalive: bool = True,
+        verify: _base.VerifyTypes = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = _config.resolve_url(url)
         self._headers = _base.auth_headers(_config.resolve_token(token, self.url))
+        self._ssl = _base.client_ssl_context(verify)
         limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
         self._http = httpx.Client(
             base_url=self.url,
@@ -64,7 +72,7 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=_base.CONNECT_TIMEOUT),
             limits=limits,
             transport=transport,
-            verify=_base.ssl_context(),
+            verify=self._ssl,
         )
 
     def __repr__(self) -> str:
@@ -328,7 +336,10 @@ class Client:
     def connect_ws(self, path: str) -> WebSocket:
         """Open a WebSocket to ``path`` with this client's credentials."""
         return WebSocket.connect(
-            _base.ws_url(self.url, path), headers=self._headers, action=f"GET {path}"
+            _base.ws_url(self.url, path),
+            headers=self._headers,
+            action=f"GET {path}",
+            ssl_context=self._ssl,
         )
 
 

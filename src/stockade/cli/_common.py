@@ -25,18 +25,28 @@ class CliState:
     """The global options and the one :class:`Client` a command uses.
 
     ``client_factory`` is the test seam: tests pass a factory that builds a client on an
-    ``httpx.MockTransport``.
+    ``httpx.MockTransport``; without one, a :class:`Client` that checks certificates with
+    ``ca_bundle`` (``--ca-bundle``) or else ``$STOCKADE_CA_BUNDLE``.
     """
 
     url: str | None = None
     token: str | None = None
-    client_factory: ClientFactory = Client
+    ca_bundle: str | None = None
+    client_factory: ClientFactory | None = None
     _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def verify(self) -> str | bool:
+        """The ``verify=`` of the clients a command makes."""
+        return self.ca_bundle or True
 
     def client(self) -> Client:
         """The connection to the server, made on first use."""
         if self._client is None:
-            self._client = self.client_factory(self.url, self.token)
+            if self.client_factory is not None:
+                self._client = self.client_factory(self.url, self.token)
+            else:
+                self._client = Client(self.url, self.token, verify=self.verify)
         return self._client
 
     def sandbox(self, sandbox_id: str) -> Sandbox:

@@ -48,9 +48,14 @@ class _Group(click.Group):
     "--token", metavar="TOKEN",
     help="API token [env: STOCKADE_TOKEN; default: the local server's token file].",
 )  # fmt: skip
+@click.option(
+    "--ca-bundle", metavar="FILE", type=click.Path(exists=True),
+    help="CA certificates to trust for an https:// server, e.g. its self-signed "
+    "certificate [env: STOCKADE_CA_BUNDLE].",
+)  # fmt: skip
 @click.version_option(__version__, prog_name="stockade")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, ca_bundle: str | None) -> None:
     """Run untrusted code in gVisor sandboxes on a self-hosted Stockade server.
 
     \b
@@ -63,6 +68,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
     state = ctx.ensure_object(CliState)
     state.url = url or state.url
     state.token = token or state.token
+    state.ca_bundle = ca_bundle or state.ca_bundle
     ctx.call_on_close(state.close)
 
 

@@ -93,7 +93,7 @@ def port_forward(
         )
 
     async def main() -> None:
-        async with AsyncClient(state.url, state.token) as client:
+        async with AsyncClient(state.url, state.token, verify=state.verify) as client:
             await forward_port(
                 client,
                 sandbox_id,

@@ -9,7 +9,9 @@ import click
 from stockade.cli._common import fail
 
 # Top-level modules the `server` extra installs; a missing one means the extra is missing.
-_SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn"}
+_SERVER_DEPENDENCIES = {
+    "fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn", "cryptography",
+}  # fmt: skip
 
 
 @click.command()
@@ -51,7 +53,7 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     "--tunnel-domain",
     default=None,
     metavar="DOMAIN",
-    help="Serve exposed ports at http://PORT-ID.DOMAIN (a wildcard DNS name for this server) "
+    help="Serve exposed ports at http(s)://PORT-ID.DOMAIN (a wildcard DNS name for this server) "
     "[env: STOCKADE_TUNNEL_DOMAIN; default: path URLs /proxy/ID/PORT/].",
 )
 @click.option(
@@ -93,6 +95,28 @@ _SERVER_DEPENDENCIES = {"fastapi", "starlette", "pydantic", "pydantic_core", "uv
     help="The most of each sandbox's output (its logs) kept on disk; past it the older "
     "half is dropped [env: STOCKADE_MAX_LOG_BYTES; default: 10 MiB].",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Serve HTTPS and WSS with this PEM certificate (chain) [env: STOCKADE_TLS_CERT].",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="The certificate's PEM private key, unencrypted; may be left out when the "
+    "--tls-cert file holds it [env: STOCKADE_TLS_KEY].",
+)
+@click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    default=None,
+    help="Serve HTTPS and WSS with a self-signed certificate made once and kept in the data "
+    "directory; clients trust it with STOCKADE_CA_BUNDLE [env: STOCKADE_TLS_SELF_SIGNED=1].",
+)
 def serve(
     host: str,
     port: int,
@@ -107,6 +131,9 @@ def serve(
     retention: float | None,
     doze_after: float | None,
     max_log_bytes: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool | None,
 ) -> None:
     """Run the Stockade server in the foreground (as root).
 
@@ -137,4 +164,7 @@ def serve(
         retention=retention,
         doze_after=doze_after,
         max_log_bytes=max_log_bytes,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_self_signed=tls_self_signed,
     )

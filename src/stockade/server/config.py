@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .runtime.output_log import DEFAULT_MAX_LOG_BYTES, MIN_MAX_LOG_BYTES
 from .runtime.runsc import MIN_RUNSC_VERSION, runsc_version
+from .tls import TlsError, TlsFiles, load_pair, self_signed
 
 __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "ServerConfig", "find_runsc"]
 
@@ -77,6 +78,8 @@ class ServerConfig:
     # Bytes of each sandbox's output (output.log) kept on disk; past it the older half
     # goes (runtime/output_log.py).
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    # The certificate HTTPS and WSS are served with (tls.py); None: plain HTTP.
+    tls: TlsFiles | None = None
 
     @classmethod
     def load(
@@ -94,6 +97,9 @@ class ServerConfig:
         retention: float | None = None,
         doze_after: float | None = None,
         max_log_bytes: int | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_self_signed: bool | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -141,6 +147,7 @@ class ServerConfig:
             "0: sandboxes never doze",
         )  # fmt: skip
         cfg.max_log_bytes = _max_log_bytes(max_log_bytes)
+        cfg.tls = _tls(data, host, cfg.tunnel_domain, tls_cert, tls_key, tls_self_signed)
         cfg.runsc = find_runsc(cache)
         cfg.token, cfg.token_source = _admin_token(data)
         return cfg
@@ -177,7 +184,7 @@ class ServerConfig:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _seconds(flag: float | None, flag_name: str, env: str, default: float, zero: str) -> float:
@@ -214,6 +221,39 @@ def _max_log_bytes(flag: int | None) -> int:
     if value < MIN_MAX_LOG_BYTES:
         raise ConfigError(f"{source}: the log cap must be at least {MIN_MAX_LOG_BYTES} bytes")
     return value
+
+
+def _tls(
+    data_dir: Path,
+    host: str,
+    tunnel_domain: str,
+    cert: Path | None,
+    key: Path | None,
+    self_signed_flag: bool | None,
+) -> TlsFiles | None:
+    """The certificate to serve: ``--tls-cert``/``--tls-key`` (else ``$STOCKADE_TLS_CERT``/
+    ``$STOCKADE_TLS_KEY``), or with ``--tls-self-signed`` (``$STOCKADE_TLS_SELF_SIGNED=1``)
+    the one kept in ``<data dir>/tls``; None: plain HTTP."""
+    env_cert = os.environ.get("STOCKADE_TLS_CERT", "").strip()
+    env_key = os.environ.get("STOCKADE_TLS_KEY", "").strip()
+    cert = cert or (Path(env_cert) if env_cert else None)
+    key = key or (Path(env_key) if env_key else None)
+    if self_signed_flag is None:
+        env_self = os.environ.get("STOCKADE_TLS_SELF_SIGNED", "").strip().lower()
+        self_signed_flag = env_self not in ("", "0", "false", "no", "off")
+    try:
+        if self_signed_flag:
+            if cert or key:
+                raise ConfigError(
+                    "--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key "
+                    "(or their STOCKADE_TLS_* variables), or drop --tls-self-signed"
+                )
+            return self_signed(data_dir / "tls", host, tunnel_domain)
+        if key and not cert:
+            raise ConfigError("--tls-key needs the certificate it belongs to: add --tls-cert")
+        return load_pair(cert, key) if cert else None
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _admin_token(data_dir: Path) -> tuple[str, str]:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from click.testing import CliRunner, Result
 
 from stockade import Client
 from stockade.cli._common import CliState, age
 from stockade.cli.main import cli
 from tests.unit.fakes import TOKEN, FakeApi, FakeExecServer
+from tests.unit.test_tls import TlsServer
 
 Invoke = Callable[..., Result]
 
@@ -213,7 +215,15 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
                     "tunnel_domain": None, "code_output_limit": 65536,
-                    "retention": None, "doze_after": 2.5, "max_log_bytes": None}  # fmt: skip
+                    "retention": None, "doze_after": 2.5, "max_log_bytes": None,
+                    "tls_cert": None, "tls_key": None, "tls_self_signed": None}  # fmt: skip
+    seen.clear()
+    assert CliRunner().invoke(cli, ["serve", "--tls-self-signed"]).exit_code == 0
+    assert seen["tls_self_signed"] is True and not seen["tls_cert"]
+    seen.clear()
+    args = ["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert (seen["tls_cert"], seen["tls_key"]) == (Path("c.pem"), Path("k.pem"))
     seen.clear()
     # The flag's name before it said its unit still works, unlisted.
     assert CliRunner().invoke(cli, ["serve", "--code-output-limit", "4096"]).exit_code == 0
@@ -301,3 +311,25 @@ def test_ls_never_truncates_an_id_in_a_narrow_terminal() -> None:
     console = Console(width=80, record=True)
     console.print(_table([info]))
     assert "sb-d7662e8a9764c58f" in console.export_text()
+
+
+@pytest.fixture
+def tls_server() -> Iterator[TlsServer]:
+    server = TlsServer(trustme.CA())
+    yield server
+    server.close()
+
+
+def test_ca_bundle_trusts_a_private_server(
+    tls_server: TlsServer, tmp_path: Path, isolated_env: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    tls_server.ca.cert_pem.write_to_path(str(ca_file))
+    base = ["--url", tls_server.url(), "--token", TOKEN]
+    refused = CliRunner().invoke(cli, [*base, "images"])
+    assert refused.exit_code == 1
+    assert "is not trusted" in refused.stderr and "STOCKADE_CA_BUNDLE" in refused.stderr
+    trusted = CliRunner().invoke(cli, [*base, "--ca-bundle", str(ca_file), "images"])
+    assert trusted.exit_code == 0, trusted.output
+    missing = CliRunner().invoke(cli, [*base, "--ca-bundle", str(tmp_path / "no.pem"), "images"])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr

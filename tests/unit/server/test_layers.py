@@ -22,12 +22,13 @@ PACKAGE = "stockade.server"
 
 # Higher may import lower. The composition roots (app, main, prebuild) wire everything.
 # config, the server's settings, is read by the service layer and up, and checks them
-# with runtime's help (which runsc); failpoints is used by all and imports nothing.
+# with runtime's help (which runsc) and tls's (the certificate to serve); failpoints is
+# used by all and imports nothing.
 RANK = {
     "app": 4, "main": 4, "prebuild": 4,
     "api": 3,
     "service": 2, "config": 2,
-    "runtime": 1, "network": 1, "images": 1, "state": 1, "agent": 1,
+    "runtime": 1, "network": 1, "images": 1, "state": 1, "agent": 1, "tls": 1,
     "failpoints": 0,
 }  # fmt: skip
 HTTP_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
