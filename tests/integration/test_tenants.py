@@ -26,8 +26,10 @@ from stockade import (
     AuthenticationError,
     Client,
     ForbiddenError,
+    Image,
     NotFoundError,
     Sandbox,
+    StockadeError,
 )
 
 from .conftest import LiveServer
@@ -165,6 +167,43 @@ def test_another_tenants_objects_answer_as_missing_on_every_route(
         sb = Sandbox.from_id(owned["sandbox_id"], client=acme)
         assert sb.run(["cat", "/tmp/secret.txt"]).stdout == "acme only\n"
         assert acme.request("GET", f"/v1/snapshots/{owned['snapshot_id']}")["id"]
+
+
+def test_image_names_and_builds_are_per_tenant(
+    server: LiveServer, tenants: tuple[Tenant, Tenant]
+) -> None:
+    acme, globex = tenants
+    name = unique("tool")
+    recipe = Image.debian_slim().run_commands("echo built-by-a-tenant > /who")
+    with Client(server.url, acme.keys["user"]) as a, Client(server.url, globex.keys["user"]) as b:
+        built = a.build(recipe, tag=f"{name}:v1")
+        assert built.name == f"{name}:v1"
+        assert f"{name}:v1" in {i.name for i in a.images()}
+        sb = Sandbox.create(image=f"{name}:v1", client=a)
+        try:
+            assert sb.run(["cat", "/who"]).stdout == "built-by-a-tenant\n"
+        finally:
+            sb.terminate()
+        # Another tenant sees neither the name nor the build, by name or by ID.
+        assert f"{name}:v1" not in {i.name for i in b.images()}
+        assert built.pinned is not None and built.pinned.startswith("img-")
+        with pytest.raises(NotFoundError):
+            Sandbox.create(image=built.pinned, client=b)
+        # Its name is, to the other tenant, any name nobody made: a registry reference.
+        with pytest.raises(StockadeError) as theirs_by_name:
+            Sandbox.create(image=f"{name}:v1", client=b)
+        with pytest.raises(StockadeError) as nobodys:
+            Sandbox.create(image=f"{name}x:v1", client=b)
+        assert type(theirs_by_name.value) is type(nobodys.value)
+        assert str(theirs_by_name.value).replace(name, f"{name}x") == str(nobodys.value)
+        # The same steps built by it are its own build, with its own layers.
+        theirs = b.build(recipe, tag=f"{name}:v1")
+        assert theirs.pinned != built.pinned
+        assert f"{name}:v1" in {i.name for i in b.images()}
+        b.delete_image(f"{name}:v1")
+        assert f"{name}:v1" in {i.name for i in a.images()}  # untouched by the other's delete
+    with Client(server.url, server.token) as operator:
+        assert f"{name}:v1" not in {i.name for i in operator.images()}  # names are per tenant
 
 
 def test_the_exec_websocket_is_guarded_too(

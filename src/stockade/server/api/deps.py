@@ -72,9 +72,9 @@ def check_token(conn: HTTPConnection, needed: str = "readonly") -> Principal:
     return caller
 
 
-# Images and pools are the server's, shared by every tenant: a key may use and read them,
-# only the operator may change them.
-_OPERATORS_ONLY = ("/v1/images", "/v1/pools")
+# Warm pools and the layer store are the server's, shared by every tenant: a key may use
+# them, only the operator may change them.
+_OPERATORS_ONLY = ("/v1/pools", "/v1/images/gc")
 
 
 async def require_token(conn: HTTPConnection) -> None:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .params import IMAGE_REF, MAX_REFERENCE, documented, documented_optional
 
 __all__ = ["router"]
@@ -54,9 +54,11 @@ _CHUNK = 1024 * 1024
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-tar": {}}}},
 )
-async def export_image(svc: Svc, ref: RefQ, tag: TagQ = None) -> StreamingResponse:
+async def export_image(
+    svc: Svc, caller: Caller, ref: RefQ, tag: TagQ = None
+) -> StreamingResponse:
     """Pack ``ref`` into a tarball, then stream it; 404 for an image not on this server."""
-    exported = await svc.exporter.export(ref, tag)
+    exported = await svc.exporter.export(ref, tag, tenant=caller.tenant)
     return _FileStream(exported.file, filename=exported.filename)
 
 

@@ -4,6 +4,7 @@ their progress streamed as NDJSON events."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -17,7 +18,7 @@ from ..images.tags import parse_tag
 from ..service.builder import parse_spec
 from ..service.images import RegistryAuth, check_reference
 from . import ndjson
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .openapi import inline_body, raw_body
 from .params import IMAGE_REF, MAX_REFERENCE, DigestP, ImageNameP, documented
 from .schemas import BuildRequest, ImageList, ImageOut, PullImage
@@ -34,8 +35,8 @@ Svc = Annotated[Services, Depends(services)]
 
 
 @router.get("", response_model=ImageList, summary="List images")
-async def list_images(svc: Svc) -> ImageList:
-    found = await svc.image_service.listing()
+async def list_images(svc: Svc, caller: Caller) -> ImageList:
+    found = await svc.image_service.listing(caller.tenant)
     base = [ImageOut.of(i) for i in found.base]
     named = [ImageOut.of_built(built, name) for name, built in found.named]
     pulled = [ImageOut.of_pulled(i) for i in found.pulled]
@@ -71,10 +72,11 @@ async def delete_image(
         ),
     ],
     svc: Svc,
+    caller: Caller,
 ) -> dict[str, str]:
     """Only the name goes: the layers stay until `image gc`, so a running sandbox of the
     image never loses its files."""
-    return {"deleted": name, "image": await svc.image_service.delete(name)}
+    return {"deleted": name, "image": await svc.image_service.delete(name, caller.tenant)}
 
 
 @router.put(
@@ -103,8 +105,8 @@ async def has_context(digest: DigestP, svc: Svc) -> Response:
     # it accepts.
     openapi_extra=inline_body(BuildRequest),
 )
-async def build_steps(body: dict[str, Any], svc: Svc) -> StreamingResponse:
-    spec = parse_spec(body)
+async def build_steps(body: dict[str, Any], svc: Svc, caller: Caller) -> StreamingResponse:
+    spec = dataclasses.replace(parse_spec(body), tenant=caller.tenant)
     tag = body.get("tag")
     if tag is not None:
         if not isinstance(tag, str):

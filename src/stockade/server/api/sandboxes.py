@@ -59,7 +59,8 @@ async def _create(body: CreateSandbox, svc: Svc, caller: Principal) -> SandboxOu
         raise InvalidArgumentError(
             "entrypoint must be a non-empty list, e.g. ['python3', 'app.py']"
         )
-    svc.images.check(body.image)  # 404 naming the images, or 422 for a bad reference
+    # 404 naming the images, or 422 for a bad reference.
+    svc.images.check(body.image, caller.tenant)
     # A key restores and mounts only what its tenant owns (the operator: anything).
     owner = None if caller.operator else caller.tenant
     if body.snapshot is not None and owner is not None:

@@ -30,6 +30,8 @@ class BuiltImage:
     cmd: list[str] | None = None
     created_at: float = 0.0
     size: int = 0  # bytes in all its layers
+    # Whose build it is: another tenant's image answers as one that does not exist.
+    tenant: str = "default"
 
     @property
     def id(self) -> str:
@@ -46,6 +48,7 @@ class BuiltImage:
             "key": self.key, "lowerdirs": [str(p) for p in self.lowerdirs], "env": self.env,
             "workdir": self.workdir, "user": self.user, "entrypoint": self.entrypoint,
             "cmd": self.cmd, "created_at": self.created_at, "size": self.size,
+            "tenant": self.tenant,
         }  # fmt: skip
 
     @classmethod
@@ -55,7 +58,7 @@ class BuiltImage:
             env=dict(data.get("env") or {}), workdir=data.get("workdir"),
             user=data.get("user"), entrypoint=data.get("entrypoint"), cmd=data.get("cmd"),
             created_at=float(data.get("created_at") or 0.0),
-            size=int(data.get("size") or 0),
+            size=int(data.get("size") or 0), tenant=str(data.get("tenant") or "default"),
         )  # fmt: skip
 
 

@@ -41,7 +41,7 @@ from .mirror import debian_mirror
 from .oci import LayerStore, PulledImage, RegistryAuth, parse_reference, pull
 from .oci.image import pulled_images
 from .resolved import ResolvedImage
-from .tags import TagStore
+from .tags import DEFAULT, TagStore
 
 __all__ = [
     "BaseImage",
@@ -264,23 +264,23 @@ class ImageCatalog:
         self._tasks[name] = asyncio.create_task(self._build(name, job), name=f"build-{name}")
         return job
 
-    def built(self, image: str) -> BuiltImage | None:
-        """A built image by ID (``img-…``) or by name (``agent:v1``; ``agent`` = latest)."""
-        if image.startswith("img-"):
-            return load_built(self.builds, image)
+    def built(self, image: str, tenant: str = DEFAULT) -> BuiltImage | None:
+        """A built image of ``tenant`` by ID (``img-…``) or by name (``agent:v1``; ``agent``
+        = latest); another tenant's is None, as one that does not exist."""
         if image in BASE_IMAGES:
             return None  # the base image wins over a tag of the same bare name
         if image in self._recipes:
-            return self.recipe_image(image)  # and so does a recipe
-        image_id = self.tags.get(image)
-        return load_built(self.builds, image_id) if image_id else None
+            return self.recipe_image(image)  # and so does a recipe (shared by all)
+        image_id = image if image.startswith("img-") else self.tags.get(image, tenant)
+        built = load_built(self.builds, image_id) if image_id else None
+        return built if built is not None and built.tenant == tenant else None
 
-    def check(self, image: str) -> None:
+    def check(self, image: str, tenant: str = DEFAULT) -> None:
         """Raise for an image name or reference that cannot be valid, before any work."""
         if image in BASE_IMAGES or image in self._recipes:
             return  # the common case, answered without reading the names file
-        if image.startswith("img-") or self.tags.get(image):
-            if self.built(image) is None:
+        if image.startswith("img-") or self.tags.get(image, tenant):
+            if self.built(image, tenant) is None:
                 raise NotFoundError(
                     f"image {image!r} does not exist (any more); `stockade image ls` lists them"
                 )
@@ -289,17 +289,18 @@ class ImageCatalog:
         else:
             self._base(image)
 
-    async def resolve(self, image: str) -> ResolvedImage:
-        """The layers and defaults of ``image``: a built image (by ID or name), a base image
-        or a recipe (built on first use; a made recipe is then answered from memory) or a
-        registry reference (pulled on first use, anonymously; see :meth:`pull`)."""
+    async def resolve(self, image: str, tenant: str = DEFAULT) -> ResolvedImage:
+        """The layers and defaults of ``image``: a built image of ``tenant`` (by ID or
+        name), a base image or a recipe (built on first use; a made recipe is then answered
+        from memory) or a registry reference (pulled on first use, anonymously; see
+        :meth:`pull`). Base, recipe and registry images are shared by every tenant."""
         if image in self._recipes:
             return (await self.made(image)).resolved()
-        built = self.built(image)
+        built = self.built(image, tenant)
         if built is not None:
             return built.resolved()
         if image.startswith("img-"):
-            self.check(image)
+            self.check(image, tenant)
         if not is_reference(image):
             info = await self.ensure(image)
             return ResolvedImage(info.layers, {}, None)

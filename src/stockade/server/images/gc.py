@@ -63,7 +63,7 @@ def collect(
     store = catalog.layers.root
     keep: set[Path] = set(_mounted_lowerdirs()) | set(in_use)
     kept_builds: set[str] = set()
-    for image_id, _when in catalog.tags.all().values():
+    for image_id, _when in catalog.tags.all(tenant=None).values():  # every tenant's names
         built = load_built(catalog.builds, image_id)
         if built is not None:
             keep |= set(built.lowerdirs)

@@ -91,6 +91,9 @@ class BuildSpec:
     auth: RegistryAuth | None = None
     timeout: float = _DEFAULT_TIMEOUT
     registry: bool = False
+    # Whose build: a tenant's layers are its own (its key is salted with the tenant), so no
+    # tenant ever runs on layers another's build step made, nor finds another's images.
+    tenant: str = "default"
 
 
 def build_policy(config: ServerConfig) -> NetworkPolicy:
@@ -243,7 +246,7 @@ class ImageBuilder:
         """The image ``spec`` builds if it was built before and all its layers are here;
         ``None`` otherwise. Builds and downloads nothing: for a base image or a built
         image as the base only (a registry base gives ``None``)."""
-        built = self.catalog.built(spec.base)
+        built = self.catalog.built(spec.base, spec.tenant)
         if built is not None:
             key = built.key
         elif spec.base in BASE_IMAGES:
@@ -253,6 +256,7 @@ class ImageBuilder:
             key = _sha(f"base:{spec.base}:{stamp}")
         else:
             return None
+        key = _salted(key, spec.tenant)
         for step in spec.steps:
             key = _chain(key, step)
         return load_built(self.builds, key)
@@ -286,7 +290,11 @@ class ImageBuilder:
         self, spec: BuildSpec, on_log: Callable[[str], None], started: float
     ) -> BuiltImage:
         base, key = await self._base(spec, on_log)
-        image = BuiltImage(key, list(base.lowerdirs), dict(base.env), base.workdir, user=base.user)
+        key = _salted(key, spec.tenant)
+        image = BuiltImage(
+            key, list(base.lowerdirs), dict(base.env), base.workdir, user=base.user,
+            tenant=spec.tenant,
+        )  # fmt: skip
         total = len(spec.steps)
         for index, step in enumerate(spec.steps):
             key = _chain(key, step)
@@ -334,7 +342,7 @@ class ImageBuilder:
         if self.catalog.is_recipe(spec.base):
             made = await self.catalog.made(spec.base, on_log)
             return made.resolved(), made.key
-        built = self.catalog.built(spec.base)
+        built = self.catalog.built(spec.base, spec.tenant)
         if built is not None:
             return built.resolved(), built.key
         if is_reference(spec.base) and not spec.registry:
@@ -540,6 +548,14 @@ def _describe(step: Mapping[str, Any]) -> str:
 def _from_wheelhouse(step: Mapping[str, Any]) -> str:
     name = step.get("wheelhouse")
     return f" (from wheelhouse {name})" if name else ""
+
+
+def _salted(key: str, tenant: str) -> str:
+    """The key a tenant's build starts from: the default tenant's as it always was, any
+    other's its own."""
+    if tenant == "default":
+        return key
+    return _sha(f"tenant:{tenant}\n{key}")
 
 
 def _chain(parent: str, step: Mapping[str, Any]) -> str:

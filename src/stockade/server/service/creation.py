@@ -41,5 +41,5 @@ class Creator:
         if record is None:
             await self.pools.make_room(req.memory)
             record = await self.sandboxes.create(req)
-        self.code.prewarm(record.id, record.image)
+        self.code.prewarm(record.id, record.image, record.tenant)
         return record

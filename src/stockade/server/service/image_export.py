@@ -61,10 +61,12 @@ class ImageExporter:
         self.catalog = catalog
         self.exports = cache_dir / "exports"
 
-    async def export(self, ref: str, tag: str | None = None) -> ExportedImage:
+    async def export(
+        self, ref: str, tag: str | None = None, *, tenant: str = "default"
+    ) -> ExportedImage:
         """Pack ``ref``, tagged ``tag`` inside (default: the reference's tag, or latest);
         404 for an image not on this server."""
-        source = await _source(self.catalog, ref)
+        source = await _source(self.catalog, ref, tenant)
         tag = tag or source.default_tag
         await asyncio.to_thread(_sweep_stale, self.exports)
         out = self.exports / f"export-{secrets.token_hex(8)}.tar"
@@ -73,7 +75,7 @@ class ImageExporter:
         return ExportedImage(file, filename=f"{source.stem}-{tag}.tar")
 
 
-async def _source(catalog: ImageCatalog, ref: str) -> _Source:
+async def _source(catalog: ImageCatalog, ref: str, tenant: str) -> _Source:
     if catalog.is_recipe(ref):
         # A built-in image made by the builder exports like any built image.
         await catalog.made(ref)
@@ -87,7 +89,7 @@ async def _source(catalog: ImageCatalog, ref: str) -> _Source:
         # A base image has no config of its own; sandboxes get this PATH, so should its users.
         config = ImageConfig(env=(f"PATH={DEFAULT_ENV['PATH']}",))
         return _Source(list(info.layers), config, "latest", ref)
-    built = catalog.built(ref)
+    built = catalog.built(ref, tenant)
     if built is not None:
         name, _, tag = ref.partition(":")
         config = ImageConfig(

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
-from ...errors import ConflictError, InvalidArgumentError, NotFoundError
+from ...errors import ConflictError, ForbiddenError, InvalidArgumentError, NotFoundError
 from ..images.built import BuiltImage
 from ..images.catalog import ImageCatalog, ImageInfo, is_reference
 from ..images.gc import GcResult, collect
@@ -59,29 +59,34 @@ class ImageService:
         self.builder = builder
         self.snapshots = snapshots
 
-    async def listing(self) -> ImageListing:
+    async def listing(self, tenant: str = "default") -> ImageListing:
+        """The images ``tenant`` may use: the shared base and pulled ones, and its names."""
         base = [self.catalog.info(n) for n in self.catalog.names()]
         pulled = await asyncio.to_thread(self.catalog.pulled)
         named = []
-        for name, (image_id, _when) in sorted(self.catalog.tags.all().items()):
-            built = self.catalog.built(image_id)
+        for name, (image_id, _when) in sorted(self.catalog.tags.all(tenant).items()):
+            built = self.catalog.built(image_id, tenant)
             if built is not None:
                 named.append((name, built))
         return ImageListing(base=base, named=named, pulled=pulled)
 
     def name_build(self, built: BuiltImage, tag: str | None) -> str:
-        """The name of a finished build: ``tag``, now naming it, or else the build's ID."""
-        return self.catalog.tags.set(tag, built.id) if tag else built.id
+        """The name of a finished build: ``tag``, now naming it (among its tenant's
+        names), or else the build's ID."""
+        return self.catalog.tags.set(tag, built.id, built.tenant) if tag else built.id
 
-    async def delete(self, name: str) -> str:
+    async def delete(self, name: str, tenant: str = "default") -> str:
         """Delete the name of a built image (`name:tag`; `name` alone: `name:latest`) or a
         pulled one; returns what it named (the image ID, or the reference). Only the name
         goes: the layers stay until garbage collection."""
         if name in self.catalog.names():
             raise ConflictError(f"{name!r} is a base image; base images cannot be deleted")
-        if self.catalog.tags.get(name) is not None:
-            image_id = self.catalog.tags.remove(name if ":" in name else f"{name}:latest")
-            return image_id or ""
+        if self.catalog.tags.get(name, tenant) is not None:
+            tagged = name if ":" in name else f"{name}:latest"
+            return self.catalog.tags.remove(tagged, tenant) or ""
+        if tenant != "default" and is_reference(name):
+            # Pulled images are shared: only the operator forgets one.
+            raise ForbiddenError(f"forgetting the pulled image {name!r} needs the admin token")
         if is_reference(name) and await asyncio.to_thread(forget_pulled, self.catalog.layers, name):
             return name
         raise NotFoundError(f"image {name!r} does not exist; `stockade image ls` lists the images")

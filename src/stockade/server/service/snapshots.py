@@ -236,15 +236,18 @@ class SnapshotService:
         builds.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_json_atomic, builds / f"{key}.json", image.to_json())
         tagged = name or f"{sandbox_id}:fs-{int(time.time() * 1000)}"
-        self.images.tags.set(tagged, image.id)
+        self.images.tags.set(tagged, image.id, record.tenant)
         return image, tagged
 
     async def _image_over(self, record: SandboxRecord, key: str, layer: Path) -> BuiltImage:
         """The new image's config is its source image's (the sandbox's env as the default
         when that image is gone)."""
         lowerdirs = [layer, *(Path(p) for p in record.layers)]
-        image = BuiltImage(key, lowerdirs, dict(record.env), record.workdir, user=record.user)
-        built = self.images.built(record.image)
+        image = BuiltImage(
+            key, lowerdirs, dict(record.env), record.workdir, user=record.user,
+            tenant=record.tenant,
+        )  # fmt: skip
+        built = self.images.built(record.image, record.tenant)
         if built is not None:
             image.entrypoint, image.cmd = built.entrypoint, built.cmd
         image.created_at = time.time()

@@ -187,7 +187,7 @@ class FakeSandboxes:
 
 
 class FakeImages:
-    def check(self, name: str) -> None:
+    def check(self, name: str, tenant: str = "default") -> None:
         if name != "python":
             raise NotFoundError(f"image {name!r} does not exist; the images are: python")
 
@@ -206,7 +206,7 @@ class FakeCode:
     def __init__(self) -> None:
         self.prewarmed: list[tuple[str, str]] = []
 
-    def prewarm(self, sandbox_id: str, image: str) -> None:
+    def prewarm(self, sandbox_id: str, image: str, tenant: str = "default") -> None:
         self.prewarmed.append((sandbox_id, image))
 
 

@@ -425,7 +425,7 @@ def app(service: VolumeService, config: ServerConfig) -> FastAPI:
     app.include_router(volumes.router, dependencies=auth)
     app.include_router(sandboxes.router, dependencies=auth)
     fake = FakeSandboxes()
-    code = SimpleNamespace(prewarm=lambda sandbox_id, image: None)
+    code = SimpleNamespace(prewarm=lambda sandbox_id, image, tenant="default": None)
     app.state.services = SimpleNamespace(
         config=config,
         access=operator_access(config.token),
@@ -433,7 +433,7 @@ def app(service: VolumeService, config: ServerConfig) -> FastAPI:
         sandboxes=fake,
         # No snapshots here: no create restores one.
         creator=Creator(cast(Any, fake), cast(Any, FakePools()), cast(Any, None), cast(Any, code)),
-        images=SimpleNamespace(check=lambda name: None),
+        images=SimpleNamespace(check=lambda name, tenant="default": None),
     )
     return app
 

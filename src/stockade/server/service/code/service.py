@@ -366,11 +366,11 @@ class CodeService:
         if record is None or record.status not in kept:
             await self.forget(sandbox_id)
 
-    def prewarm(self, sandbox_id: str, image: str) -> None:
+    def prewarm(self, sandbox_id: str, image: str, tenant: str = "default") -> None:
         """Start the default python context of a new sandbox of the code-interpreter
         image (or one built from it) now, so that its first run_code finds a kernel
         ready, as E2B's sandboxes do."""
-        if not self._has_kernel(image):
+        if not self._has_kernel(image, tenant):
             return
         self._background(self._prewarm(sandbox_id))
 
@@ -380,7 +380,7 @@ class CodeService:
         except Exception as exc:  # the run_code that needs it reports the reason
             log.info("no kernel started ahead in %s: %s", sandbox_id, exc)
 
-    def _has_kernel(self, image: str) -> bool:
+    def _has_kernel(self, image: str, tenant: str) -> bool:
         catalog = self.sandboxes.images
         if image in BASE_IMAGES or not catalog.is_recipe(CODE_INTERPRETER):
             return False  # the common case, answered without touching a file
@@ -390,7 +390,7 @@ class CodeService:
         if image == CODE_INTERPRETER:
             return True
         try:
-            built = catalog.built(image)
+            built = catalog.built(image, tenant)
         except Exception:
             return False
         # Built on top of it: its layers are the interpreter's, with more above them.

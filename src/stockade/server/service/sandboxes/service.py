@@ -197,7 +197,7 @@ class SandboxService:
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
         with stage("image"):
-            image = await self.images.resolve(req.image)
+            image = await self.images.resolve(req.image, req.tenant)
         entrypoint = req.entrypoint
         if req.image_entrypoint:
             if not image.command:
