@@ -5,9 +5,10 @@ figure prints the median and p95 over ``--runs`` repetitions and the ratio Stock
 ``--only code`` measures the code-interpreter figures alone (bench/code.py), ``--only
 snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py),
 ``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py),
-``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py).
+``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py), ``--only
+access`` what a tenant's API key costs against the admin token (bench/access.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds]
+    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from stockade import Sandbox
 
+from .access import access_rows
 from .baseline import RawRunsc
 from .bounds import bounds_rows
 from .code import code_legend, code_rows
@@ -145,7 +147,7 @@ def main() -> None:
     ap.add_argument("--image", default="debian")
     ap.add_argument(
         "--only",
-        choices=["code", "snapshots", "load", "bounds"],
+        choices=["code", "snapshots", "load", "bounds", "access"],
         help="measure this group of figures alone",
     )
     args = ap.parse_args()
@@ -174,6 +176,8 @@ def main() -> None:
             rows += code_rows(work, server.runsc(), cache, runs, _time)
         if args.only in (None, "bounds"):
             rows += bounds_rows(work, args.image, runs, _time)
+        if args.only in (None, "access"):
+            rows += access_rows(server, args.image, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -184,6 +188,7 @@ def main() -> None:
         "snapshots": "snapshots, image 'python'",
         "load": f"load, image {args.image!r}",
         "bounds": f"the cost of the bounds, image {args.image!r}",
+        "access": f"the cost of tenants and keys, image {args.image!r}",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")

@@ -1,0 +1,61 @@
+"""What tenants and API keys cost: the same calls made with a tenant's key and with the
+admin token, in one run (the token is the baseline)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import httpx
+
+from stockade import Client, Sandbox
+
+from .server import Server
+
+Row = tuple[str, list[float], list[float], str]
+Timer = Callable[[Callable[[], object], int], list[float]]
+
+
+def access_rows(server: Server, image: str, runs: int, timed: Timer) -> list[Row]:
+    admin = {"Authorization": f"Bearer {server.token}"}
+    tenant = f"bench-{secrets.token_hex(4)}"
+    made = httpx.post(f"{server.url}/v1/tenants", json={"name": tenant}, headers=admin)
+    made.raise_for_status()
+    made = httpx.post(
+        f"{server.url}/v1/keys", json={"tenant": tenant, "role": "user"}, headers=admin
+    )
+    made.raise_for_status()
+    rows: list[Row] = []
+    with (
+        Client(server.url, server.token) as as_token,
+        Client(server.url, made.json()["key"]) as as_key,
+    ):
+        mine = Sandbox.create(image=image, timeout=600, client=as_key)
+        ours = Sandbox.create(image=image, timeout=600, client=as_token)
+        try:
+            rows.append((
+                "exec round trip with a key",
+                timed(lambda: mine.exec("true").wait(), runs),
+                timed(lambda: ours.exec("true").wait(), runs),
+                "admin token",
+            ))  # fmt: skip
+        finally:
+            mine.terminate()
+            ours.terminate()
+
+        def create(client: Client) -> Callable[[], None]:
+            def once() -> None:
+                sb = Sandbox.create(image=image, timeout=120, client=client)
+                try:
+                    sb.run(["true"])
+                finally:
+                    sb.terminate()
+
+            return once
+
+        few = max(3, runs // 3)
+        rows.append(
+            ("create + run with a key", timed(create(as_key), few),
+             timed(create(as_token), few), "admin token")
+        )  # fmt: skip
+    return rows
