@@ -6,8 +6,11 @@ errors live here once; ``_async/`` does the IO and ``_sync/`` is generated from 
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import functools
 import json
+import math
 import os
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +24,7 @@ from stockade import _config
 from stockade.errors import (
     InvalidArgumentError,
     NotFoundError,
+    RateLimitedError,
     ServerError,
     StockadeConnectionError,
     StockadeError,
@@ -253,8 +257,11 @@ def ended_message(info: SandboxInfo) -> str:
     return f"{text}; {hint}" if hint else text
 
 
-def error_for_response(status: int, content: bytes) -> StockadeError:
-    """The typed exception for an error response with body ``content``."""
+def error_for_response(
+    status: int, content: bytes, headers: Mapping[str, str] | None = None
+) -> StockadeError:
+    """The typed exception for an error response with body ``content`` (and ``headers``:
+    a rate limit's ``Retry-After`` becomes :attr:`RateLimitedError.retry_after`)."""
     try:
         body: object = json.loads(content) if content else None
     except ValueError:
@@ -267,7 +274,27 @@ def error_for_response(status: int, content: bytes) -> StockadeError:
             code=error.code,
             status=status,
         )
+    if isinstance(error, RateLimitedError) and headers is not None:
+        error.retry_after = retry_after_seconds(headers.get("retry-after"))
     return error
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header value asks to wait (a number of seconds or an
+    HTTP date); None when there is none or it is unreadable."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def transport_error(exc: Exception, *, url: str, action: str) -> StockadeError:
@@ -285,7 +312,9 @@ def transport_error(exc: Exception, *, url: str, action: str) -> StockadeError:
         )
     if isinstance(exc, websockets.exceptions.InvalidStatus):
         response = exc.response
-        return error_for_response(response.status_code, bytes(response.body or b""))
+        return error_for_response(
+            response.status_code, bytes(response.body or b""), response.headers
+        )
     bad_url = websockets.exceptions.InvalidURI | httpx.InvalidURL | httpx.UnsupportedProtocol
     if isinstance(exc, bad_url):
         return InvalidArgumentError(f"{action}: {url} is not a usable server URL: {exc}")

@@ -16,6 +16,8 @@ Every error Stockade raises derives from one root::
     │   ├── SandboxPausedError         409 sandbox_paused
     │   ├── SandboxStartingError       409 sandbox_starting
     │   └── KernelUnavailableError     409 kernel_unavailable
+    ├── QuotaExceededError             429 quota_exceeded: past one of the tenant's quotas
+    │   └── RateLimitedError           429 rate_limited: creates_per_minute; has `retry_after`
     ├── StockadeTimeoutError           504 timeout, and an exec that ran past its `timeout`
     │   └── CommandTimeoutError        (stockade.commands) `run()` past its timeout; has the output
     ├── CommandError                   (stockade.commands) `run(check=True)` exited non-zero
@@ -30,12 +32,14 @@ The server answers every error with ``{"error": {"code": ..., "message": ...}}``
 turns that body back into the class below through :func:`error_from_body`, the one place
 where codes map to classes. A subclass keeps its base's HTTP status (except
 :class:`ForbiddenError` and :class:`RegistryAuthError`), so an SDK that does not know a
-code yet still raises the base class.
+code yet still raises the base class. An error may carry HTTP headers too
+(:meth:`StockadeError.headers`): :class:`RateLimitedError`'s ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
 from typing import Any, ClassVar
 
 __all__ = [
@@ -48,6 +52,8 @@ __all__ = [
     "InvalidArgumentError",
     "KernelUnavailableError",
     "NotFoundError",
+    "QuotaExceededError",
+    "RateLimitedError",
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachableError",
@@ -92,6 +98,10 @@ class StockadeError(Exception):
         if self.request_id:
             body["request_id"] = self.request_id
         return {"error": body}
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the server sends with this error's body (most have none)."""
+        return {}
 
 
 class AuthenticationError(StockadeError):
@@ -157,6 +167,52 @@ class KernelUnavailableError(ConflictError):
 
     code = "kernel_unavailable"
     status = 409
+
+
+class QuotaExceededError(StockadeError):
+    """The call would take the tenant past one of its quotas (live sandboxes, cores, memory,
+    disk, the longest timeout); the message names the limit, its value and the current
+    use, and what frees room. The server's operator sets the quotas
+    (``stockade tenant set``)."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
+class RateLimitedError(QuotaExceededError):
+    """The tenant creates sandboxes faster than its ``creates_per_minute``.
+
+    ``retry_after``: seconds until the create would be let in (the ``Retry-After``
+    header), or None when the answer did not say.
+
+    Example::
+
+        try:
+            sb = Sandbox.create()
+        except RateLimitedError as exc:
+            time.sleep(exc.retry_after or 1.0)
+            sb = Sandbox.create()
+    """
+
+    code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, request_id=request_id)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        # Whole seconds, rounded up: a client that waits that long is let in.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class StockadeTimeoutError(StockadeError, builtins.TimeoutError):
@@ -261,6 +317,8 @@ _BY_CODE: dict[str, type[StockadeError]] = {
     "registry_unreachable": RegistryUnreachableError,
     "digest_mismatch": DigestMismatchError,
     "build_failed": BuildError,
+    "quota_exceeded": QuotaExceededError,
+    "rate_limited": RateLimitedError,
 }
 
 _BY_STATUS: dict[int, type[StockadeError]] = {
@@ -271,6 +329,7 @@ _BY_STATUS: dict[int, type[StockadeError]] = {
     409: ConflictError,
     413: InvalidArgumentError,
     422: InvalidArgumentError,
+    429: QuotaExceededError,
     504: StockadeTimeoutError,
 }
 

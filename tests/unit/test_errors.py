@@ -17,6 +17,8 @@ from stockade import (
     InvalidArgumentError,
     KernelUnavailableError,
     NotFoundError,
+    QuotaExceededError,
+    RateLimitedError,
     Sandbox,
     SandboxPausedError,
     SandboxStartingError,
@@ -38,6 +40,8 @@ CODES = [
     (409, "kernel_unavailable", KernelUnavailableError),
     (413, "payload_too_large", InvalidArgumentError),
     (422, "invalid_argument", InvalidArgumentError),
+    (429, "quota_exceeded", QuotaExceededError),
+    (429, "rate_limited", RateLimitedError),
     (500, "internal", ServerError),
     (504, "timeout", StockadeTimeoutError),
 ]
@@ -79,6 +83,53 @@ def test_error_inside_a_stream(client: Client, api: FakeApi) -> None:
     api.errors[("POST", "/v1/images/python/build")] = (404, error_body("not_found", "no img"))
     with pytest.raises(NotFoundError, match="no img"):
         client.build_image("python")
+
+
+def _answering_429(headers: dict[str, str], code: str = "rate_limited") -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = error_body(code, "tenant acme is past creates_per_minute=2")
+        return httpx.Response(429, json=body, headers=headers)
+
+    return httpx.MockTransport(handler)
+
+
+def test_rate_limited_reads_retry_after_from_the_header() -> None:
+    transport = _answering_429({"Retry-After": "7"})
+    with (
+        Client("http://127.0.0.1:1", "t", transport=transport) as c,
+        pytest.raises(RateLimitedError, match="creates_per_minute") as info,
+    ):
+        Sandbox.create(client=c)
+    assert info.value.retry_after == 7.0 and info.value.status == 429
+    assert isinstance(info.value, QuotaExceededError)  # one except clause catches both
+    with (
+        Client("http://127.0.0.1:1", "t", transport=_answering_429({})) as c,
+        pytest.raises(RateLimitedError) as unsaid,
+    ):
+        Sandbox.create(client=c)
+    assert unsaid.value.retry_after is None
+    # A plain 429 without Stockade's body (a proxy's) is still a quota error.
+    assert type(stockade.errors.error_from_body(429, None)) is QuotaExceededError
+
+
+async def test_rate_limited_reads_retry_after_async() -> None:
+    from stockade import AsyncClient, AsyncSandbox
+
+    transport = _answering_429({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    async with AsyncClient("http://127.0.0.1:1", "t", transport=transport) as c:
+        with pytest.raises(RateLimitedError) as info:
+            await AsyncSandbox.create(client=c)
+    assert info.value.retry_after == 0.0  # a date in the past: now
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30", 30.0), (" 2.5 ", 2.5), ("-4", 0.0), ("soon", None), (None, None), ("nan", None)],
+)
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    from stockade._base import retry_after_seconds
+
+    assert retry_after_seconds(value) == seconds
 
 
 def test_wrong_token(api: FakeApi) -> None:

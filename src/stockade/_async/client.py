@@ -247,7 +247,7 @@ class AsyncClient:
         except httpx.HTTPError as exc:
             raise _base.transport_error(exc, url=self.url, action=action) from exc
         if response.status_code >= 400:
-            raise _base.error_for_response(response.status_code, response.content)
+            raise _base.error_for_response(response.status_code, response.content, response.headers)
         if not response.content:
             return None
         try:
@@ -287,7 +287,7 @@ class AsyncClient:
                     body = await response.aread()
                 except httpx.HTTPError as exc:
                     raise _base.transport_error(exc, url=self.url, action=action) from exc
-                raise _base.error_for_response(response.status_code, body)
+                raise _base.error_for_response(response.status_code, body, response.headers)
             yield self._chunks(response, action)
         finally:
             await response.aclose()

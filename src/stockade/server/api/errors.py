@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,12 +27,16 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
 
 
 def error_response(
-    status: int, code: str, message: str, request_id: str | None = None
+    status: int,
+    code: str,
+    message: str,
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, object] = {"code": code, "message": message}
     if request_id:
         body["request_id"] = request_id
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def _request_id(request: Request) -> str:
@@ -64,9 +69,9 @@ def install_error_handlers(app: FastAPI) -> None:
         rid = _request_id(request)
         if exc.status >= 500:
             log.error("%s %s failed [%s]: %s", request.method, request.url.path, rid, exc)
-        return error_response(
-            exc.status or 500, exc.code, exc.message, rid if exc.status >= 500 else None
-        )
+        request_id = rid if exc.status >= 500 else None
+        # Headers too: a rate limit's Retry-After.
+        return error_response(exc.status or 500, exc.code, exc.message, request_id, exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -128,6 +128,8 @@ async def unexpose_port(sandbox_id: SandboxIdP, port: PortP, svc: Svc) -> Sandbo
 )
 async def set_timeout(sandbox_id: SandboxIdP, body: TimeoutIn, svc: Svc) -> SandboxOut:
     check_range("timeout", body.timeout, *TIMEOUT_RANGE, " seconds")
+    # The sandbox's tenant's max_timeout, whoever asks.
+    svc.quotas.check_timeout((await svc.sandboxes.get(sandbox_id)).tenant, body.timeout)
     return _out(svc, await svc.sandboxes.set_timeout(sandbox_id, body.timeout))
 
 

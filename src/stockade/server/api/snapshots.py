@@ -79,11 +79,7 @@ async def resume(sandbox_id: SandboxIdP, svc: Svc) -> SandboxOut:
     summary="Fork a running sandbox into independent copies of it",
 )
 async def fork(sandbox_id: SandboxIdP, svc: Svc, body: ForkIn | None = None) -> SandboxList:
-    count = body.count if body else 1
-    source = await svc.sandboxes.get(sandbox_id)
-    # Forks are new sandboxes: warm-pool ones give way to them as to any create.
-    await svc.pools.make_room(source.memory * max(1, min(count, 32)))
-    records = await svc.snapshots.fork(sandbox_id, count)
+    records = await svc.creator.fork(sandbox_id, body.count if body else 1)
     return SandboxList(sandboxes=[_out(svc, r) for r in records])
 
 

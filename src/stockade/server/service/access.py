@@ -8,7 +8,7 @@ A tenant's API key looks like ``stk_<16 hex>_<43 characters>``: the hex names th
 (its ID is ``key-<16 hex>``), the rest is 256 random bits of which only the SHA-256 is
 stored and compared, in constant time. Keys are held in memory once read, so checking
 one costs a dictionary lookup and a hash, not a database query; creating or revoking one
-updates both.
+updates both. So are the tenants' quotas, which every create looks up (quotas.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ...errors import (
     AuthenticationError,
@@ -48,6 +49,7 @@ _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Each role may do what the ones before it may.
 _RANK: dict[str, int] = {"readonly": 0, "user": 1, "admin": 2, "operator": 3}
 _MAX_KEY_LIFETIME = 10 * 365 * 86400.0
+_NO_QUOTAS: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class AccessService:
         self.store = store
         self._admin = admin_token.encode()
         self._keys: dict[str, KeyRecord] = {}
+        self._quotas: dict[str, dict[str, float]] = {}  # tenant → its quotas, if any
         # Told the ID of each key revoked (open streams made with it are closed).
         self.on_revoke: list[Callable[[str], None]] = []
 
@@ -105,6 +108,8 @@ class AccessService:
         if await self.store.get_tenant(DEFAULT_TENANT) is None:
             await self.store.put_tenant(TenantRecord(DEFAULT_TENANT, created_at=time.time()))
         self._keys = {k.id: k for k in await self.store.list_keys()}
+        for record in await self.store.list_tenants():
+            self._remember(record)
 
     # ------------------------------------------------------------------ credentials
 
@@ -140,6 +145,7 @@ class AccessService:
             raise ConflictError(f"tenant {name} exists already")
         record = TenantRecord(name, created_at=time.time(), quotas=dict(quotas))
         await self.store.put_tenant(record)
+        self._remember(record)
         return record
 
     async def tenant(self, name: str) -> TenantRecord:
@@ -160,7 +166,18 @@ class AccessService:
             else:
                 record.quotas[quota] = value
         await self.store.put_tenant(record)
+        self._remember(record)
         return record
+
+    def quotas(self, tenant: str) -> Mapping[str, float]:
+        """The quotas of ``tenant`` by name (empty: no limits), from memory."""
+        return self._quotas.get(tenant, _NO_QUOTAS)
+
+    def _remember(self, record: TenantRecord) -> None:
+        if record.quotas:
+            self._quotas[record.name] = dict(record.quotas)
+        else:
+            self._quotas.pop(record.name, None)
 
     async def delete_tenant(self, name: str) -> None:
         """Remove a tenant that owns nothing any more, and its keys."""
@@ -181,6 +198,7 @@ class AccessService:
             await self.store.delete_key(key.id)
             self._forget(key.id)
         await self.store.delete_tenant(name)
+        self._quotas.pop(name, None)
 
     # ------------------------------------------------------------------ keys
 

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
@@ -113,14 +114,21 @@ class PoolManager:
             for s in sorted(self.specs.values(), key=lambda s: s.image)
         ]  # fmt: skip
 
-    async def take(self, req: CreateRequest) -> SandboxRecord | None:
-        """A pooled sandbox handed out for ``req``, or None when no pool fits or none is ready."""
+    async def take(
+        self, req: CreateRequest, *, picked: Callable[[str], object] | None = None
+    ) -> SandboxRecord | None:
+        """A pooled sandbox handed out for ``req``, or None when no pool fits or none is
+        ready. ``picked`` is told the ID of each one before it is handed out (the quotas
+        count the create by it from then)."""
         spec = self.specs.get(req.image)
         if spec is None or not spec.matches(req):
             return None
         ready = self._ready[req.image]
         while ready:
-            record = await self.sandboxes.hand_out_pooled(ready.popleft(), req)
+            sandbox_id = ready.popleft()
+            if picked is not None:
+                picked(sandbox_id)
+            record = await self.sandboxes.hand_out_pooled(sandbox_id, req)
             self._wake.set()
             if record is not None:
                 return record

@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,13 +38,20 @@ from ..network.policy import NetworkPolicy
 from ..state.ids import new_id
 from ..state.records import SandboxRecord, SandboxStatus, SnapshotRecord
 from ..state.store import Store
+from .quotas import Quotas
 from .sandboxes import Checkpoint, CreateRequest, SandboxService
 
-__all__ = ["MAX_FORKS", "SnapshotService"]
+__all__ = ["MAX_FORKS", "SnapshotService", "check_fork_count"]
 
 log = logging.getLogger(__name__)
 
 MAX_FORKS = 32
+_MIB = 1024 * 1024
+
+
+def check_fork_count(count: int) -> None:
+    if not 1 <= count <= MAX_FORKS:
+        raise InvalidArgumentError(f"count must be between 1 and {MAX_FORKS}, got {count}")
 
 
 class KernelContexts(Protocol):
@@ -64,9 +73,11 @@ class SnapshotService:
         sandboxes: SandboxService,
         images: ImageCatalog,
         code: KernelContexts | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.config = config
         self.code = code
+        self.quotas = quotas or Quotas(store)
         self.store = store
         self.sandboxes = sandboxes
         self.images = images
@@ -123,7 +134,11 @@ class SnapshotService:
     # ----------------------------------------------------------- memory snapshots
 
     async def create(self, sandbox_id: str, name: str | None = None) -> SnapshotRecord:
-        """Capture a running sandbox's memory and files; it runs on."""
+        """Capture a running sandbox's memory and files; it runs on. Counted against its
+        tenant's ``max_disk``: refused before when the tenant is at it, deleted after when
+        it takes the tenant past it."""
+        what = f"a snapshot of {sandbox_id}"
+        await self.quotas.disk_room((await self.sandboxes.get(sandbox_id)).tenant, what)
         snapshot_id = new_id("sn")
         tmp = self.root / f".tmp-{snapshot_id}"
         tmp.mkdir()
@@ -141,7 +156,12 @@ class SnapshotService:
             sandbox=json.loads(source.to_json()), name=name, contexts=contexts,
             tenant=source.tenant,
         )  # fmt: skip
-        await self.store.put_snapshot(record)
+        try:
+            async with self.quotas.storing(source.tenant, size / _MIB, what):
+                await self.store.put_snapshot(record)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, self.root / snapshot_id, True)
+            raise
         log.info("snapshot %s of %s: %d bytes", snapshot_id, sandbox_id, size)
         return record
 
@@ -182,11 +202,15 @@ class SnapshotService:
     def _contexts(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
         return self.code.saved(sandbox_id) if self.code is not None else []
 
-    async def fork(self, sandbox_id: str, count: int) -> builtins.list[SandboxRecord]:
+    async def fork(
+        self, sandbox_id: str, count: int, *, ids: Sequence[str] | None = None
+    ) -> builtins.list[SandboxRecord]:
         """``count`` independent sandboxes from one capture of a running sandbox, each with
-        the source's tags, limits and lifetimes; the source runs on."""
-        if not 1 <= count <= MAX_FORKS:
-            raise InvalidArgumentError(f"count must be between 1 and {MAX_FORKS}, got {count}")
+        the source's tags, limits and lifetimes; the source runs on. ``ids``: theirs,
+        chosen ahead (Creator.fork, for the quotas); None: new ones."""
+        check_fork_count(count)
+        if ids is not None and len(ids) != count:
+            raise ValueError(f"{len(ids)} IDs for {count} forks")
         tmp = self.root / f".tmp-{new_id('fork')}"
         tmp.mkdir()
         contexts = self._contexts(sandbox_id)
@@ -195,8 +219,9 @@ class SnapshotService:
             req = _request_like(source)
             saved = Checkpoint(tmp / "checkpoint", tmp / "upper")
             failpoint("fork.after-checkpoint")
+            requests = [req] * count if ids is None else [replace(req, sandbox_id=i) for i in ids]
             results = await asyncio.gather(
-                *(self.sandboxes.restore(source, saved, req) for _ in range(count)),
+                *(self.sandboxes.restore(source, saved, r) for r in requests),
                 return_exceptions=True,
             )
         finally:

@@ -61,6 +61,9 @@ class CreateRequest:
     auto_resume: bool = SandboxSpec.auto_resume
     # Whose sandbox it will be (the caller's tenant).
     tenant: str = "default"
+    # The new sandbox's ID when chosen ahead (the quotas count a create by it); None: a
+    # new one. A request with an ID makes one sandbox only.
+    sandbox_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def new_record(
     request (create, build step, restore, pooled sandbox handed out). Keywords override
     what the request says (a restore keeps its source's image, limits and env)."""
     return SandboxRecord(
-        id=new_id("sb"),
+        id=req.sandbox_id or new_id("sb"),
         image=image,
         cpu=req.cpu if cpu is None else cpu,
         memory=req.memory if memory is None else memory,

@@ -20,7 +20,8 @@ across a restart, even a ``kill -9``.
 
 Concurrency: one asyncio.Lock serialises create and delete, because names are unique
 (and the store's ``put_volume`` replaces a row of the same name) and the space check
-must see the volumes being made. Lookups take no lock.
+must see the volumes being made. Lookups take no lock. A tenant's ``max_disk`` (quotas.py)
+counts a volume's whole size, checked before its disk is made.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..runtime.rootfs import make_disk, mount_disk
 from ..state.ids import new_id
 from ..state.records import SandboxStatus, VolumeRecord
 from ..state.store import Store
+from .quotas import Quotas
 
 __all__ = [
     "DEFAULT_SIZE_MIB",
@@ -137,9 +139,10 @@ def check_mount_path(path: str) -> None:
 class VolumeService:
     """Create, find, mount and delete volumes; see the module docstring for the layout."""
 
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(self, config: ServerConfig, store: Store, quotas: Quotas | None = None) -> None:
         self.config = config
         self.store = store
+        self.quotas = quotas or Quotas(store)
         self._lock = asyncio.Lock()
 
     def _dir(self, volume_id: str) -> Path:
@@ -257,27 +260,34 @@ class VolumeService:
                     f"(Volume.from_name({name!r})), or delete it first with "
                     f"`stockade volume rm {name}`"
                 )
-            await self._check_space(size)
-            record = VolumeRecord(
-                id=new_id("vol"), name=name, created_at=time.time(), size=size, tenant=tenant
-            )
-            tmp = self.config.volumes_dir / f".new-{record.id}"
-            try:
-                await asyncio.to_thread((tmp / "mnt").mkdir, parents=True)
-                await make_disk(tmp / "disk.img", tmp / "mnt", size)
-                await _harden(tmp / "mnt")
-                await asyncio.to_thread(_prepare_root, tmp / "mnt")
-                # A mount point's parent may be renamed; the mount moves with it.
-                await asyncio.to_thread(os.rename, tmp, self._dir(record.id))
-                await self.store.put_volume(record)
-            except BaseException as exc:
-                await _remove(tmp)
-                await _remove(self._dir(record.id))
-                if isinstance(exc, Exception):
-                    raise ServerError(f"creating volume {name!r} failed: {exc}") from exc
-                raise
+            # The tenant's max_disk counts the volume's whole size: it may fill it.
+            async with self.quotas.storing(tenant, size, f"volume {name!r}"):
+                await self._check_space(size)
+                record = await self._make(name, size, tenant)
         log.info("volume %s (%s, %d MiB) created", name, record.id, size)
         return record, True
+
+    async def _make(self, name: str, size: int, tenant: str) -> VolumeRecord:
+        """Make the volume's disk and record it (under the lock)."""
+        record = VolumeRecord(
+            id=new_id("vol"), name=name, created_at=time.time(), size=size, tenant=tenant
+        )
+        tmp = self.config.volumes_dir / f".new-{record.id}"
+        try:
+            await asyncio.to_thread((tmp / "mnt").mkdir, parents=True)
+            await make_disk(tmp / "disk.img", tmp / "mnt", size)
+            await _harden(tmp / "mnt")
+            await asyncio.to_thread(_prepare_root, tmp / "mnt")
+            # A mount point's parent may be renamed; the mount moves with it.
+            await asyncio.to_thread(os.rename, tmp, self._dir(record.id))
+            await self.store.put_volume(record)
+        except BaseException as exc:
+            await _remove(tmp)
+            await _remove(self._dir(record.id))
+            if isinstance(exc, Exception):
+                raise ServerError(f"creating volume {name!r} failed: {exc}") from exc
+            raise
+        return record
 
     async def _check_space(self, size_mib: int) -> None:
         """Refuse a volume that the host's free space could not hold, counting what other

@@ -21,6 +21,7 @@ from .files import FileService
 from .image_export import ImageExporter
 from .images import ImageService
 from .pools import PoolManager, parse_pool_specs
+from .quotas import Quotas
 from .recipes import add_recipes
 from .sandboxes import SandboxService
 from .snapshots import SnapshotService
@@ -47,6 +48,7 @@ class Services:
     image_service: ImageService
     exporter: ImageExporter
     access: AccessService
+    quotas: Quotas
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +65,9 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         dns_upstreams=config.dns_upstreams,
     )  # fmt: skip
     sandboxes = SandboxService(config, store, catalog, reaper, network)
-    volumes = VolumeService(config, store)
+    access = AccessService(store, config.token)
+    quotas = Quotas(store, access.quotas)
+    volumes = VolumeService(config, store, quotas)
     execs = ExecService(sandboxes)
     pools = PoolManager(sandboxes, parse_pool_specs(config.pools))
     builder = ImageBuilder(
@@ -74,15 +78,15 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
     code = CodeService(
         sandboxes, execs, config.data_dir / "kernels", output_limit=config.code_output_limit
     )
-    snapshots = SnapshotService(config, store, sandboxes, catalog, code)
+    snapshots = SnapshotService(config, store, sandboxes, catalog, code, quotas)
     services = Services(
         config=config, images=catalog, sandboxes=sandboxes, execs=execs,
         files=FileService(execs), pools=pools, builder=builder, code=code,
         snapshots=snapshots, volumes=volumes,
-        creator=Creator(sandboxes, pools, snapshots, code),
+        creator=Creator(sandboxes, pools, snapshots, code, quotas),
         image_service=ImageService(catalog, builder, snapshots),
         exporter=ImageExporter(catalog, config.cache_dir),
-        access=AccessService(store, config.token),
+        access=access, quotas=quotas,
     )  # fmt: skip
     try:
         # Before any request: the default tenant and the keys.

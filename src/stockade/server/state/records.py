@@ -226,7 +226,7 @@ class TenantRecord(_Record):
 
     name: str
     created_at: float
-    # Limits by name (see service/access.py: QUOTAS); absent: no limit.
+    # Limits by name (see service/quotas.py: QUOTAS); absent: no limit.
     quotas: dict[str, float] = field(default_factory=dict)
 
 

@@ -193,7 +193,7 @@ class FakeImages:
 
 
 class FakePools:
-    async def take(self, req: CreateRequest) -> SandboxRecord | None:
+    async def take(self, req: CreateRequest, *, picked: Any = None) -> SandboxRecord | None:
         return None
 
     async def make_room(self, memory: int) -> None:

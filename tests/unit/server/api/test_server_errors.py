@@ -10,7 +10,12 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from stockade.errors import NotFoundError, SandboxTerminatedError
+from stockade.errors import (
+    NotFoundError,
+    QuotaExceededError,
+    RateLimitedError,
+    SandboxTerminatedError,
+)
 from stockade.server.api.errors import BodyLimit, JsonByDefault, RequestIds, install_error_handlers
 
 
@@ -33,6 +38,14 @@ def _app() -> FastAPI:
     @app.get("/ended")
     async def ended() -> None:
         raise SandboxTerminatedError("sandbox sb-1 was terminated (timeout)")
+
+    @app.post("/quota")
+    async def quota() -> None:
+        raise QuotaExceededError("tenant acme has 1 live sandboxes of max_sandboxes=1")
+
+    @app.post("/rate")
+    async def rate() -> None:
+        raise RateLimitedError("tenant acme is past creates_per_minute=2", retry_after=12.2)
 
     @app.post("/echo")
     async def echo(body: Body) -> dict[str, int]:
@@ -73,6 +86,15 @@ async def test_typed_errors_keep_status_and_code(client: httpx.AsyncClient) -> N
     resp = await client.get("/ended")
     assert resp.status_code == 409
     assert resp.json()["error"]["code"] == "sandbox_terminated"
+
+
+async def test_a_rate_limit_says_when_to_come_back(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/rate")
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited"
+    assert resp.headers["retry-after"] == "13"  # whole seconds, rounded up
+    resp = await client.post("/quota")
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "quota_exceeded"
+    assert "retry-after" not in resp.headers
 
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:

@@ -32,7 +32,7 @@ from stockade import (
 )
 from stockade.cli._common import CliState
 from stockade.cli.main import cli
-from stockade.errors import ServerError
+from stockade.errors import QuotaExceededError, ServerError
 from stockade.server.api import sandboxes, volumes
 from stockade.server.api.deps import require_token
 from stockade.server.api.errors import install_error_handlers
@@ -40,6 +40,7 @@ from stockade.server.config import ServerConfig
 from stockade.server.runtime import proc
 from stockade.server.service import volumes as volume_module
 from stockade.server.service.creation import Creator
+from stockade.server.service.quotas import Quotas
 from stockade.server.service.sandboxes import CreateRequest
 from stockade.server.service.volumes import (
     DEFAULT_SIZE_MIB,
@@ -48,7 +49,12 @@ from stockade.server.service.volumes import (
     check_mount_path,
     check_name,
 )
-from stockade.server.state.records import SandboxRecord, SandboxStatus, VolumeRecord
+from stockade.server.state.records import (
+    SandboxRecord,
+    SandboxStatus,
+    SnapshotRecord,
+    VolumeRecord,
+)
 from stockade.server.state.store import SQLiteStore
 from tests.unit.fakes import operator_access
 
@@ -245,6 +251,27 @@ async def test_a_volume_bigger_than_the_free_space_is_refused(
     await service.create("third", 40)
 
 
+async def test_a_tenants_max_disk_counts_its_volumes_and_snapshots(
+    config: ServerConfig, store: SQLiteStore, disks: Disks
+) -> None:
+    limits = {"max_disk": 200}
+    service = VolumeService(config, store, Quotas(store, lambda t: limits if t == "acme" else {}))
+    await store.put_snapshot(SnapshotRecord("sn-1", "sb-1", 1.0, 50 << 20, tenant="acme"))
+    await service.create("first", 100, tenant="acme")
+    with pytest.raises(QuotaExceededError) as info:
+        await service.create("second", 64, tenant="acme")
+    assert info.value.status == 429 and info.value.message.startswith(
+        "tenant acme's snapshots and volumes use 150 MiB of max_disk=200 MiB, and volume "
+        "'second' needs 64 MiB more"
+    )
+    # Refused before anything was made: no disk, no directory, no record.
+    assert len(disks.made) == 1 and len(list(config.volumes_dir.iterdir())) == 1
+    assert await store.get_volume("second") is None
+    await service.create("second", 64)  # the operator's own (default) has no limit
+    made, created = await service.get_or_create("third", 50, tenant="acme")
+    assert created and made.size == 50
+
+
 async def test_an_existing_name_conflicts_unless_asked(service: VolumeService) -> None:
     first = await service.create("data", 64)
     with pytest.raises(ConflictError, match="exists already") as info:
@@ -410,7 +437,7 @@ class FakeSandboxes:
 
 
 class FakePools:
-    async def take(self, req: CreateRequest) -> None:
+    async def take(self, req: CreateRequest, *, picked: Any = None) -> None:
         return None
 
     async def make_room(self, memory: int) -> None:

@@ -42,6 +42,7 @@ from stockade.server.runtime import cgroups
 from stockade.server.runtime.agent_link import AgentSilent, Channel
 from stockade.server.runtime.runsc import Runsc, RunscError, SandboxState
 from stockade.server.service.execs import TIMEOUT_EXIT_CODE, ExecSession, ExitInfo
+from stockade.server.service.quotas import Quotas
 from stockade.server.service.sandboxes import SandboxService, lifetimes
 from stockade.server.service.sandboxes.lifetimes import Deadline
 from stockade.server.state.records import EndReason, SandboxRecord, SandboxStatus
@@ -540,8 +541,10 @@ async def api(svc: SandboxService) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(sandbox_routes.router, dependencies=[Depends(require_token)])
+    # Tenant acme may ask for at most a minute.
+    quotas = Quotas(svc.store, lambda tenant: {"max_timeout": 60} if tenant == "acme" else {})
     app.state.services = SimpleNamespace(
-        config=svc.config, sandboxes=svc, access=operator_access(TOKEN)
+        config=svc.config, sandboxes=svc, access=operator_access(TOKEN), quotas=quotas
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -575,6 +578,18 @@ async def test_timeout_route(svc: SandboxService, api: httpx.AsyncClient) -> Non
     assert r.status_code == 409 and r.json()["error"]["code"] == "sandbox_terminated"
     r = await api.post("/v1/sandboxes/sb-nope/timeout", json={"timeout": 5})
     assert r.status_code == 404
+
+
+async def test_timeout_route_keeps_to_the_tenants_max_timeout(
+    svc: SandboxService, api: httpx.AsyncClient
+) -> None:
+    await svc.store.put_sandbox(_record("sb-q", created_at=time.time(), tenant="acme"))
+    r = await api.post("/v1/sandboxes/sb-q/timeout", json={"timeout": 61})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
+    assert "timeout=61 is longer than tenant acme's max_timeout=60 seconds" in r.text
+    assert (await svc.get("sb-q")).timeout == 300
+    r = await api.post("/v1/sandboxes/sb-q/timeout", json={"timeout": 60})
+    assert r.status_code == 200 and r.json()["timeout"] == 60
 
 
 async def test_async_sdk_set_timeout(svc: SandboxService, api: httpx.AsyncClient) -> None:
