@@ -142,26 +142,28 @@ def check_capacity(
     would take the tenant, whose live sandboxes hold ``used``, past a limit."""
     after = used.plus(count, cpu, memory)
     more = "one more" if count == 1 else f"{count} more"
+    fit = "does not fit" if count == 1 else "each, do not fit"
     limit = limits.get("max_sandboxes")
     if limit is not None and after.sandboxes > limit:
+        these = "" if count == 1 else f", so {count} more do not fit"
         raise QuotaExceededError(
             f"tenant {tenant} has {used.sandboxes} live sandboxes of "
-            f"max_sandboxes={_n(limit)}, so {more} do not fit; end one (stockade rm) or "
+            f"max_sandboxes={_n(limit)}{these}; end one (stockade rm) or "
             f"{_raise_it(tenant, 'max_sandboxes')}"
         )
     limit = limits.get("max_cpu")
     if limit is not None and after.cpu > limit + _EPSILON:
         raise QuotaExceededError(
             f"tenant {tenant}'s live sandboxes use {used.cpu:.4g} cores of max_cpu="
-            f"{_n(limit)}, and {more} of {_n(cpu)} cores do not fit; end one (stockade rm), "
-            f"ask for fewer cores (cpu=), or {_raise_it(tenant, 'max_cpu')}"
+            f"{_n(limit)}, so {more} with cpu={_n(cpu)} {fit}; end one (stockade rm), ask "
+            f"for fewer cores, or {_raise_it(tenant, 'max_cpu')}"
         )
     limit = limits.get("max_memory")
     if limit is not None and after.memory > limit:
         raise QuotaExceededError(
             f"tenant {tenant}'s live sandboxes use {used.memory} MiB of max_memory="
-            f"{_n(limit)} MiB, and {more} of {memory} MiB do not fit; end one (stockade rm), "
-            f"ask for less memory (memory=), or {_raise_it(tenant, 'max_memory')}"
+            f"{_n(limit)} MiB, so {more} with memory={memory} {fit}; end one (stockade rm), "
+            f"ask for less memory, or {_raise_it(tenant, 'max_memory')}"
         )
 
 

@@ -100,9 +100,8 @@ def test_max_sandboxes_names_the_limit_the_use_and_the_fix() -> None:
         check_capacity("acme", limits, Usage(5, 5, 2560), cpu=1, memory=512)
     assert info.value.status == 429 and info.value.code == "quota_exceeded"
     assert info.value.message == (
-        "tenant acme has 5 live sandboxes of max_sandboxes=5, so one more do not fit; end "
-        "one (stockade rm) or ask the operator to raise it (stockade tenant set acme "
-        "--max-sandboxes N)"
+        "tenant acme has 5 live sandboxes of max_sandboxes=5; end one (stockade rm) or ask "
+        "the operator to raise it (stockade tenant set acme --max-sandboxes N)"
     )
     with pytest.raises(QuotaExceededError, match=r"has 3 live sandboxes .* so 3 more"):
         check_capacity("acme", limits, Usage(3, 3, 0), count=3, cpu=1, memory=512)
@@ -116,12 +115,16 @@ def test_cpu_and_memory_sum_the_live_sandboxes_and_the_new_ones() -> None:
     check_capacity("acme", {"max_cpu": 4}, Usage(2, 2.0, 0), count=2, cpu=1, memory=1)
     with pytest.raises(QuotaExceededError) as info:
         check_capacity("acme", {"max_cpu": 4}, Usage(2, 3.5, 0), cpu=1, memory=1)
-    assert "use 3.5 cores of max_cpu=4, and one more of 1 cores do not fit" in info.value.message
+    assert "use 3.5 cores of max_cpu=4, so one more with cpu=1 does not fit" in info.value.message
     assert "stockade tenant set acme --max-cpu CORES" in info.value.message
     check_capacity("acme", {"max_memory": 1024}, Usage(1, 1, 512), cpu=1, memory=512)
     with pytest.raises(QuotaExceededError) as info:
         check_capacity("acme", {"max_memory": 1024}, Usage(1, 1, 512), cpu=1, memory=513)
-    assert "use 512 MiB of max_memory=1024 MiB, and one more of 513 MiB" in info.value.message
+    assert "use 512 MiB of max_memory=1024 MiB, so one more with memory=513 does not" in str(
+        info.value
+    )
+    with pytest.raises(QuotaExceededError, match="so 2 more with memory=512 each, do not fit"):
+        check_capacity("acme", {"max_memory": 1024}, Usage(1, 1, 512), count=2, cpu=1, memory=512)
     assert "--max-memory MIB" in info.value.message
 
 
@@ -396,7 +399,7 @@ async def test_creator_counts_a_restore_by_its_snapshots_limits(store: SQLiteSto
     creator = Creator(cast(Any, None), cast(Any, _Pools(None)), cast(Any, snapshots),
                       cast(Any, None), _quotas(store, {"max_memory": 256}))  # fmt: skip
     # The request asks for 128 MiB, but a restore keeps its source's 512.
-    with pytest.raises(QuotaExceededError, match="one more of 512 MiB"):
+    with pytest.raises(QuotaExceededError, match="one more with memory=512 does"):
         await creator.create(_request(memory=128), snapshot="sn-1")
     assert restored == []
     record = await creator.create(_request("other", memory=128), snapshot="sn-1")
