@@ -8,7 +8,7 @@ sparse files) while :class:`Watch` checks, for the whole attack, that
 - the server's RSS stays within :data:`RSS_BUDGET_MIB` of what it was before the attack;
 - both bystanders keep running ``echo ok`` (each within :data:`BYSTANDER_EXEC_LIMIT_S`);
 - the API answers ``GET /v1/sandboxes/<bystander>`` with a p99 under
-  :data:`API_P99_LIMIT_S`.
+  :data:`API_P99_LIMIT_S`, and never slower than :data:`API_MAX_S`.
 
 Each case prints one ``[adversarial]`` line with its numbers (run with ``-s`` to see them).
 The module has a server of its own, so an attack that breaks the server breaks only this
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import socket
@@ -65,6 +64,8 @@ RSS_BUDGET_MIB = 200
 # loop also waits for one: each report says for how much of the window it did, and the
 # control case measures the same with no attack at all.
 API_P99_LIMIT_S = 0.100
+# Any single status call: a stalled loop shows as a call waiting for the stall.
+API_MAX_S = 1.0
 # An `echo` in a bystander normally takes tens of ms; 5 s allows for a loaded 2-core host
 # and still catches a bystander that is stalled behind the attacker.
 BYSTANDER_EXEC_LIMIT_S = 5.0
@@ -189,8 +190,10 @@ def _runqueue_wait_s(pid: int) -> float:
 
 
 def p99(values: list[float]) -> float:
+    """The 99th percentile, lower rank: with under a hundred samples one stray call (a
+    loaded host's scheduler, not the server) is not the p99; API_MAX_S bounds it apart."""
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    return ordered[int(0.99 * (len(ordered) - 1))]
 
 
 @dataclass
@@ -313,6 +316,11 @@ class Watch:
             failures.append(f"bystander status calls failed: {polled['errors'][:3]}")
         if len(latencies) < 20:
             failures.append(f"only {len(latencies)} bystander status calls in {seconds:.0f}s")
+        if latencies and max(latencies) > API_MAX_S:
+            failures.append(
+                f"a bystander status call took {max(latencies) * 1000:.0f} ms; limit "
+                f"{API_MAX_S * 1000:.0f} ms"
+            )
         if self.api_p99 > API_P99_LIMIT_S:
             failures.append(
                 f"bystander status calls took {self.api_p99 * 1000:.0f} ms at p99 "
