@@ -97,7 +97,7 @@ async def check_owner(conn: HTTPConnection, who: Principal) -> None:
     svc = services(conn)
     params = conn.path_params
     if (sandbox_id := params.get("sandbox_id")) is not None:
-        await svc.sandboxes.get_owned(sandbox_id, who.tenant)
+        await svc.sandboxes.check_owner(sandbox_id, who.tenant)
     if (snapshot_id := params.get("snapshot_id")) is not None:
         await svc.snapshots.get_owned(snapshot_id, who.tenant)
     if (volume := params.get("name_or_id")) is not None and conn.url.path.startswith(

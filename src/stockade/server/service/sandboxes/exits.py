@@ -53,6 +53,7 @@ class ExitWatcher:
 
     def watch(self, record: SandboxRecord) -> None:
         live = self.live[record.id]
+        live.tenant = record.tenant
         # A sandbox found again by a restarted server: copy its output from its FIFO.
         self.launcher.output(record.id).attach()
         if record.entrypoint:

@@ -24,6 +24,9 @@ class LiveSandbox:
     """One sandbox as this server process holds it."""
 
     id: str
+    # Its tenant, once this process has seen its record: the owner check of every request
+    # that names it is then a lookup here, not a database read.
+    tenant: str | None = None
     # Serialises the sandbox's transitions (create, pause, resume, terminate, its end);
     # reads of the record need no lock.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -12,16 +12,18 @@ from ....errors import (
 from ...state.records import SandboxRecord, SandboxStatus
 from ...state.store import Store
 
-__all__ = ["describe_end", "get", "get_owned", "get_running", "not_running"]
+__all__ = ["describe_end", "get", "get_owned", "get_running", "not_found", "not_running"]
+
+
+def not_found(sandbox_id: str) -> NotFoundError:
+    return NotFoundError(f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes")
 
 
 async def get(store: Store, sandbox_id: str) -> SandboxRecord:
     """A sandbox's record as callers may see it (pooled ones belong to nobody yet)."""
     record = await store.get_sandbox(sandbox_id)
     if record is None or record.status == SandboxStatus.POOLED:
-        raise NotFoundError(
-            f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
-        )
+        raise not_found(sandbox_id)
     return record
 
 
@@ -32,9 +34,7 @@ async def get_owned(store: Store, sandbox_id: str, tenant: str) -> SandboxRecord
     if record is not None and record.tenant != tenant:
         record = None
     if record is None or record.status == SandboxStatus.POOLED:
-        raise NotFoundError(
-            f"sandbox {sandbox_id} does not exist; `stockade ls` lists the sandboxes"
-        )
+        raise not_found(sandbox_id)
     return record
 
 

@@ -44,7 +44,7 @@ from .exits import ExitWatcher
 from .launch import Launcher
 from .lifetimes import Lifetimes, start_clock
 from .live import Background, LiveSandboxes
-from .lookup import get, get_owned, get_running, not_running
+from .lookup import get, get_owned, get_running, not_found, not_running
 from .network import SandboxPorts
 from .pausing import Pauser
 from .reconcile import reconcile
@@ -126,6 +126,15 @@ class SandboxService:
     async def get_owned(self, sandbox_id: str, tenant: str) -> SandboxRecord:
         """The record of a sandbox of ``tenant`` (another's answers as a missing one)."""
         return await get_owned(self.store, sandbox_id, tenant)
+
+    async def check_owner(self, sandbox_id: str, tenant: str) -> None:
+        """Raise NotFoundError, as for a missing sandbox, unless ``tenant`` owns it; a
+        running one's owner is known here without reading its record."""
+        live = self.live.get(sandbox_id)
+        if live is None or live.tenant is None:
+            await self.get_owned(sandbox_id, tenant)
+        elif live.tenant != tenant:
+            raise not_found(sandbox_id)
 
     async def get_running(self, sandbox_id: str) -> SandboxRecord:
         """The record of a running sandbox, or an error saying why it is not running."""
@@ -288,7 +297,7 @@ class SandboxService:
             record.workdir, record.timeout = req.workdir, req.timeout
             record.idle_timeout, record.on_timeout = req.idle_timeout, req.on_timeout
             record.auto_resume = req.auto_resume
-            record.tenant = req.tenant
+            record.tenant = self.live[sandbox_id].tenant = req.tenant
             record.status = SandboxStatus.RUNNING
             record.created_at = time.time()
             start_clock(record, record.created_at)
