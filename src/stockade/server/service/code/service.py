@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from ....errors import (
+    ConflictError,
     InvalidArgumentError,
     NotFoundError,
     SandboxPausedError,
@@ -85,6 +86,10 @@ class CodeContext:
             "default": self.default,
             "status": self.status,
         }
+
+
+# Code contexts (kernels) a sandbox may have at once.
+MAX_CONTEXTS = 16
 
 
 class CodeService:
@@ -280,6 +285,14 @@ class CodeService:
                 f"workdir {workdir!r} must be an absolute path in the sandbox"
             )
         contexts = await self._sandbox_contexts(sandbox_id)
+        if len(contexts) >= MAX_CONTEXTS:
+            # Each context is a kernel process in the sandbox (a Python with its imports):
+            # a caller must not make the server start them without end.
+            raise ConflictError(
+                f"sandbox {sandbox_id} has {len(contexts)} code contexts, the most it may "
+                "have; remove one first (sb.remove_code_context(ctx) or `stockade "
+                "code-context rm`)"
+            )
         ctx = CodeContext(new_id("ctx"), sandbox_id, language, workdir, default)
         contexts[ctx.id] = ctx
         try:

@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 import zmq.asyncio
 
+from stockade.errors import ConflictError
 from stockade.server.service.code.kernel import (
     LANGUAGES,
     Kernel,
@@ -17,7 +18,7 @@ from stockade.server.service.code.kernel import (
     payload_size,
     strip_ansi,
 )
-from stockade.server.service.code.service import CodeService
+from stockade.server.service.code.service import MAX_CONTEXTS, CodeService
 from stockade.server.service.execs import ExecService
 
 
@@ -83,5 +84,28 @@ async def test_an_unknown_language_names_the_languages(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="bash, python") as info:
             await service.create("sb-1", "cobol", None)
         assert getattr(info.value, "code", None) == "invalid_argument"
+    finally:
+        await service.stop()
+
+
+async def test_a_sandbox_has_at_most_so_many_contexts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = CodeService(
+        cast(Any, SimpleNamespace(before_pause=[], after_pause=[], on_end=[])),
+        cast(Any, None),
+        tmp_path,
+    )
+    full = {f"ctx-{i}": object() for i in range(MAX_CONTEXTS)}
+
+    async def contexts(sandbox_id: str) -> dict[str, object]:
+        return full
+
+    monkeypatch.setattr(service, "_sandbox_contexts", contexts)
+    try:
+        with pytest.raises(ConflictError, match=f"has {MAX_CONTEXTS} code contexts") as info:
+            await service.create("sb-1", "python", None)
+        assert "remove_code_context" in str(info.value)
+        assert len(full) == MAX_CONTEXTS  # nothing was added for the refused one
     finally:
         await service.stop()
