@@ -10,6 +10,8 @@ from typing import Any, Literal, Self, get_args
 
 __all__ = [
     "ALIVE",
+    "USAGE_FIELDS",
+    "AuditRecord",
     "EndReason",
     "ExposedPort",
     "KeyRecord",
@@ -20,6 +22,7 @@ __all__ = [
     "SandboxStatus",
     "SnapshotRecord",
     "TenantRecord",
+    "UsageRecord",
     "VolumeRecord",
 ]
 
@@ -248,3 +251,56 @@ class KeyRecord(_Record):
         if fields.get("role") not in get_args(Role):
             fields = {**fields, "role": "readonly"}  # never more than a record says
         return fields
+
+
+@dataclass
+class AuditRecord(_Record):
+    """One entry of the audit log: a mutating API call, or one exec.
+
+    ``seq`` is given by the store when the entry is written (0 before): entries are read
+    in that order, and ``after=seq`` is how a follower asks for what is new.
+    """
+
+    at: float  # when the call or exec started
+    tenant: str
+    kind: Literal["api", "exec"]
+    key_id: str | None = None  # None: the operator's token
+    request_id: str | None = None
+    method: str | None = None  # api: the HTTP method; exec: "HTTP" or "WEBSOCKET"
+    path: str | None = None
+    status: int | None = None  # api: the HTTP status answered
+    sandbox: str | None = None
+    argv: list[str] | None = None
+    workdir: str | None = None
+    user: str | None = None
+    duration: float = 0.0  # seconds
+    exit_code: int | None = None
+    bytes_in: int = 0  # request body, or an exec's stdin
+    bytes_out: int = 0  # an exec's stdout and stderr
+    seq: int = 0
+
+
+# The figures of a UsageRecord, by name: what metering adds up (service/usage.py).
+USAGE_FIELDS = (
+    "sandbox_seconds",
+    "cpu_seconds",
+    "memory_gib_seconds",
+    "snapshot_gib_hours",
+    "volume_gib_hours",
+    "execs",
+)
+
+
+@dataclass
+class UsageRecord:
+    """What one tenant used in one minute (``minute``: its start, Unix seconds), or, as a
+    query's answer, over a whole window (``minute``: 0)."""
+
+    tenant: str
+    minute: int
+    sandbox_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    memory_gib_seconds: float = 0.0
+    snapshot_gib_hours: float = 0.0
+    volume_gib_hours: float = 0.0
+    execs: int = 0

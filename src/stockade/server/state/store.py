@@ -15,10 +15,20 @@ import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .records import KeyRecord, SandboxRecord, SnapshotRecord, TenantRecord, VolumeRecord
+from .records import (
+    USAGE_FIELDS,
+    AuditRecord,
+    KeyRecord,
+    SandboxRecord,
+    SnapshotRecord,
+    TenantRecord,
+    UsageRecord,
+    VolumeRecord,
+)
 
 __all__ = ["SQLiteStore", "Store"]
 
@@ -43,6 +53,36 @@ class Store(Protocol):
     async def put_key(self, record: KeyRecord) -> None: ...
     async def list_keys(self) -> list[KeyRecord]: ...
     async def delete_key(self, key_id: str) -> None: ...
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Append entries (each gets its ``seq``, in order)."""
+
+    async def list_audit(
+        self,
+        *,
+        tenant: str | None = None,
+        sandbox: str | None = None,
+        since: float | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Entries oldest first: with ``seq`` past ``after``, started at or after ``since``;
+        None: any tenant or sandbox."""
+        ...
+
+    async def prune_audit(self, before: float) -> int:
+        """Remove entries that started before ``before``; how many went."""
+        ...
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Add each record's figures to its tenant's minute (making it if new)."""
+
+    async def sum_usage(
+        self, *, tenant: str | None, since: float, until: float
+    ) -> list[UsageRecord]:
+        """Per tenant (None: every tenant), the sums over the minutes that start in
+        [``since`` rounded down to its minute, ``until``)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -69,6 +109,27 @@ CREATE TABLE IF NOT EXISTS keys (
     tenant     TEXT NOT NULL,
     created_at REAL NOT NULL,
     data       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         REAL NOT NULL,
+    tenant     TEXT NOT NULL,
+    sandbox    TEXT,
+    data       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant, seq);
+CREATE INDEX IF NOT EXISTS audit_sandbox ON audit(sandbox, seq);
+CREATE TABLE IF NOT EXISTS usage (
+    tenant             TEXT NOT NULL,
+    minute             INTEGER NOT NULL,
+    sandbox_seconds    REAL NOT NULL DEFAULT 0,
+    cpu_seconds        REAL NOT NULL DEFAULT 0,
+    memory_gib_seconds REAL NOT NULL DEFAULT 0,
+    snapshot_gib_hours REAL NOT NULL DEFAULT 0,
+    volume_gib_hours   REAL NOT NULL DEFAULT 0,
+    execs              INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, minute)
 );
 CREATE TABLE IF NOT EXISTS volumes (
     id         TEXT PRIMARY KEY,
@@ -216,6 +277,112 @@ class SQLiteStore:
 
     async def delete_key(self, key_id: str) -> None:
         await asyncio.to_thread(self._exec, "DELETE FROM keys WHERE id = ?", (key_id,))
+
+    def _add_audit(self, records: Sequence[AuditRecord]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for r in records:
+                    r.seq = 0
+                    cur = self._db.execute(
+                        "INSERT INTO audit(at, tenant, sandbox, data) VALUES (?, ?, ?, ?)",
+                        (r.at, r.tenant, r.sandbox, r.to_json()),
+                    )
+                    r.seq = cur.lastrowid or 0
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        if records:
+            await asyncio.to_thread(self._add_audit, records)
+
+    def _list_audit(
+        self, tenant: str | None, sandbox: str | None, since: float | None, after: int, limit: int
+    ) -> list[AuditRecord]:
+        where, args = ["seq > ?"], list[object]([after])
+        for column, value in (("tenant = ?", tenant), ("sandbox = ?", sandbox), ("at >= ?", since)):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT seq, data FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        out = []
+        for seq, data in rows:
+            record = AuditRecord.from_json(data)
+            record.seq = seq
+            out.append(record)
+        return out
+
+    async def list_audit(
+        self,
+        *,
+        tenant: str | None = None,
+        sandbox: str | None = None,
+        since: float | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        return await asyncio.to_thread(self._list_audit, tenant, sandbox, since, after, limit)
+
+    def _prune_audit(self, before: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM audit WHERE at < ?", (before,)).rowcount
+
+    async def prune_audit(self, before: float) -> int:
+        return await asyncio.to_thread(self._prune_audit, before)
+
+    def _add_usage(self, records: Sequence[UsageRecord]) -> None:
+        columns = ", ".join(USAGE_FIELDS)
+        marks = ", ".join("?" for _ in USAGE_FIELDS)
+        adds = ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS)
+        sql = (
+            f"INSERT INTO usage(tenant, minute, {columns}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT(tenant, minute) DO UPDATE SET {adds}"
+        )
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for r in records:
+                    self._db.execute(
+                        sql, (r.tenant, r.minute, *(getattr(r, f) for f in USAGE_FIELDS))
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        if records:
+            await asyncio.to_thread(self._add_usage, records)
+
+    def _sum_usage(self, tenant: str | None, since: float, until: float) -> list[UsageRecord]:
+        sums = ", ".join(f"SUM({f})" for f in USAGE_FIELDS)
+        where = "minute >= ? AND minute < ?"
+        args: list[object] = [int(since // 60 * 60), until]
+        if tenant is not None:
+            where += " AND tenant = ?"
+            args.append(tenant)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT tenant, {sums} FROM usage WHERE {where} GROUP BY tenant ORDER BY tenant",
+                args,
+            ).fetchall()
+        out = []
+        for tenant_name, *sums in rows:
+            figures = {f: v or 0 for f, v in zip(USAGE_FIELDS, sums, strict=True)}
+            figures["execs"] = int(figures["execs"])
+            out.append(UsageRecord(tenant_name, 0, **figures))
+        return out
+
+    async def sum_usage(
+        self, *, tenant: str | None, since: float, until: float
+    ) -> list[UsageRecord]:
+        return await asyncio.to_thread(self._sum_usage, tenant, since, until)
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         return await asyncio.to_thread(self._get, sandbox_id)
