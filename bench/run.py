@@ -6,7 +6,8 @@ figure prints the median and p95 over ``--runs`` repetitions and the ratio Stock
 snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.py),
 ``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py),
 ``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py), ``--only
-access`` what a tenant's API key costs against the admin token (bench/access.py).
+access`` what a tenant's API key costs against the admin token, and the audit log against
+none (bench/access.py).
 
     python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access]
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from stockade import Sandbox
 
-from .access import access_rows
+from .access import access_rows, audit_rows
 from .baseline import RawRunsc
 from .bounds import bounds_rows
 from .code import code_legend, code_rows
@@ -178,6 +179,7 @@ def main() -> None:
             rows += bounds_rows(work, args.image, runs, _time)
         if args.only in (None, "access"):
             rows += access_rows(server, args.image, runs, _time)
+            rows += audit_rows(work, server, args.image, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -188,7 +190,7 @@ def main() -> None:
         "snapshots": "snapshots, image 'python'",
         "load": f"load, image {args.image!r}",
         "bounds": f"the cost of the bounds, image {args.image!r}",
-        "access": f"the cost of tenants and keys, image {args.image!r}",
+        "access": f"the cost of tenants, keys and the audit log, image {args.image!r}",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")

@@ -248,6 +248,33 @@ def test_a_revoked_key_stops_at_once_even_mid_stream(
         Sandbox.list(client=client)
 
 
+def test_a_revoked_key_ends_an_ndjson_exec_stream_too(
+    server: LiveServer, tenants: tuple[Tenant, Tenant], owned: dict[str, str]
+) -> None:
+    acme, _ = tenants
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as admin:
+        made = admin.post("/v1/keys", json={"tenant": acme.name, "role": "user"}).json()
+
+    async def scenario() -> BaseException | None:
+        async with AsyncClient(server.url, made["key"]) as client:
+            sb = await AsyncSandbox.from_id(owned["sandbox_id"], client=client)
+            up = asyncio.Event()
+            run = asyncio.create_task(sb.run("echo up; sleep 60", on_stdout=lambda _: up.set()))
+            async with asyncio.timeout(30):
+                await up.wait()
+            async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as admin:
+                assert (await admin.delete(f"/v1/keys/{made['id']}")).status_code == 200
+            try:
+                async with asyncio.timeout(10):
+                    await run
+            except AuthenticationError as exc:
+                return exc
+            return None
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, AuthenticationError) and f"{made['id']} was revoked" in str(error)
+
+
 def test_the_cli_prints_a_new_key_alone(server: LiveServer) -> None:
     env = {**os.environ, "STOCKADE_URL": server.url, "STOCKADE_TOKEN": server.token}
     name = unique("tn")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,3 +155,42 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A point in time as Unix seconds: ``24h``, ``7d``, ``90m`` (that long ago), an ISO
+    8601 date or time (UTC unless it says), or Unix seconds."""
+    raw = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", raw)
+    if match is not None:
+        ago = float(match.group(1)) * _AGO_UNITS[match.group(2)]
+        return (time.time() if now is None else now) - ago
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a time: give e.g. 24h or 7d (that long ago), 2026-12-01, "
+            "2026-12-01T09:30:00Z or Unix seconds"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def time_option(name: str, help_text: str) -> Callable[[F], F]:
+    """An option taking a time as :func:`parse_when` reads it (None when not given)."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+        return None if value is None else parse_when(value)
+
+    return click.option(
+        name,
+        metavar="WHEN",
+        callback=convert,
+        help=f"{help_text}: 24h or 7d ago, an ISO date or time (UTC), or Unix seconds.",
+    )

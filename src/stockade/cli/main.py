@@ -9,6 +9,7 @@ import click
 from stockade import StockadeError, __version__
 from stockade.cli._common import CliState, print_error
 from stockade.cli.access import key, tenant
+from stockade.cli.audit import audit
 from stockade.cli.changes import changes
 from stockade.cli.code import code, code_context
 from stockade.cli.files import cp
@@ -82,6 +83,7 @@ cli.add_command(changes)
 cli.add_command(volume)
 cli.add_command(tenant)
 cli.add_command(key)
+cli.add_command(audit)
 for _command in (snapshot, pause, resume, fork):
     cli.add_command(_command)
 

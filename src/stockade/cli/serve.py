@@ -79,6 +79,21 @@ _SERVER_DEPENDENCIES = {
     "[env: STOCKADE_RETENTION; default: 604800, a week].",
 )
 @click.option(
+    "--audit-retention",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long audit log entries are kept; 0 keeps them forever "
+    "[env: STOCKADE_AUDIT_RETENTION; default: 7776000, ninety days].",
+)
+@click.option(
+    "--no-audit",
+    is_flag=True,
+    default=False,
+    help="Keep no audit log of calls and execs (what is recorded stays readable) "
+    "[env: STOCKADE_AUDIT=0].",
+)
+@click.option(
     "--doze-after",
     type=click.FloatRange(min=0),
     default=None,
@@ -129,6 +144,8 @@ def serve(
     code_output_limit: int | None,
     legacy_code_output_limit: int | None,
     retention: float | None,
+    audit_retention: float | None,
+    no_audit: bool,
     doze_after: float | None,
     max_log_bytes: int | None,
     tls_cert: Path | None,
@@ -162,6 +179,8 @@ def serve(
             code_output_limit if code_output_limit is not None else legacy_code_output_limit
         ),
         retention=retention,
+        audit_retention=audit_retention,
+        audit=False if no_audit else None,
         doze_after=doze_after,
         max_log_bytes=max_log_bytes,
         tls_cert=tls_cert,

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from .._version import __version__
 from .api import (
     access,
+    audit,
     code,
     execs,
     files,
@@ -76,6 +77,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(snapshots.router, dependencies=auth)
     app.include_router(volumes.router, dependencies=auth)
     app.include_router(access.router, dependencies=auth)
+    app.include_router(audit.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.
@@ -87,6 +89,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.add_middleware(JsonByDefault)
     app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT)
+    # Inside RequestIds, so that each entry carries its call's request ID.
+    app.add_middleware(audit.AuditTrail)
     app.add_middleware(RequestIds)
     # Outermost: traffic for sandbox ports (`/proxy/...` or a `{port}-{id}.` host) never
     # meets the API's auth, body limits or JSON rewriting.

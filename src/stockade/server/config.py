@@ -23,6 +23,7 @@ DEFAULT_CACHE_DIR = Path("/var/cache/stockade")
 DEFAULT_PORT = 7423
 DEFAULT_RETENTION = 7 * 86400.0  # a week
 DEFAULT_DOZE_AFTER = 10.0
+DEFAULT_AUDIT_RETENTION = 90 * 86400.0  # three months
 
 
 class ConfigError(Exception):
@@ -80,6 +81,9 @@ class ServerConfig:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     # The certificate HTTPS and WSS are served with (tls.py); None: plain HTTP.
     tls: TlsFiles | None = None
+    # How long audit log entries are kept (seconds; 0: forever); off: none are recorded.
+    audit_retention: float = DEFAULT_AUDIT_RETENTION
+    audit: bool = True
 
     @classmethod
     def load(
@@ -100,6 +104,8 @@ class ServerConfig:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         tls_self_signed: bool | None = None,
+        audit_retention: float | None = None,
+        audit: bool | None = None,
     ) -> ServerConfig:
         data = data_dir or Path(os.environ.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR)
         cache = cache_dir or Path(os.environ.get("STOCKADE_CACHE_DIR") or DEFAULT_CACHE_DIR)
@@ -146,6 +152,12 @@ class ServerConfig:
             doze_after, "--doze-after", "STOCKADE_DOZE_AFTER", DEFAULT_DOZE_AFTER,
             "0: sandboxes never doze",
         )  # fmt: skip
+        cfg.audit_retention = _seconds(
+            audit_retention, "--audit-retention", "STOCKADE_AUDIT_RETENTION",
+            DEFAULT_AUDIT_RETENTION, "0 keeps the audit log forever",
+        )  # fmt: skip
+        env_audit = os.environ.get("STOCKADE_AUDIT", "1").strip().lower()
+        cfg.audit = audit if audit is not None else env_audit not in ("0", "false", "no", "off")
         cfg.max_log_bytes = _max_log_bytes(max_log_bytes)
         cfg.tls = _tls(data, host, cfg.tunnel_domain, tls_cert, tls_key, tls_self_signed)
         cfg.runsc = find_runsc(cache)

@@ -52,6 +52,8 @@ def run_server(
     tunnel_domain: str | None = None,
     code_output_limit: int | None = None,
     retention: float | None = None,
+    audit_retention: float | None = None,
+    audit: bool | None = None,
     doze_after: float | None = None,
     max_log_bytes: int | None = None,
     tls_cert: Path | None = None,
@@ -67,8 +69,9 @@ def run_server(
             data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,
             network=network, dns_upstreams=dns_upstreams, tunnel_domain=tunnel_domain,
             code_output_limit=code_output_limit, retention=retention,
-            doze_after=doze_after, max_log_bytes=max_log_bytes, tls_cert=tls_cert,
-            tls_key=tls_key, tls_self_signed=tls_self_signed,
+            audit_retention=audit_retention, audit=audit, doze_after=doze_after,
+            max_log_bytes=max_log_bytes, tls_cert=tls_cert, tls_key=tls_key,
+            tls_self_signed=tls_self_signed,
         )  # fmt: skip
         parse_pool_specs(config.pools)
         for upstream in config.dns_upstreams:

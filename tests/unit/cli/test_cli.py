@@ -209,14 +209,16 @@ def test_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     seen: dict[str, Any] = {}
     monkeypatch.setattr(stockade.server.main, "run_server", lambda **kw: seen.update(kw))
     args = ["serve", "--port", "9999", "--data-dir", str(tmp_path / "d"),
-            "--max-code-output-bytes", "65536", "--doze-after", "2.5"]  # fmt: skip
+            "--max-code-output-bytes", "65536", "--doze-after", "2.5",
+            "--audit-retention", "86400", "--no-audit"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert seen == {"host": "127.0.0.1", "port": 9999, "data_dir": tmp_path / "d",
                     "cache_dir": None, "pools": None, "network": None, "dns_upstreams": (),
                     "tunnel_domain": None, "code_output_limit": 65536,
                     "retention": None, "doze_after": 2.5, "max_log_bytes": None,
-                    "tls_cert": None, "tls_key": None, "tls_self_signed": None}  # fmt: skip
+                    "tls_cert": None, "tls_key": None, "tls_self_signed": None,
+                    "audit_retention": 86400.0, "audit": False}  # fmt: skip
     seen.clear()
     assert CliRunner().invoke(cli, ["serve", "--tls-self-signed"]).exit_code == 0
     assert seen["tls_self_signed"] is True and not seen["tls_cert"]

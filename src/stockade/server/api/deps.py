@@ -66,9 +66,10 @@ def check_token(conn: HTTPConnection, needed: str = "readonly") -> Principal:
             "STOCKADE_TOKEN or the server's token file)"
         )
     caller = services(conn).access.authenticate(bearer_credentials(header) or b"")
+    # Known before its role is checked: a refused call is audited too (api/audit.py).
+    conn.state.principal = caller
     method = conn.scope.get("method", "WEBSOCKET")
     caller.check(needed, f"{method} {conn.scope.get('path', '')}")
-    conn.state.principal = caller
     return caller
 
 

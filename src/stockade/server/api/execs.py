@@ -11,18 +11,22 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 
 from ...errors import AuthenticationError, InvalidArgumentError, StockadeError
+from ..service.access import Principal
 from ..service.execs import ExecSession, ExitInfo, OutputChunk
 from ..service.files import check_path
 from . import ndjson
-from .deps import Services, check_owner, check_token, services
+from .audit import exec_entry
+from .deps import Caller, Services, check_owner, check_token, services
 from .errors import error_response
 from .limits import check_range
 from .params import SandboxIdP
@@ -62,7 +66,9 @@ def exit_event(info: ExitInfo) -> dict[str, Any]:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
-async def exec_ndjson(sandbox_id: SandboxIdP, body: ExecRequest, svc: Svc) -> StreamingResponse:
+async def exec_ndjson(
+    sandbox_id: SandboxIdP, body: ExecRequest, svc: Svc, who: Caller, request: Request
+) -> StreamingResponse:
     workdir = _validate(body.argv, body.workdir, body.timeout)
     if body.stdin is not None and body.stdin_b64 is not None:
         raise InvalidArgumentError("give either stdin or stdin_b64, not both")
@@ -73,21 +79,35 @@ async def exec_ndjson(sandbox_id: SandboxIdP, body: ExecRequest, svc: Svc) -> St
         except ValueError as exc:
             # binascii.Error for bad base64; a plain ValueError for non-ASCII text.
             raise InvalidArgumentError(f"stdin_b64 is not valid base64: {exc}") from None
+    started = time.perf_counter()
     session = await svc.execs.start(
         sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout
     )
+    request.state.audited = True  # the exec's own entry, below, says more than the call's
 
     async def feed() -> None:
         if stdin:
             await session.write_stdin(stdin)
         await session.close_stdin()
 
+    cut: list[str] = []
+
+    def revoked(key_id: str) -> None:
+        # The key this stream was opened with stops working now, stream included: the
+        # command is killed and the stream ends with the reason.
+        if key_id == who.key_id and not cut:
+            cut.append(key_id)
+            session.cut()
+
     async def events() -> AsyncIterator[bytes]:
         feeder = asyncio.create_task(feed())
+        svc.access.on_revoke.append(revoked)
         try:
             yield ndjson.line({"type": "started"})
             try:
                 async for event in session.events():
+                    if cut:
+                        raise AuthenticationError(f"API key {cut[0]} was revoked")
                     if isinstance(event, OutputChunk):
                         name = "stdout" if event.stream == 1 else "stderr"
                         data = base64.b64encode(event.data).decode()
@@ -98,8 +118,10 @@ async def exec_ndjson(sandbox_id: SandboxIdP, body: ExecRequest, svc: Svc) -> St
                 # Headers are gone already: the error travels as the stream's last event.
                 yield ndjson.line({"type": "error", **err.to_body()})
         finally:
+            svc.access.on_revoke.remove(revoked)
             feeder.cancel()
             await session.aclose()
+            _ended(svc, who, session, request, "HTTP", started)
 
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
@@ -137,6 +159,7 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         except ValidationError as exc:
             raise InvalidArgumentError(f"bad exec request: {exc.errors()[0].get('msg')}") from None
         workdir = _validate(req.argv, req.workdir, req.timeout)
+        started = time.perf_counter()
         session = await svc.execs.start(
             sandbox_id, req.argv, env=req.env, workdir=workdir, timeout=req.timeout,
             pty_size=(req.cols, req.rows) if req.pty else None,
@@ -184,6 +207,23 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
         await session.aclose()
+        _ended(svc, who, session, ws, "WEBSOCKET", started)
+
+
+def _ended(
+    svc: Services,
+    who: Principal,
+    session: ExecSession,
+    conn: HTTPConnection,
+    transport: str,
+    started: float,
+) -> None:
+    """Account for an exec that is over: its audit entry (queued: never waits)."""
+    rid = conn.scope.get("state", {}).get("request_id")
+    duration = time.perf_counter() - started
+    svc.audit.record(
+        exec_entry(who, session, request_id=rid, transport=transport, duration=duration)
+    )
 
 
 async def _client_to_session(ws: WebSocket, session: ExecSession) -> None:

@@ -15,10 +15,14 @@ scripts' digits, that no parser here accepts).
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+
+from ...errors import InvalidArgumentError
 
 __all__ = [
     "ABS_PATH",
@@ -43,10 +47,13 @@ __all__ = [
     "PortP",
     "RemovablePathQ",
     "SandboxIdP",
+    "SandboxIdQ",
     "SnapshotIdP",
+    "TimeQ",
     "VolumeRefP",
     "documented",
     "documented_optional",
+    "parse_time",
 ]
 
 # Server-made IDs are `<prefix>-<16 hex>`; any 1–64 of these characters after the prefix
@@ -200,3 +207,44 @@ RemovablePathQ = Annotated[
         ),
     ),
 ]
+
+SandboxIdQ = Annotated[
+    str | None,
+    Query(
+        max_length=80,
+        description="Only this sandbox's (`sb-…`).",
+        json_schema_extra=_documented_id(SANDBOX_ID, "sb-0123456789abcdef"),
+    ),
+]
+TimeQ = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description="A time: ISO 8601 (`2026-12-01`, `2026-12-01T09:30:00Z`; UTC unless "
+        "it says) or Unix seconds.",
+        json_schema_extra=_examples("2026-12-01T00:00:00Z"),
+    ),
+]
+
+
+def parse_time(name: str, text: str | None) -> float | None:
+    """A :data:`TimeQ` value as Unix seconds (None: not given); 422 naming ``name`` and
+    the forms it takes otherwise."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{name}={text[:40]!r} is not a time: give ISO 8601 (2026-12-01 or "
+                "2026-12-01T09:30:00Z) or Unix seconds"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return when.timestamp()
+    if not (math.isfinite(value) and 0 <= value < 1e11):
+        raise InvalidArgumentError(f"{name}={text[:40]!r} is not a time in Unix seconds")
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...errors import InvalidArgumentError
@@ -38,12 +38,13 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 
 @router.post("", status_code=201, response_model=SandboxOut, summary="Create a sandbox")
 async def create_sandbox(
-    body: CreateSandbox, svc: Svc, caller: Caller, response: Response
+    body: CreateSandbox, svc: Svc, caller: Caller, response: Response, request: Request
 ) -> SandboxOut:
     # Server-Timing says where the create's time went (make bench prints the breakdown).
     with collect() as stages:
         out = await _create(body, svc, caller)
     response.headers["Server-Timing"] = stages.header()
+    request.state.audit_sandbox = out.id  # the audit entry names the sandbox it made
     return out
 
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import signal as signals
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,14 @@ class ExecSession:
         self.exit: ExitInfo | None = None
         self._activity = activity
         self._busy = False  # holding the sandbox busy (see _release)
+        # What the audit log records of it (ExecService.start fills in the rest).
+        self.started_at = time.time()
+        self.argv: list[str] = []
+        self.workdir = "/"
+        self.user = "root"
+        self.tenant = ""
+        self.bytes_in = 0  # stdin taken
+        self.bytes_out = 0  # stdout and stderr handed on
 
     async def start(self, request: dict[str, object]) -> None:
         """Ask the agent to run the command; returns once it runs (or failed to start)."""
@@ -195,6 +204,7 @@ class ExecSession:
                     return
                 raise await lost(self._sandboxes, self.sandbox_id, exc) from None
             if frame.type in (FrameType.STDOUT, FrameType.STDERR):
+                self.bytes_out += len(frame.payload)
                 yield OutputChunk(1 if frame.type == FrameType.STDOUT else 2, frame.payload)
                 self._ch.grant(len(frame.payload))
             elif frame.type == FrameType.EXIT:
@@ -225,6 +235,7 @@ class ExecSession:
     async def write_stdin(self, data: bytes) -> None:
         if self._ch.finished:
             return  # nothing reads it any more
+        self.bytes_in += len(data)
         with contextlib.suppress(AgentLost):
             for i in range(0, len(data), MAX_PAYLOAD):
                 await self._ch.send(FrameType.STDIN, data[i : i + MAX_PAYLOAD])
@@ -249,6 +260,10 @@ class ExecSession:
 
     async def kill(self) -> None:
         """Kill the command's process group; the session then ends with code 137."""
+        self.cut()
+
+    def cut(self) -> None:
+        """:meth:`kill`, from code that cannot wait (a listener called synchronously)."""
         if self._ch.finished:
             return
         self._ch.close(Frame(FrameType.EXIT, self._ch.number, b'{"exit_code": %d}' % _KILLED))
@@ -301,11 +316,13 @@ class ExecService:
             channel, self.sandboxes, sandbox_id, pty=pty_size is not None, timeout=timeout,
             activity=activity,
         )  # fmt: skip
+        session.argv, session.workdir = list(argv), workdir or record.workdir or "/"
+        session.user, session.tenant = record.user or "root", record.tenant
         await session.start(
             {
-                "argv": list(argv),
+                "argv": session.argv,
                 "env": [f"{k}={v}" for k, v in full_env.items()],
-                "cwd": workdir or record.workdir or "/",
+                "cwd": session.workdir,
                 "pty": pty_size is not None,
                 "cols": cols,
                 "rows": rows,

@@ -13,6 +13,7 @@ from ..network.manager import NetworkManager
 from ..runtime.reaper import Reaper
 from ..state.store import SQLiteStore
 from .access import AccessService
+from .audit import AuditLog
 from .builder import ImageBuilder, build_policy, pip_env
 from .code.service import CodeService
 from .creation import Creator
@@ -49,6 +50,7 @@ class Services:
     exporter: ImageExporter
     access: AccessService
     quotas: Quotas
+    audit: AuditLog
 
 
 @contextlib.asynccontextmanager
@@ -87,6 +89,7 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         image_service=ImageService(catalog, builder, snapshots),
         exporter=ImageExporter(catalog, config.cache_dir),
         access=access, quotas=quotas,
+        audit=AuditLog(store, retention=config.audit_retention, enabled=config.audit),
     )  # fmt: skip
     try:
         # Before any request: the default tenant and the keys.
@@ -97,8 +100,10 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         await snapshots.start()
         await code.start()
         await pools.start()
+        services.audit.start()
         yield services
     finally:
+        await services.audit.stop()
         await pools.stop()
         await code.stop()
         await sandboxes.stop()
