@@ -26,6 +26,7 @@ from .quotas import Quotas
 from .recipes import add_recipes
 from .sandboxes import SandboxService
 from .snapshots import SnapshotService
+from .usage import Meter
 from .volumes import VolumeService
 
 __all__ = ["Services", "open_services"]
@@ -50,6 +51,7 @@ class Services:
     exporter: ImageExporter
     access: AccessService
     quotas: Quotas
+    usage: Meter
     audit: AuditLog
 
 
@@ -66,7 +68,8 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         config.data_dir, config.cache_dir, enabled=config.network,
         dns_upstreams=config.dns_upstreams,
     )  # fmt: skip
-    sandboxes = SandboxService(config, store, catalog, reaper, network)
+    meter = Meter(store)
+    sandboxes = SandboxService(config, store, catalog, reaper, network, meter=meter)
     access = AccessService(store, config.token)
     quotas = Quotas(store, access.quotas)
     volumes = VolumeService(config, store, quotas)
@@ -88,12 +91,14 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         creator=Creator(sandboxes, pools, snapshots, code, quotas),
         image_service=ImageService(catalog, builder, snapshots),
         exporter=ImageExporter(catalog, config.cache_dir),
-        access=access, quotas=quotas,
+        access=access, quotas=quotas, usage=meter,
         audit=AuditLog(store, retention=config.audit_retention, enabled=config.audit),
     )  # fmt: skip
     try:
         # Before any request: the default tenant and the keys.
         await services.access.start()
+        # Before the sandboxes: those found running are billed from here on.
+        await meter.start()
         # Volumes first: sandboxes that resume or boot from here on bind their disks.
         await volumes.start()
         await sandboxes.start()
@@ -107,5 +112,7 @@ async def open_services(config: ServerConfig) -> AsyncIterator[Services]:
         await pools.stop()
         await code.stop()
         await sandboxes.stop()
+        # Last before the store closes: what was used up to the stop is written.
+        await meter.stop()
         await store.close()
         await reaper.stop()

@@ -30,6 +30,7 @@ from ...runtime.runsc import Runsc, RunscError
 from ...state.records import NetworkAttachment, SandboxRecord
 from ..boot_reserve import BootReserve
 from ..stages import stage
+from ..usage import Meter
 from .live import LiveSandbox, LiveSandboxes
 
 __all__ = ["Launcher", "read_pid"]
@@ -48,11 +49,13 @@ class Launcher:
         runtime: Runsc,
         network: NetworkManager,
         live: LiveSandboxes,
+        meter: Meter,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self.network = network
         self.live = live
+        self.meter = meter
         self._agent_layer: Path | None = None
         self._boot_slots = asyncio.Semaphore(2 * (os.cpu_count() or 1))
         self._boots = 0  # boots holding or waiting for a slot
@@ -339,6 +342,9 @@ class Launcher:
 
         ``capture``: copy the sandbox's writes there first, as an image layer (builds).
         """
+        # Its last interval is billed first: deleting the runsc sandbox removes the cgroup
+        # that counts its CPU.
+        self.meter.end(sandbox_id)
         self.drop_link(sandbox_id, f"sandbox {sandbox_id} ended")
         try:
             await self.runtime.delete(sandbox_id)

@@ -150,6 +150,9 @@ class Pauser:
     async def stop_paused(self, record: SandboxRecord) -> None:
         """Remove a paused sandbox's runsc sandbox, overlay and network; its disk and
         checkpoint stay for the resume (which gets a network again, maybe a new address)."""
+        # A paused sandbox is not billed; its checkpoint's CPU is, read before the runsc
+        # sandbox (and its cgroup) goes.
+        self.launcher.meter.end(record.id)
         self.launcher.drop_link(record.id, f"sandbox {record.id} was paused")
         await self.runtime.delete(record.id)
         await self.launcher.rootfs(record.id).unmount_overlay()
@@ -186,6 +189,7 @@ class Pauser:
             resume_clock(record, time.time())
             record.status, record.paused_at = SandboxStatus.RUNNING, None
             await self.store.put_sandbox(record)
+            self.launcher.meter.begin(record, record.started_at)
             await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(sandbox_id), True)
             self.lifetimes.touch(sandbox_id)
             log.info("sandbox %s resumed", sandbox_id)

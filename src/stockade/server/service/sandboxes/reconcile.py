@@ -57,6 +57,9 @@ async def reconcile(store: Store, launcher: Launcher, exits: ExitWatcher, pauser
             record.pid = state.pid
             await store.put_sandbox(record)
             exits.watch(record)
+            if record.status == SandboxStatus.RUNNING:  # a pooled one is nobody's yet
+                # Billed again from now: the time this server was down is not.
+                launcher.meter.begin(record)
             continue
         await launcher.cleanup(record.id)
         was_starting = record.status == SandboxStatus.STARTING
@@ -113,6 +116,7 @@ async def _recover_pause(
         await store.put_sandbox(record)
         await asyncio.to_thread(shutil.rmtree, checkpoint, True)
         exits.watch(record)
+        launcher.meter.begin(record, record.started_at)
         log.warning("sandbox %s: a resume was cut short; it is running", sid)
         return
     if record.status == SandboxStatus.RUNNING and not complete and live:
@@ -120,6 +124,7 @@ async def _recover_pause(
         record.pid = state.pid if state is not None else None
         await store.put_sandbox(record)
         exits.watch(record)
+        launcher.meter.begin(record)
         log.warning("sandbox %s: a pause or snapshot was cut short; it runs on", sid)
         return
     if complete:

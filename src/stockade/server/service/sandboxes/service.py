@@ -39,6 +39,7 @@ from ..doze import Dozer
 from ..ports import PortTarget
 from ..spec import Checkpoint, CreateRequest, new_record
 from ..stages import stage
+from ..usage import Meter
 from ..users import resolve_user
 from .exits import ExitWatcher
 from .launch import Launcher
@@ -64,6 +65,7 @@ class SandboxService:
         network: NetworkManager | None = None,
         *,
         runtime: Runsc | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -71,9 +73,12 @@ class SandboxService:
         self.network = network or NetworkManager(config.data_dir, config.cache_dir, enabled=False)
         # The runtime is a seam: tests drive this state machine against a fake one.
         self.runtime = runtime or Runsc(config.runsc, config.runsc_root)
+        # Bills a sandbox while it runs for a tenant: begun where its clock starts (create,
+        # hand-out, resume, a restart), ended before its cgroup goes (launch.py, pausing.py).
+        self.meter = meter or Meter(store)
         self.live = LiveSandboxes()
         self.background = Background()
-        self.launcher = Launcher(config, self.runtime, self.network, self.live)
+        self.launcher = Launcher(config, self.runtime, self.network, self.live, self.meter)
         self.launcher.on_protocol_error = self._agent_broke_protocol
         self.reserve = self.launcher.reserve
         self.exits = ExitWatcher(
@@ -302,6 +307,8 @@ class SandboxService:
             record.created_at = time.time()
             start_clock(record, record.created_at)
             await self.store.put_sandbox(record)
+            # Billed from here: a pooled sandbox is nobody's, whatever it ran before.
+            self.meter.begin(record, record.created_at)
         if req.workdir:
             await self.launcher.agent_mkdir(sandbox_id, req.workdir)
         self.lifetimes.changed()
@@ -360,6 +367,8 @@ class SandboxService:
                 start_clock(record, time.time())
             with stage("store"):
                 await self.store.put_sandbox(record)
+            if not pooled:
+                self.meter.begin(record, record.started_at)
         if not running:
             # The entrypoint finished before we looked: record its end right away.
             await self.exits.on_exit(record.id)
