@@ -169,6 +169,34 @@ def test_another_tenants_objects_answer_as_missing_on_every_route(
         assert acme.request("GET", f"/v1/snapshots/{owned['snapshot_id']}")["id"]
 
 
+def test_volume_names_are_per_tenant(
+    server: LiveServer, tenants: tuple[Tenant, Tenant], owned: dict[str, str]
+) -> None:
+    acme, globex = tenants
+    name = owned["name_or_id"]
+    with Client(server.url, globex.keys["user"]) as client:
+        # The name another tenant uses is free here: neither "taken" nor theirs handed over.
+        mine = client.request("POST", "/v1/volumes", json={"name": name, "size": 64})
+        try:
+            got = client.request("GET", f"/v1/volumes/{name}")
+            assert got["id"] == mine["id"]
+            sb = Sandbox.create(image="debian", volumes={"/data": name}, client=client)
+            try:
+                sb.files.write("/data/whose.txt", "globex\n")
+            finally:
+                sb.terminate()
+        finally:
+            client.request("DELETE", f"/v1/volumes/{name}")
+    with Client(server.url, acme.keys["user"]) as client:
+        theirs = client.request("GET", f"/v1/volumes/{name}")
+        assert theirs["id"] != mine["id"]  # acme's volume is untouched by the delete
+        sb = Sandbox.create(image="debian", volumes={"/data": name}, client=client)
+        try:
+            assert not sb.files.exists("/data/whose.txt")
+        finally:
+            sb.terminate()
+
+
 def test_image_names_and_builds_are_per_tenant(
     server: LiveServer, tenants: tuple[Tenant, Tenant]
 ) -> None:
@@ -239,6 +267,8 @@ def test_a_revoked_key_stops_at_once_even_mid_stream(
                     await proc.wait()
             except AuthenticationError as exc:
                 return exc
+            finally:
+                await proc.aclose()
             return None
 
     error = asyncio.run(scenario())

@@ -56,8 +56,10 @@ async def list_volumes(svc: Svc, caller: Caller) -> VolumeList:
 
 
 @router.get("/{name_or_id}", response_model=VolumeOut, summary="Get a volume by name or ID")
-async def get_volume(name_or_id: VolumeRefP, svc: Svc) -> VolumeOut:
-    record = await svc.volumes.get(name_or_id)
+async def get_volume(name_or_id: VolumeRefP, svc: Svc, caller: Caller) -> VolumeOut:
+    # A name is the caller's tenant's (the operator's own: default); an ID is anyone's
+    # the caller may see (require_token checked that).
+    record = await svc.volumes.get(name_or_id, caller.tenant)
     return _out(record, await svc.volumes.users_of(record.id))
 
 
@@ -67,6 +69,6 @@ async def get_volume(name_or_id: VolumeRefP, svc: Svc) -> VolumeOut:
     response_class=Response,
     summary="Delete a volume and its files (409 while a sandbox has it mounted)",
 )
-async def delete_volume(name_or_id: VolumeRefP, svc: Svc) -> Response:
-    await svc.volumes.delete(name_or_id)
+async def delete_volume(name_or_id: VolumeRefP, svc: Svc, caller: Caller) -> Response:
+    await svc.volumes.delete(name_or_id, caller.tenant)
     return Response(status_code=204)

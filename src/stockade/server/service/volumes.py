@@ -19,7 +19,8 @@ volume, and a directory without one is garbage that :meth:`VolumeService.start` 
 across a restart, even a ``kill -9``.
 
 Concurrency: one asyncio.Lock serialises create and delete, because names are unique
-(and the store's ``put_volume`` replaces a row of the same name) and the space check
+within a tenant (each tenant names its own volumes; the store's ``put_volume`` replaces a
+row of the same tenant and name) and the space check
 must see the volumes being made. Lookups take no lock. A tenant's ``max_disk`` (quotas.py)
 counts a volume's whole size, checked before its disk is made.
 """
@@ -193,15 +194,16 @@ class VolumeService:
 
     # ------------------------------------------------------------------------- lookups
 
-    async def get(self, name_or_id: str) -> VolumeRecord:
-        record = await self.store.get_volume(name_or_id)
+    async def get(self, name_or_id: str, tenant: str | None = None) -> VolumeRecord:
+        """By ID, or by name: ``tenant``'s (each tenant names its own; None: any)."""
+        record = await self.store.get_volume(name_or_id, tenant)
         if record is None:
             raise _missing(name_or_id)
         return record
 
     async def get_owned(self, name_or_id: str, tenant: str) -> VolumeRecord:
         """The volume if ``tenant`` owns it; another tenant's answers as a missing one."""
-        record = await self.get(name_or_id)
+        record = await self.get(name_or_id, tenant)
         if record.tenant != tenant:
             raise _missing(name_or_id)
         return record
@@ -241,17 +243,16 @@ class VolumeService:
     async def _create(
         self, name: str, size_mib: int | None, *, exist_ok: bool, tenant: str
     ) -> tuple[VolumeRecord, bool]:
-        found = await self.store.get_volume(name)
+        found = await self.store.get_volume(name, tenant)
         if found is not None and found.tenant != tenant:
-            # Names are one space for now: say it is taken, never hand another's over.
-            raise ConflictError(f"volume name {name!r} is taken; choose another name")
+            found = None  # an ID of another tenant's volume: as if it did not exist
         if exist_ok and found is not None:
             return found, False  # also by ID, which is never a valid new name
         check_name(name)
         size = DEFAULT_SIZE_MIB if size_mib is None else size_mib
         check_size(size)
         async with self._lock:
-            existing = await self.store.get_volume(name)
+            existing = await self.store.get_volume(name, tenant)
             if existing is not None:
                 if exist_ok:
                     return existing, False
@@ -318,10 +319,11 @@ class VolumeService:
 
     # -------------------------------------------------------------------------- delete
 
-    async def delete(self, name_or_id: str) -> VolumeRecord:
-        """Delete a volume and its files; ConflictError while a sandbox has it mounted."""
+    async def delete(self, name_or_id: str, tenant: str | None = None) -> VolumeRecord:
+        """Delete a volume and its files; ConflictError while a sandbox has it mounted.
+        ``tenant``: whose name ``name_or_id`` is, if a name."""
         async with self._lock:
-            record = await self.get(name_or_id)
+            record = await self.get(name_or_id, tenant)
             users = await self.users_of(record.id)
             if users:
                 raise ConflictError(_in_use(record, users))

@@ -43,7 +43,9 @@ class Store(Protocol):
     async def list_snapshots(self) -> list[SnapshotRecord]: ...
     async def delete_snapshot(self, snapshot_id: str) -> None: ...
     async def put_volume(self, record: VolumeRecord) -> None: ...
-    async def get_volume(self, volume_id: str) -> VolumeRecord | None: ...
+    async def get_volume(
+        self, volume_id: str, tenant: str | None = None
+    ) -> VolumeRecord | None: ...
     async def list_volumes(self) -> list[VolumeRecord]: ...
     async def delete_volume(self, volume_id: str) -> None: ...
     async def put_tenant(self, record: TenantRecord) -> None: ...
@@ -86,7 +88,19 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-_SCHEMA = """
+# A volume's name is unique within its tenant.
+_VOLUMES = """
+CREATE TABLE IF NOT EXISTS volumes (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL DEFAULT 'default',
+    name       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL,
+    UNIQUE (tenant, name)
+);
+"""
+
+_SCHEMA = _VOLUMES + """
 CREATE TABLE IF NOT EXISTS sandboxes (
     id         TEXT PRIMARY KEY,
     status     TEXT NOT NULL,
@@ -131,12 +145,6 @@ CREATE TABLE IF NOT EXISTS usage (
     execs              INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, minute)
 );
-CREATE TABLE IF NOT EXISTS volumes (
-    id         TEXT PRIMARY KEY,
-    name       TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    data       TEXT NOT NULL
-);
 """
 
 
@@ -158,6 +166,26 @@ class SQLiteStore:
         # power loss can drop the last transactions.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older server up to this schema."""
+        (volumes,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'volumes'"
+        ).fetchone()
+        if "tenant" not in volumes:
+            # Volume names were one space for the whole server; now each tenant has its
+            # own, so the table is rebuilt with (tenant, name) unique instead of name.
+            self._db.executescript(
+                "BEGIN;"
+                "ALTER TABLE volumes RENAME TO volumes_old;"
+                + _VOLUMES
+                + "INSERT INTO volumes(id, tenant, name, created_at, data) "
+                "SELECT id, COALESCE(json_extract(data, '$.tenant'), 'default'), name, "
+                "created_at, data FROM volumes_old;"
+                "DROP TABLE volumes_old;"
+                "COMMIT;"
+            )
 
     def _put(self, record: SandboxRecord) -> None:
         with self._lock:
@@ -226,15 +254,18 @@ class SQLiteStore:
     async def put_volume(self, record: VolumeRecord) -> None:
         await asyncio.to_thread(
             self._exec,
-            "INSERT OR REPLACE INTO volumes(id, name, created_at, data) VALUES (?, ?, ?, ?)",
-            (record.id, record.name, record.created_at, record.to_json()),
+            "INSERT OR REPLACE INTO volumes(id, tenant, name, created_at, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (record.id, record.tenant, record.name, record.created_at, record.to_json()),
         )
 
-    async def get_volume(self, volume_id: str) -> VolumeRecord | None:
-        """By ID (``vol-…``) or by name."""
-        rows = await asyncio.to_thread(
-            self._rows, "SELECT data FROM volumes WHERE id = ? OR name = ?", (volume_id, volume_id)
-        )
+    async def get_volume(self, volume_id: str, tenant: str | None = None) -> VolumeRecord | None:
+        """By ID (``vol-…``, any tenant's), or by name: ``tenant``'s (None: any tenant's)."""
+        sql = "SELECT data FROM volumes WHERE id = ? OR (name = ? AND tenant = ?)"
+        args: tuple[object, ...] = (volume_id, volume_id, tenant)
+        if tenant is None:
+            sql, args = "SELECT data FROM volumes WHERE id = ? OR name = ?", (volume_id, volume_id)
+        rows = await asyncio.to_thread(self._rows, sql, args)
         return VolumeRecord.from_json(rows[0]) if rows else None
 
     async def list_volumes(self) -> list[VolumeRecord]:
