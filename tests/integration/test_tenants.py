@@ -9,6 +9,7 @@ later is covered without editing this test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -314,6 +315,9 @@ def test_the_cli_prints_a_new_key_alone(server: LiveServer) -> None:
                               timeout=60)  # fmt: skip
 
     assert cli("tenant", "create", name, "--max-sandboxes", "3").returncode == 0
+    assert cli("tenant", "set", name, "--max-cpu", "4", "--unset", "max_sandboxes").returncode == 0
+    quotas = json.loads(cli("tenant", "ls", "--json").stdout)
+    assert next(t for t in quotas if t["name"] == name)["quotas"] == {"max_cpu": 4.0}
     made = cli("key", "create", "--tenant", name, "--role", "readonly", "--expires", "30d",
                "--name", "ci-bot")  # fmt: skip
     assert made.returncode == 0, made.stderr

@@ -73,12 +73,23 @@ def tenant_create(state: CliState, /, name: str, **quotas: float | None) -> None
 @tenant.command("set")
 @click.argument("name")
 @_quota_options
+@click.option("--unset", "unset", multiple=True, metavar="QUOTA",
+              type=click.Choice([q[0] for q in _QUOTAS]),
+              help="Remove this limit (repeatable), e.g. --unset max_sandboxes.")  # fmt: skip
 @pass_state
-def tenant_set(state: CliState, /, name: str, **quotas: float | None) -> None:
+def tenant_set(
+    state: CliState, /, name: str, unset: tuple[str, ...], **quotas: float | None
+) -> None:
     """Change quotas of tenant NAME (0 is a limit of zero; `ls` shows them)."""
-    body = {k: v for k, v in quotas.items() if v is not None}
+    body: dict[str, float | None] = {k: v for k, v in quotas.items() if v is not None}
+    for quota in unset:
+        if quota in body:
+            raise click.UsageError(f"--unset {quota} and a value for it: give one of them")
+        body[quota] = None  # null in the API: no limit
     if not body:
-        raise click.UsageError("name at least one quota to set, e.g. --max-sandboxes 10")
+        raise click.UsageError(
+            "name at least one quota to set or --unset, e.g. --max-sandboxes 10"
+        )
     state.client().request("PATCH", f"/v1/tenants/{name}", json=body)
 
 
