@@ -75,6 +75,7 @@ def access_rows(server: Server, image: str, runs: int, timed: Timer) -> list[Row
 def audit_rows(work: Path, server: Server, image: str, runs: int, timed: Timer) -> list[Row]:
     """An exec's round trip while its audit entry is written, against a server that
     writes none; the same image, limits and client."""
+    (work / "no-audit").mkdir()
     quiet = Server(work / "no-audit", extra_args=("--no-audit",), port_offset=2)
     try:
         with (
