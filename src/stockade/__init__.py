@@ -70,6 +70,8 @@ from stockade.models import (
     PortInfo,
     SandboxInfo,
     SnapshotInfo,
+    TenantUsage,
+    UsageReport,
 )
 
 try:
@@ -131,8 +133,10 @@ __all__ = [
     "StockadeTimeoutError",
     "StreamReader",
     "StreamWriter",
+    "TenantUsage",
     "UnsafeLayerError",
     "UnsupportedImageError",
+    "UsageReport",
     "Volume",
     "__version__",
     "error_from_body",

@@ -224,6 +224,32 @@ def list_params(*, tags: Mapping[str, str] | None, status: str | None) -> httpx.
     return httpx.QueryParams(params)
 
 
+# A point in time as the SDK takes one: an aware datetime (a naive one is UTC), Unix
+# seconds, or a string the server reads (ISO 8601, UTC unless it says).
+When = dt.datetime | float | str
+
+
+def time_param(when: When) -> str:
+    """A :data:`When` as a query parameter of the API."""
+    if isinstance(when, dt.datetime):
+        aware = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        return aware.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(when, bool) or not isinstance(when, int | float | str):
+        raise InvalidArgumentError(
+            f"a time must be a datetime, Unix seconds or an ISO 8601 string, got {when!r}"
+        )
+    return when if isinstance(when, str) else repr(float(when))
+
+
+def usage_params(tenant: str | None, since: When | None, until: When | None) -> dict[str, str]:
+    """Query parameters of ``GET /v1/usage``."""
+    params = {"tenant": tenant} if tenant is not None else {}
+    for name, when in (("since", since), ("until", until)):
+        if when is not None:
+            params[name] = time_param(when)
+    return params
+
+
 def parse(build: Callable[[Any], _T], data: Any, what: str) -> _T:
     """Build a model from response JSON; a malformed body becomes a :class:`ServerError`."""
     try:

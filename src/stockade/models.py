@@ -20,6 +20,8 @@ __all__ = [
     "ImageInfo",
     "SandboxInfo",
     "SnapshotInfo",
+    "TenantUsage",
+    "UsageReport",
 ]
 
 
@@ -374,6 +376,74 @@ class SnapshotInfo:
             name=_opt_str(data, "name"),
             created_at=_time(data, "created_at"),
         )
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What one tenant used over a usage report's window (see :class:`UsageReport`).
+
+    ``sandbox_seconds`` is the wall time its sandboxes ran (from create, or hand-out by a
+    warm pool, or resume, to their end or pause); ``cpu_seconds`` the CPU time the host
+    charged to them; ``memory_gib_seconds`` their memory limit in GiB times the time they
+    ran (memory is billed as allocated); ``snapshot_gib_hours`` and ``volume_gib_hours``
+    each snapshot's size on disk and each volume's size in GiB times the time it was
+    kept; ``execs`` the commands run.
+    """
+
+    tenant: str
+    sandbox_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    memory_gib_seconds: float = 0.0
+    snapshot_gib_hours: float = 0.0
+    volume_gib_hours: float = 0.0
+    execs: int = 0
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TenantUsage:
+        return cls(
+            tenant=_str(data, "tenant"),
+            sandbox_seconds=_num(data, "sandbox_seconds", 0.0),
+            cpu_seconds=_num(data, "cpu_seconds", 0.0),
+            memory_gib_seconds=_num(data, "memory_gib_seconds", 0.0),
+            snapshot_gib_hours=_num(data, "snapshot_gib_hours", 0.0),
+            volume_gib_hours=_num(data, "volume_gib_hours", 0.0),
+            execs=_opt_int(data, "execs") or 0,
+        )
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Usage per tenant over the whole minutes from ``since`` up to ``until``: a key's
+    report holds its own tenant only; the admin token's every tenant that used anything,
+    or the one it named.
+
+    Example::
+
+        from stockade import Client
+
+        with Client() as client:
+            for used in client.usage(since="2026-12-01").tenants:
+                print(used.tenant, used.sandbox_seconds, used.cpu_seconds)
+    """
+
+    since: datetime
+    until: datetime
+    tenants: list[TenantUsage]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UsageReport:
+        since, until = _time(data, "since"), _time(data, "until")
+        if since is None or until is None:
+            raise KeyError("since" if since is None else "until")
+        tenants = data.get("tenants")
+        if not isinstance(tenants, list):
+            raise TypeError(f"tenants must be a list, got {tenants!r}")
+        return cls(since=since, until=until, tenants=[TenantUsage.from_json(t) for t in tenants])
+
+    def to_json(self) -> dict[str, Any]:
+        """The report in the API's JSON shape (times as ISO 8601 strings)."""
+        result: dict[str, Any] = _to_json(dataclasses.asdict(self))
+        return result
 
 
 class FileChange(NamedTuple):

@@ -20,7 +20,7 @@ from stockade import _base, _config, _protocol
 from stockade._transport import WebSocket
 from stockade.errors import InvalidArgumentError, ServerError
 from stockade.image import Image, context_tar, register_client
-from stockade.models import ImageInfo
+from stockade.models import ImageInfo, UsageReport
 
 __all__ = ["Client", "client_for"]
 
@@ -195,6 +195,32 @@ class Client:
         if auth is not None:
             body["auth"] = {"username": auth[0], "password": auth[1]}
         return self._image_events("/v1/images/pull", body, on_log, f"pulling {ref!r}")
+
+    def usage(
+        self,
+        tenant: str | None = None,
+        *,
+        since: _base.When | None = None,
+        until: _base.When | None = None,
+    ) -> UsageReport:
+        """What tenants used over the whole minutes from ``since`` (default: the start of
+        this month, UTC) up to ``until`` (default: now): sandbox, CPU and memory time,
+        snapshot and volume storage, and execs. A key reads its own tenant's usage; the
+        admin token every tenant's, or ``tenant``'s. Times are datetimes (naive ones are
+        UTC), Unix seconds, or ISO 8601 strings.
+
+        Example::
+
+            import datetime as dt
+
+            report = client.usage(since=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+            for used in report.tenants:
+                print(used.tenant, used.cpu_seconds, used.memory_gib_seconds)
+        """
+        data = self.request(
+            "GET", "/v1/usage", params=_base.usage_params(tenant, since, until)
+        )
+        return _base.parse(UsageReport.from_json, data, "usage report")
 
     def _image_events(
         self,

@@ -21,6 +21,7 @@ from stockade.cli.sandboxes import create, info, logs, ls, rm, set_timeout
 from stockade.cli.serve import serve
 from stockade.cli.shell import shell
 from stockade.cli.snapshots import fork, pause, resume, snapshot
+from stockade.cli.usage import usage
 from stockade.cli.volumes import volume
 
 _EXIT_INTERRUPTED = 130
@@ -84,6 +85,7 @@ cli.add_command(volume)
 cli.add_command(tenant)
 cli.add_command(key)
 cli.add_command(audit)
+cli.add_command(usage)
 for _command in (snapshot, pause, resume, fork):
     cli.add_command(_command)
 

@@ -22,6 +22,7 @@ from .api import (
     port_tunnel,
     sandboxes,
     snapshots,
+    usage,
     volumes,
 )
 from .api.deps import require_token
@@ -78,6 +79,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(volumes.router, dependencies=auth)
     app.include_router(access.router, dependencies=auth)
     app.include_router(audit.router, dependencies=auth)
+    app.include_router(usage.router, dependencies=auth)
     # WebSocket routes check the token themselves, to answer with an error frame.
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.

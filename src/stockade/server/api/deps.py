@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from ...errors import AuthenticationError
+from ...errors import AuthenticationError, NotFoundError
 from ..service.access import Principal
 from ..service.wiring import Services
 
@@ -22,6 +22,7 @@ __all__ = [
     "require_token",
     "server_token",
     "services",
+    "tenant_scope",
 ]
 
 
@@ -114,3 +115,14 @@ def caller(conn: HTTPConnection) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(caller)]
+
+
+def tenant_scope(who: Principal, tenant: str | None) -> str | None:
+    """The tenant a read of per-tenant records covers: the operator's choice (None: every
+    tenant), a key's own whatever it asks. A key that names another tenant gets 404, as
+    for one that does not exist: it learns nothing of the others."""
+    if who.operator:
+        return tenant
+    if tenant is not None and tenant != who.tenant:
+        raise NotFoundError(f"tenant {tenant[:80]!r} does not exist")
+    return who.tenant

@@ -244,7 +244,13 @@ def parse_time(name: str, text: str | None) -> float | None:
             ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
-        return when.timestamp()
+        value = when.timestamp()
+        # Years 1 to 9999 parse, but not all of them name a time an answer can print.
+        if not 0 <= value < 1e11:
+            raise InvalidArgumentError(
+                f"{name}={text[:40]!r} is out of range: give a time from 1970 on"
+            ) from None
+        return value
     if not (math.isfinite(value) and 0 <= value < 1e11):
         raise InvalidArgumentError(f"{name}={text[:40]!r} is not a time in Unix seconds")
     return value
