@@ -66,14 +66,19 @@ if [ -z "$RUNSC" ]; then
 fi
 say "runsc: $RUNSC ($("$RUNSC" --version | head -1))"
 
-# The virtualenv, reinstalled only when pyproject.toml changes.
+# The virtualenv, reinstalled only when pyproject.toml or the pinned versions change. The
+# package declares ranges (it is a library too); requirements/constraints.txt holds the exact
+# versions the server and the tests run with. The framework extras are installed for the
+# tests of stockade.integrations.
+CONSTRAINTS="$ROOT/requirements/constraints.txt"
 stamp="$VENV/.stockade-installed"
-want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+want=$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing Stockade into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e "$ROOT[server,dev]"
+  "$VENV/bin/pip" install -q -c "$CONSTRAINTS" \
+    -e "$ROOT[server,dev,cli,langchain,openai-agents,smolagents,pydantic-ai]"
   echo "$want" > "$stamp"
 fi
 

@@ -10,8 +10,6 @@ Example::
 The same API exists for asyncio as ``AsyncSandbox`` (``await AsyncSandbox.create()``).
 """
 
-from importlib import metadata as _metadata
-
 from stockade._async import (
     AsyncClient,
     AsyncFiles,
@@ -32,6 +30,7 @@ from stockade._sync import (
     StreamWriter,
     Volume,
 )
+from stockade._version import __version__
 from stockade.commands import CommandError, CommandResult, CommandTimeoutError
 from stockade.errors import (
     AuthenticationError,
@@ -73,11 +72,6 @@ from stockade.models import (
     TenantUsage,
     UsageReport,
 )
-
-try:
-    __version__ = _metadata.version("stockade")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncClient",
