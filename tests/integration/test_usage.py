@@ -102,14 +102,20 @@ def test_a_known_load_is_billed_within_five_percent_to_its_tenant_only(
     _within(used.memory_gib_seconds, 0.5 * wall, "memory GiB-seconds (512 MiB allocated)")
     assert used.memory_gib_seconds == pytest.approx(0.5 * used.sandbox_seconds)
     # CPU is what the host charged the sandbox's cgroup: the code inside and gVisor's own
-    # threads that run it. The busy loop's own CPU is not that: on systrap, gVisor's kernel
-    # threads take some 0.3 s of host CPU per 4 s of a busy process (its timer ticks and
-    # system calls), starting Python some 0.1 s, and the idle kernel a little every
-    # second. So the figure is checked against the cgroup as the test reads it over the
-    # same interval, then against what bounds it: the busy loop's CPU all in it, and no
-    # more than cpu=1 core for the time it ran (its CFS quota).
+    # threads that run it. The busy loop's CPU as the sandbox counts it is not a measure
+    # of that either way. On an idle host the cgroup is charged more: gVisor's kernel
+    # threads take some 0.3 s of host CPU per 4 s of a busy process (their timer ticks and
+    # system calls, per /proc/<pid>/task), starting Python some 0.1 s, the idle kernel a
+    # little every second (measured: 4.07 s inside, 4.43 s over the exec). On a crowded
+    # host it is charged less: on systrap the sandbox's kernel counts a process's time in
+    # app mode, including the time the host had its thread waiting for a core (measured at
+    # load 7 on 2 cores: 4.07 s inside, 3.65 s for the whole cgroup). So the reference is
+    # the cgroup, read by the test itself over the same interval; the known load makes it
+    # seconds, not noise. And it is never more than cpu=1 core for the time it ran (the
+    # CFS quota, give or take one 100 ms period).
     _within(used.cpu_seconds, cgroup_cpu, "CPU-seconds against the cgroup")
-    assert busy <= used.cpu_seconds <= 1.0 * used.sandbox_seconds
+    assert cgroup_cpu > 0.5 * busy, "the busy loop did not show up in the cgroup"
+    assert used.cpu_seconds <= 1.0 * used.sandbox_seconds + 0.1
     assert (used.snapshot_gib_hours, used.volume_gib_hours) == (0.0, 0.0)
     # The bystander's tenant is billed its own sandbox, and the operator sees both.
     with Client(server.url, server.token) as operator:
