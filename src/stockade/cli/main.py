@@ -14,6 +14,7 @@ from stockade.cli.changes import changes
 from stockade.cli.code import code, code_context
 from stockade.cli.files import cp
 from stockade.cli.images import image, images
+from stockade.cli.mcp import mcp
 from stockade.cli.network import network
 from stockade.cli.ports import expose, port_forward, unexpose
 from stockade.cli.run import exec_, run
@@ -86,6 +87,7 @@ cli.add_command(tenant)
 cli.add_command(key)
 cli.add_command(audit)
 cli.add_command(usage)
+cli.add_command(mcp)
 for _command in (snapshot, pause, resume, fork):
     cli.add_command(_command)
 

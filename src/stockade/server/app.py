@@ -18,6 +18,7 @@ from .api import (
     image_export,
     images,
     ingress,
+    mcp,
     pools,
     port_tunnel,
     sandboxes,
@@ -50,9 +51,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 def create_app(config: ServerConfig) -> FastAPI:
+    mcp_endpoint = mcp.McpEndpoint()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(config) as services:
+        async with open_services(config) as services, mcp_endpoint.running(config):
             app.state.services = services
             # The port proxy (api/ingress.py) resolves sandbox ports through the service.
             app.state.port_targets = services.sandboxes
@@ -84,6 +87,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(execs.ws_router)
     # Checks the admin token itself, like the exec WebSocket.
     app.include_router(port_tunnel.router)
+    # MCP for agents (api/mcp.py): checks the bearer credential itself, before any MCP work.
+    app.router.routes.append(mcp.route(mcp_endpoint))
 
     @app.get("/healthz", tags=["health"], summary="Liveness check (no token needed)")
     async def healthz() -> dict[str, str]:
