@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup run test lint typecheck unit integration bench bench-density sync clean
+.PHONY: setup run test lint typecheck unit integration bench bench-density sync ts-types clean
 
 setup:
 	@bash scripts/setup.sh
@@ -38,3 +38,7 @@ bench-density: setup
 # Regenerate the sync SDK from the async source.
 sync:
 	$(PY) scripts/gen_sync.py
+
+# Regenerate the TypeScript SDK's API types from this checkout's server code.
+ts-types: setup
+	bash sdk/typescript/scripts/gen-from-checkout.sh $(PY)

@@ -7,9 +7,10 @@ snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.p
 ``--only load`` the cold-start breakdown and the throughputs under load (bench/load.py),
 ``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py), ``--only
 access`` what a tenant's API key costs against the admin token, and the audit log against
-none (bench/access.py).
+none (bench/access.py), ``--only typescript`` the TypeScript SDK against the Python SDK
+(bench/typescript.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access]
+    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access|typescript]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .load import Rate, cold_start_breakdown, load_rates, rate_lines
 from .network import network_rows
 from .server import Server
 from .snapshots import snapshot_legend, snapshot_rows
+from .typescript import typescript_rows
 
 MiB = 1024 * 1024
 Row = tuple[str, list[float], list[float], str]
@@ -148,7 +150,7 @@ def main() -> None:
     ap.add_argument("--image", default="debian")
     ap.add_argument(
         "--only",
-        choices=["code", "snapshots", "load", "bounds", "access"],
+        choices=["code", "snapshots", "load", "bounds", "access", "typescript"],
         help="measure this group of figures alone",
     )
     args = ap.parse_args()
@@ -180,6 +182,8 @@ def main() -> None:
         if args.only in (None, "access"):
             rows += access_rows(server, args.image, runs, _time)
             rows += audit_rows(work, server, args.image, runs, _time)
+        if args.only in (None, "typescript"):
+            rows += typescript_rows(server, args.image, runs)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -191,6 +195,7 @@ def main() -> None:
         "load": f"load, image {args.image!r}",
         "bounds": f"the cost of the bounds, image {args.image!r}",
         "access": f"the cost of tenants, keys and the audit log, image {args.image!r}",
+        "typescript": f"the TypeScript SDK against the Python SDK, image {args.image!r}",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")

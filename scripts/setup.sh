@@ -82,6 +82,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Node >= 20 and npm: the TypeScript SDK (sdk/typescript) is built and tested against the
+# server by the tests (tests/integration/test_typescript_sdk.py runs its `npm ci`).
+node_major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || true)
+if [ -z "$node_major" ] || [ "$node_major" -lt 20 ] || ! command -v npm >/dev/null; then
+  echo "error: the TypeScript SDK needs Node.js 20 or later with npm (found: $(node --version 2>/dev/null || echo none));" \
+       "install it, e.g. from https://nodejs.org/en/download or NodeSource's Debian packages (nodejs 20.x)" >&2
+  exit 1
+fi
+
 # Base images and the built-in code-interpreter image, whose wheels the host's pip
 # downloads (built once per cache directory; later runs find them ready).
 say "base images"
