@@ -8,9 +8,10 @@ snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.p
 ``--only bounds`` what the bounds on sandbox-fed buffers cost (bench/bounds.py), ``--only
 access`` what a tenant's API key costs against the admin token, and the audit log against
 none (bench/access.py), ``--only typescript`` the TypeScript SDK against the Python SDK
-(bench/typescript.py).
+(bench/typescript.py), ``--only mcp`` an MCP run_code tool call (HTTP and stdio) against the
+SDK's run_code (bench/mcp.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access|typescript]
+    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access|typescript|mcp]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .bounds import bounds_rows
 from .code import code_legend, code_rows
 from .images import image_rows
 from .load import Rate, cold_start_breakdown, load_rates, rate_lines
+from .mcp import mcp_rows
 from .network import network_rows
 from .server import Server
 from .snapshots import snapshot_legend, snapshot_rows
@@ -150,7 +152,7 @@ def main() -> None:
     ap.add_argument("--image", default="debian")
     ap.add_argument(
         "--only",
-        choices=["code", "snapshots", "load", "bounds", "access", "typescript"],
+        choices=["code", "snapshots", "load", "bounds", "access", "typescript", "mcp"],
         help="measure this group of figures alone",
     )
     args = ap.parse_args()
@@ -184,6 +186,8 @@ def main() -> None:
             rows += audit_rows(work, server, args.image, runs, _time)
         if args.only in (None, "typescript"):
             rows += typescript_rows(server, args.image, runs)
+        if args.only in (None, "mcp"):
+            rows += mcp_rows(server, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -196,6 +200,7 @@ def main() -> None:
         "bounds": f"the cost of the bounds, image {args.image!r}",
         "access": f"the cost of tenants, keys and the audit log, image {args.image!r}",
         "typescript": f"the TypeScript SDK against the Python SDK, image {args.image!r}",
+        "mcp": "MCP tool calls against the SDK, image 'code-interpreter'",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")
