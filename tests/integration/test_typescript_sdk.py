@@ -4,7 +4,8 @@ One test builds it with its pinned tsc and runs its own suite (`npm test`: node'
 runner, real sandboxes on the session server, and the check that the committed OpenAPI
 types match this server's /openapi.json). Another packs it with `npm pack`, installs the
 tarball into an empty directory as a user would, type-checks examples/typescript against
-the installed package and runs the example against the server.
+the installed package and runs the example against the server. A third checks that the
+SDK trusts an https server's own certificate through STOCKADE_CA_BUNDLE, and only then.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ import pytest
 from stockade import errors
 
 from .conftest import LiveServer
+from .helpers import force_cleanup
 
 pytestmark = pytest.mark.runsc
 
@@ -120,3 +125,61 @@ def test_typescript_package_installs_and_runs_the_example(
     assert (
         "exit code 3" in output and "streamed: line 3" in output and "read back: hello" in output
     ), output
+
+
+def _built(npm: str, server: LiveServer) -> None:
+    """dist/ as tsc makes it from the sources now (rebuilt when a source is newer)."""
+    index = SDK / "dist" / "index.js"
+    newest = max(p.stat().st_mtime for p in (SDK / "src").rglob("*.ts"))
+    if not index.exists() or index.stat().st_mtime < newest:
+        _run([npm, "run", "build"], SDK, env=_node_env(server))
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[LiveServer]:
+    tmp = Path(tempfile.mkdtemp(prefix="stockade-ts-tls-"))
+    live = LiveServer(
+        data_dir=tmp / "data",
+        token="sk_test_" + secrets.token_hex(8),
+        extra_args=["--host", "127.0.0.1", "--tls-self-signed"],
+    )
+    live.start()
+    try:
+        yield live
+    finally:
+        live.terminate_all()
+        live.stop()
+        force_cleanup(tmp, live.data_dir)
+
+
+# Lists sandboxes, then execs over wss:// in a new one; prints what happened as JSON.
+_TLS_SCRIPT = """
+import { Sandbox } from "./dist/index.js";
+try {
+  await Sandbox.list();
+  const sb = await Sandbox.create({ image: "debian", timeout: 60 });
+  const p = await sb.exec(["echo", "over wss"]);
+  const out = await p.stdout.text();
+  await p.wait();
+  await sb.terminate();
+  console.log(JSON.stringify({ ok: out }));
+} catch (exc) {
+  console.log(JSON.stringify({ error: exc.name, message: exc.message }));
+}
+"""
+
+
+def test_typescript_sdk_trusts_a_ca_bundle(
+    tls_server: LiveServer, server: LiveServer, npm: str
+) -> None:
+    _built(npm, server)
+    assert NODE is not None
+    env = {**_node_env(tls_server), "STOCKADE_URL": tls_server.url}
+    env.pop("STOCKADE_CA_BUNDLE", None)
+    argv = [NODE, "--input-type=module", "-e", _TLS_SCRIPT]
+    refused = json.loads(_run(argv, SDK, env=env))
+    assert refused["error"] == "StockadeConnectionError", refused
+    assert "not trusted" in refused["message"] and "STOCKADE_CA_BUNDLE" in refused["message"]
+
+    env["STOCKADE_CA_BUNDLE"] = str(tls_server.data_dir / "tls" / "cert.pem")
+    assert json.loads(_run(argv, SDK, env=env)) == {"ok": "over wss\n"}

@@ -193,10 +193,6 @@ def test_a_pause_and_the_servers_downtime_are_not_billed_and_billing_goes_on_aft
     assert used.memory_gib_seconds == pytest.approx(0.25 * used.sandbox_seconds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the exec path does not call Meter.count_exec yet (services.sandboxes.meter)",
-)
 def test_each_exec_is_counted(server: LiveServer, admin: httpx.Client) -> None:
     since = time.time()
     _, key = _tenant(admin)

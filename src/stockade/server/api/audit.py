@@ -15,12 +15,11 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...errors import NotFoundError
 from ..service.access import Principal
 from ..service.audit import AuditLog
 from ..service.execs import ExecSession
 from ..state.records import AuditRecord
-from .deps import Caller, Services, services
+from .deps import Caller, Services, services, tenant_scope
 from .params import SandboxIdQ, TimeQ, parse_time
 
 __all__ = ["AuditTrail", "exec_entry", "router"]
@@ -168,7 +167,7 @@ async def read_audit(
     after: Annotated[int, Query(ge=0, description="Only entries after this `seq`.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
-    scope = _tenant_scope(caller, tenant)
+    scope = tenant_scope(caller, tenant)
     entries = await svc.audit.read(
         tenant=scope, sandbox=sandbox, since=parse_time("since", since), after=after, limit=limit
     )
@@ -176,13 +175,3 @@ async def read_audit(
         entries=[AuditEntry.of(e) for e in entries],
         next=entries[-1].seq if entries else after,
     )
-
-
-def _tenant_scope(caller: Principal, tenant: str | None) -> str | None:
-    """The tenant a read covers: a key's own, whatever it asks; the operator's choice."""
-    if caller.operator:
-        return tenant
-    if tenant is not None and tenant != caller.tenant:
-        # Exactly as for a tenant that does not exist: a key learns nothing of others.
-        raise NotFoundError(f"tenant {tenant[:80]!r} does not exist")
-    return caller.tenant

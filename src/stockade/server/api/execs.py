@@ -218,12 +218,16 @@ def _ended(
     transport: str,
     started: float,
 ) -> None:
-    """Account for an exec that is over: its audit entry (queued: never waits)."""
+    """Account for an exec that is over: its audit entry (queued: never waits) and its
+    count in the usage of its sandbox's tenant."""
     rid = conn.scope.get("state", {}).get("request_id")
     duration = time.perf_counter() - started
     svc.audit.record(
         exec_entry(who, session, request_id=rid, transport=transport, duration=duration)
     )
+    # Billed to the sandbox's tenant (the operator's exec in a tenant's sandbox too). Counted
+    # here, not in ExecService, so the server's own execs (kernels, build steps) are not.
+    svc.usage.count_exec(session.tenant)
 
 
 async def _client_to_session(ws: WebSocket, session: ExecSession) -> None:
