@@ -10,6 +10,9 @@ the sandbox is made on the first call only and terminated when the adapter close
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +30,9 @@ from pydantic_ai.messages import (
     ToolReturnPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from smolagents import CodeAgent
 from smolagents.default_tools import FinalAnswerTool
+from smolagents.models import ChatMessage, MessageRole, Model
 from smolagents.monitoring import AgentLogger, LogLevel
 from smolagents.utils import AgentError
 
@@ -38,7 +43,7 @@ from stockade.integrations.openai_agents import SandboxTools
 from stockade.integrations.pydantic_ai import SandboxToolset
 from stockade.integrations.smolagents import StockadeExecutor
 
-from .conftest import LiveServer
+from .conftest import REPO, LiveServer
 
 # The code-interpreter image is built on first use, in the fixture's time.
 pytestmark = [pytest.mark.runsc, pytest.mark.timeout(240, func_only=True)]
@@ -151,6 +156,36 @@ def test_smolagents_executor_runs_an_agents_protocol() -> None:
     assert_terminated(sandbox_id)
 
 
+class ScriptedSmolModel(Model):  # type: ignore[misc]  # smolagents is untyped
+    """A smolagents model that replies with the given texts in turn."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(model_id="scripted")
+        self.replies = list(replies)
+
+    def generate(self, messages: list[ChatMessage], **kwargs: Any) -> ChatMessage:
+        return ChatMessage(role=MessageRole.ASSISTANT, content=self.replies.pop(0))
+
+
+def test_smolagents_code_agent_runs_its_steps_in_the_sandbox() -> None:
+    model = ScriptedSmolModel(
+        [
+            "Thought: build the sequence.\n<code>\nfib = [0, 1]\nfor _ in range(18):\n"
+            "    fib.append(fib[-1] + fib[-2])\n"
+            "open('/tmp/ran-here', 'w').write('yes')\nprint(len(fib))\n</code>",
+            "Thought: answer.\n<code>\nfinal_answer(fib[-1])\n</code>",
+        ]
+    )
+    executor = StockadeExecutor([], AgentLogger(level=LogLevel.OFF), idle_timeout=60)
+    with CodeAgent(tools=[], model=model, executor=executor, verbosity_level=LogLevel.OFF) as agent:
+        assert agent.run("What is the 20th Fibonacci number?") == 4181
+        sandbox_id = executor.sandbox.sandbox_id
+        assert sandbox_id is not None
+        # The steps ran in the sandbox, not in this process.
+        assert Sandbox.from_id(sandbox_id).files.read_text("/tmp/ran-here") == "yes"
+    assert_terminated(sandbox_id)
+
+
 def _scripted(steps: list[ModelResponse]) -> FunctionModel:
     """A model that answers with ``steps`` in turn: an agent loop with no model behind it.
     It records the tool returns and retry prompts the agent sent back."""
@@ -206,3 +241,17 @@ def test_an_idle_sandbox_ends_by_itself_and_the_next_call_starts_anew() -> None:
         second = box.sandbox_id
     assert_terminated(second)
     assert box.run_command("true").startswith("error: this sandbox tool set was closed")
+
+
+def test_the_scripted_agent_example_runs(server: LiveServer) -> None:
+    # As a user runs it: its own process, finding the server through the environment.
+    example = REPO / "examples" / "python" / "scripted_agent.py"
+    env = {**os.environ, "STOCKADE_URL": server.url, "STOCKADE_TOKEN": server.token}
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "-> write_file: wrote 86 bytes to /work/primes.py"
+    assert lines[1] == "-> run_command: exit_code: 0"
+    assert lines[-1] == "The primes below 100 add up to 1060."
