@@ -97,9 +97,9 @@ def test_typescript_package_installs_and_runs_the_example(
     server: LiveServer, npm: str, tmp_path: Path
 ) -> None:
     env = _node_env(server)
-    packed = json.loads(
-        _run([npm, "pack", "--json", "--pack-destination", str(tmp_path)], SDK, env=env)
-    )
+    _built(npm, server)  # so the pack need not run tsc again (its prepack script)
+    argv = [npm, "pack", "--json", "--ignore-scripts", "--pack-destination", str(tmp_path)]
+    packed = json.loads(_run(argv, SDK, env=env))
     files = {f["path"] for f in packed[0]["files"]}
     assert {"dist/index.js", "dist/index.d.ts", "package.json", "README.md"} <= files, files
     assert not any(f.startswith(("src/", "test/", "node_modules/")) for f in files), files
