@@ -63,6 +63,7 @@ from stockade.image import Image
 from stockade.models import (
     FileChange,
     FileChanges,
+    FileEvent,
     FileInfo,
     ImageInfo,
     NetworkInfo,
@@ -95,6 +96,7 @@ __all__ = [
     "ExecutionError",
     "FileChange",
     "FileChanges",
+    "FileEvent",
     "FileInfo",
     "Files",
     "ForbiddenError",

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "FileChange",
     "FileChanges",
+    "FileEvent",
     "FileInfo",
     "ImageInfo",
     "SandboxInfo",
@@ -303,6 +304,40 @@ class FileInfo:
         """The record in the API's JSON shape (where ``size_bytes`` is ``size``)."""
         data = dataclasses.asdict(self)
         return {("size" if key == "size_bytes" else key): value for key, value in data.items()}
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One change seen by ``files.watch``, as it happened.
+
+    ``type`` is ``create``, ``modify``, ``delete`` or ``rename`` (then ``dest`` is the new
+    path), each with the ``path`` and whether it ``is_dir``; or ``overflow`` (the sandbox
+    made events faster than they were read: some were lost) or ``limit`` (part of a large
+    tree is not watched), with a ``message`` saying so.
+
+    Example::
+
+        with sb.files.watch("/app", recursive=True) as events:
+            for event in events:
+                print(event.type, event.path, event.dest or "")
+    """
+
+    type: str
+    path: str | None = None
+    dest: str | None = None
+    is_dir: bool = False
+    message: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileEvent:
+        """Parse one event of the API's watch stream."""
+        return cls(
+            type=_str(data, "type"),
+            path=_opt_str(data, "path"),
+            dest=_opt_str(data, "dest"),
+            is_dir=data.get("dir") is True,
+            message=_opt_str(data, "message"),
+        )
 
 
 @dataclass(frozen=True)

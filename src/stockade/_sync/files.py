@@ -1,7 +1,8 @@
 # This file is generated from src/stockade/_async/files.py by scripts/gen_sync.py.
 # Do not edit it: edit the async original and run `python scripts/gen_sync.py`.
-"""Whole-file verbs on a sandbox's filesystem: write, read, list, stat, mkdir, remove, and
-the list of what changed.
+"""Whole-file verbs on a sandbox's filesystem: write, read, list, stat, mkdir, remove,
+rename, chmod, the list of what changed, a live watch of changes, and signed URLs that move
+a file without an API key.
 
 Uploads and downloads stream in chunks of ``stockade._base.CHUNK_SIZE``, so a file of any
 size moves without being held in memory.
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 from stockade import _base
 from stockade._sync.client import Client
-from stockade.errors import NotFoundError
-from stockade.models import FileChanges, FileInfo
+from stockade.errors import NotFoundError, ServerError
+from stockade.models import FileChanges, FileEvent, FileInfo
 
 __all__ = ["FileContent", "Files"]
 
@@ -214,3 +218,98 @@ class Files:
         params = {"since": _base.ref_id(since)} if since is not None else None
         data = self._client.request("GET", self._path + "/changes", params=params)
         return _base.parse(FileChanges.from_json, data, "change list")
+
+
+    def rename(self, src: str, dst: str) -> FileInfo:
+        """Move ``src`` to ``dst`` (a file already at ``dst`` is replaced); the parent of
+        ``dst`` must exist. Returns the info of ``dst``.
+
+        Example::
+
+            sb.files.rename("/app/out.tmp", "/app/out.json")
+        """
+        data = self._client.request(
+            "POST", self._path + "/rename", json={"src": src, "dst": dst}
+        )
+        return _base.parse(FileInfo.from_json, data, "file info")
+
+    def chmod(self, path: str, mode: int) -> FileInfo:
+        """Set the permission bits of ``path`` to ``mode`` (0 to ``0o7777``); returns its
+        new info.
+
+        Example::
+
+            sb.files.chmod("/app/run.sh", 0o755)
+        """
+        data = self._client.request(
+            "POST", self._path + "/chmod", json={"path": path, "mode": mode}
+        )
+        return _base.parse(FileInfo.from_json, data, "file info")
+
+    @contextmanager
+    def watch(
+        self, path: str, *, recursive: bool = False
+    ) -> Iterator[Iterator[FileEvent]]:
+        """Watch ``path`` (a file, a directory, or with ``recursive`` a directory's whole
+        tree) and iterate its changes as they happen: :class:`FileEvent` ``create``,
+        ``modify``, ``delete`` and ``rename``.
+
+        The watch is in place once the ``with`` block is entered (a missing path raises
+        :class:`NotFoundError` there), so changes made inside the block are seen; leaving
+        it stops the watch in the sandbox. Iteration waits for the next event; it ends only
+        if the sandbox does.
+
+        Example::
+
+            with sb.files.watch("/app", recursive=True) as events:
+                sb.run("touch /app/new.txt")
+                for event in events:
+                    print(event.type, event.path)  # create /app/new.txt
+                    break
+        """
+        query = urlencode({"path": path, "recursive": "true" if recursive else "false"})
+        with self._client.ndjson("GET", f"{self._path}/watch?{query}") as events:
+            yield _file_events(events)
+
+    def upload_url(self, path: str, *, expires: int = 3600) -> str:
+        """A URL that lets any HTTP client write the file at ``path`` with a ``PUT`` of its
+        contents, without an API key, for ``expires`` seconds (at most 7 days) and while
+        the sandbox lives.
+
+        Example::
+
+            url = sb.files.upload_url("/data/in.bin")
+            # curl -T in.bin "$url"
+        """
+        data = self._client.request(
+            "POST", self._path + "/upload-url", json={"path": path, "expires": expires}
+        )
+        return self._signed(data)
+
+    def download_url(self, path: str, *, expires: int = 3600) -> str:
+        """A URL that lets any HTTP client read the file at ``path`` with a ``GET``,
+        without an API key, for ``expires`` seconds (at most 7 days) and while the sandbox
+        lives.
+
+        Example::
+
+            url = sb.files.download_url("/data/out.bin", expires=600)
+            # curl -o out.bin "$url"
+        """
+        data = self._client.request(
+            "GET", self._path + "/download-url", params={"path": path, "expires": str(expires)}
+        )
+        return self._signed(data)
+
+    def _signed(self, data: object) -> str:
+        # Joined to the base URL this client uses: the server's own idea of its address
+        # may be wrong behind a proxy.
+        relative = data.get("path") if isinstance(data, dict) else None
+        if not isinstance(relative, str) or not relative.startswith("/"):
+            raise ServerError(f"the server answered without a signed URL: {data!r:.200}")
+        return self._client.url.rstrip("/") + relative
+
+
+def _file_events(events: Iterator[Mapping[str, Any]]) -> Iterator[FileEvent]:
+    for event in events:
+        yield _base.parse(FileEvent.from_json, event, "file event")

@@ -12,7 +12,7 @@ from stockade.cli.access import key, tenant
 from stockade.cli.audit import audit
 from stockade.cli.changes import changes
 from stockade.cli.code import code, code_context
-from stockade.cli.files import cp
+from stockade.cli.files import chmod, cp, mv, url, watch
 from stockade.cli.images import image, images
 from stockade.cli.mcp import mcp
 from stockade.cli.network import network
@@ -89,6 +89,8 @@ cli.add_command(audit)
 cli.add_command(usage)
 cli.add_command(mcp)
 for _command in (snapshot, pause, resume, fork):
+    cli.add_command(_command)
+for _command in (mv, chmod, watch, url):
     cli.add_command(_command)
 
 

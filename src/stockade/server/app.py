@@ -14,6 +14,7 @@ from .api import (
     audit,
     code,
     execs,
+    file_urls,
     files,
     image_export,
     images,
@@ -74,6 +75,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(sandboxes.router, dependencies=auth)
     app.include_router(execs.router, dependencies=auth)
     app.include_router(files.router, dependencies=auth)
+    app.include_router(file_urls.router, dependencies=auth)
+    # Signed file URLs carry their own credential (api/file_urls.py): no bearer token.
+    app.include_router(file_urls.signed_router)
     app.include_router(images.router, dependencies=auth)
     app.include_router(image_export.router, dependencies=auth)
     app.include_router(pools.router, dependencies=auth)

@@ -95,6 +95,7 @@ static void chan_free(chan *c)
     for (size_t i = 0; i < c->nnames; i++)
         free(c->names[i]);
     free(c->names);
+    free(c->wds);
     free(c);
 }
 

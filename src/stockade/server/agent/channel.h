@@ -12,7 +12,7 @@
 
 #include "agent.h"
 
-enum { K_EXEC, K_READ, K_WRITE, K_LIST };
+enum { K_EXEC, K_READ, K_WRITE, K_LIST, K_WATCH };
 enum { S_STARTING, S_RUNNING, S_EXITED };
 
 typedef struct chan {
@@ -41,6 +41,10 @@ typedef struct chan {
     int dirfd;
     char **names;
     size_t nnames, idx;
+    /* K_WATCH (watch.c): fd is the inotify descriptor, inq/inq_off its raw events not
+     * sent yet, names[i] the directory of watch wds[i] (nnames of them, room for idx) */
+    int *wds;
+    int recursive, limited;
 } chan;
 
 extern chan **chans;

@@ -430,3 +430,49 @@ void do_file_remove(uint32_t ch, const jv *p, const jv *req)
     else
         emit(T_RESULT, ch, "{}", 2);
 }
+
+/* FILE_RENAME {"path", "dest"}: rename(2), so within one filesystem; a RESULT with the
+ * info of dest. */
+void do_file_rename(uint32_t ch, const jv *p, const jv *req)
+{
+    const jv *d = jget(req, "dest");
+    if (!d || d->t != J_STR || !cstring_ok(d) || d->s[0] != '/') {
+        emit_bad(ch, "bad request: \"dest\" must be an absolute path without NUL for",
+                 p->s, p->n);
+        return;
+    }
+    if (d->n > PATH_LIMIT) {
+        emit_error(ch, ENAMETOOLONG, "path too long:", d->s, d->n);
+        return;
+    }
+    if (all_slashes(p->s) || all_slashes(d->s)) {
+        emit_error(ch, EBUSY, "cannot rename the root directory:", p->s, p->n);
+        return;
+    }
+    if (rename(p->s, d->s) < 0) {
+        int e = errno;
+        struct stat st;
+        if (e == ENOENT && lstat(p->s, &st) == 0)
+            emit_error(ch, e, "the destination's parent directory does not exist:", d->s,
+                       d->n);
+        else
+            emit_error(ch, e, "cannot rename", p->s, p->n);
+        return;
+    }
+    emit_info(ch, d->s, d->n);
+}
+
+/* FILE_CHMOD {"path", "mode"}: chmod(2) (a symlink's target, as chmod(1) does); a RESULT
+ * with the new info. */
+void do_file_chmod(uint32_t ch, const jv *p, const jv *req)
+{
+    long mode;
+    if (jint(req, "mode", 0, 07777, -1, &mode) || mode < 0) {
+        emit_bad(ch, "bad request: \"mode\" must be an integer in 0..4095 for", p->s, p->n);
+        return;
+    }
+    if (chmod(p->s, (mode_t)mode) < 0)
+        emit_error(ch, errno, "cannot chmod", p->s, p->n);
+    else
+        emit_info(ch, p->s, p->n);
+}

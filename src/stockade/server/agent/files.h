@@ -23,5 +23,7 @@ void list_step(chan *c);
 void do_file_stat(uint32_t ch, const jv *p);
 void do_file_mkdir(uint32_t ch, const jv *p, const jv *req);
 void do_file_remove(uint32_t ch, const jv *p, const jv *req);
+void do_file_rename(uint32_t ch, const jv *p, const jv *req);
+void do_file_chmod(uint32_t ch, const jv *p, const jv *req);
 
 #endif

@@ -38,6 +38,7 @@ enum {
     T_ERROR = 15, T_FILE_READ = 20, T_DATA = 21, T_END = 22, T_FILE_WRITE = 23,
     T_READY = 24, T_RESULT = 25, T_FILE_STAT = 26, T_FILE_LIST = 27, T_FILE_MKDIR = 28,
     T_FILE_REMOVE = 29, T_ENTRYPOINT_EXIT = 30, T_CLOSE = 31,
+    T_FILE_RENAME = 32, T_FILE_CHMOD = 33, T_FILE_WATCH = 34,
 };
 
 /* The u32 fields of a header are big-endian. */

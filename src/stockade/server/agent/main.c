@@ -13,8 +13,8 @@
  *
  * Files: this one reads and dispatches frames and runs the loop; frame.c encodes frames
  * and queues them, json.c writes and parses JSON, channel.c holds the channel table,
- * exec.c starts processes and serves execs, files.c the file operations; agent.c has
- * logging and growable buffers.
+ * exec.c starts processes and serves execs, files.c the file operations, watch.c file
+ * watches (inotify); agent.c has logging and growable buffers.
  *
  * Build: gcc -static -O2 -Wall -Wextra -Werror -o stockade-agent *.c
  */
@@ -40,6 +40,7 @@
 #include "files.h"
 #include "frame.h"
 #include "json.h"
+#include "watch.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* Frame dispatch                                                                        */
@@ -66,7 +67,8 @@ static int is_opening(int type)
 {
     return type == T_EXEC || type == T_FILE_READ || type == T_FILE_WRITE ||
            type == T_FILE_STAT || type == T_FILE_LIST || type == T_FILE_MKDIR ||
-           type == T_FILE_REMOVE;
+           type == T_FILE_REMOVE || type == T_FILE_RENAME || type == T_FILE_CHMOD ||
+           type == T_FILE_WATCH;
 }
 
 static void open_channel(int type, uint32_t ch, const unsigned char *p, size_t n)
@@ -95,6 +97,9 @@ static void open_channel(int type, uint32_t ch, const unsigned char *p, size_t n
         case T_FILE_LIST: do_file_list(ch, path); break;
         case T_FILE_MKDIR: do_file_mkdir(ch, path, req); break;
         case T_FILE_REMOVE: do_file_remove(ch, path, req); break;
+        case T_FILE_RENAME: do_file_rename(ch, path, req); break;
+        case T_FILE_CHMOD: do_file_chmod(ch, path, req); break;
+        case T_FILE_WATCH: do_file_watch(ch, path, req); break;
         }
     }
     afree(&a);
@@ -164,7 +169,7 @@ static void handle_frame(int type, uint32_t ch, const unsigned char *p, size_t n
     case T_WINDOW:
         if (n != 4) {
             chan_bad(c, "bad WINDOW frame (the payload must be a u32)");
-        } else if (ex || c->kind == K_READ) {
+        } else if (ex || c->kind == K_READ || c->kind == K_WATCH) {
             c->window += be32(p);
             if (c->window > ((uint64_t)1 << 48))
                 c->window = (uint64_t)1 << 48;
@@ -384,7 +389,12 @@ static void handle_chan_event(chan *c, int which, short rev)
     case W_OUT: pump_output(c, 0); break;
     case W_ERR: pump_output(c, 1); break;
     case W_IN: pump_stdin(c); break;
-    case W_FILE: pump_file_read(c); break;
+    case W_FILE:
+        if (c->kind == K_WATCH)
+            pump_watch(c);
+        else
+            pump_file_read(c);
+        break;
     }
 }
 
@@ -403,6 +413,11 @@ static int do_work(void)
             while (!c->dead && oq_bytes < OUTQ_HIGH)
                 list_step(c);
             blocked |= !c->dead;
+        } else if (c->kind == K_WATCH) {
+            /* Raw events wait for window; the inotify fd is not read meanwhile. */
+            while (watch_pending(c) && c->window >= WATCH_NEED && oq_bytes < OUTQ_HIGH)
+                watch_step(c);
+            blocked |= watch_pending(c) && c->window >= WATCH_NEED;
         }
     }
     return blocked;
@@ -511,6 +526,9 @@ int main(int argc, char **argv)
                         add_poll(&k, c->err_fd, POLLIN, c, W_ERR);
                 }
             } else if (c->kind == K_READ && c->window && produce) {
+                add_poll(&k, c->fd, POLLIN, c, W_FILE);
+            } else if (c->kind == K_WATCH && !watch_pending(c) && c->window >= WATCH_NEED &&
+                       produce) {
                 add_poll(&k, c->fd, POLLIN, c, W_FILE);
             }
         }

@@ -78,6 +78,9 @@ class FrameType(IntEnum):
     FILE_REMOVE = 29
     ENTRYPOINT_EXIT = 30
     CLOSE = 31
+    FILE_RENAME = 32
+    FILE_CHMOD = 33
+    FILE_WATCH = 34
 
 
 class Frame(NamedTuple):

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from ..service.changes import sandbox_changes
+from ..service.files import WatchEvent
+from . import ndjson
 from .deps import Services, services
-from .params import SNAPSHOT_ID, AbsPathQ, RemovablePathQ, SandboxIdP, documented_optional
-from .schemas import FileChangeOut, FileChanges, FileInfoOut, FileList, MkdirRequest
+from .params import (
+    ABS_PATH,
+    MAX_PATH,
+    SNAPSHOT_ID,
+    AbsPathQ,
+    RemovablePathQ,
+    SandboxIdP,
+    documented,
+    documented_optional,
+)
+from .schemas import FileChangeOut, FileChanges, FileInfoOut, FileList, MkdirRequest, _Strict
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 Svc = Annotated[Services, Depends(services)]
@@ -114,3 +127,80 @@ async def list_changes(
         changes=[FileChangeOut(path=c.path, kind=c.kind) for c in result.changes],
         truncated=result.truncated,
     )
+
+
+class RenameRequest(_Strict):
+    # check_path answers a bad path itself, naming it.
+    src: str = Field(
+        ..., description="The path to move.",
+        json_schema_extra=documented(pattern=ABS_PATH, maxLength=MAX_PATH),
+    )  # fmt: skip
+    dst: str = Field(
+        ..., description="Its new path; its parent directory must exist. A file there is "
+        "replaced, as by rename(2).",
+        json_schema_extra=documented(pattern=ABS_PATH, maxLength=MAX_PATH),
+    )  # fmt: skip
+
+
+class ChmodRequest(_Strict):
+    path: str = Field(
+        ..., description="Absolute path inside the sandbox (a symlink's target is changed).",
+        json_schema_extra=documented(pattern=ABS_PATH, maxLength=MAX_PATH),
+    )  # fmt: skip
+    # Strict: a string such as "755" would otherwise be read as decimal 755 (0o1363).
+    mode: StrictInt = Field(..., description="Permission bits, 0..4095 (0o7777), e.g. 493 (0o755).")
+
+
+@router.post("/rename", response_model=FileInfoOut, summary="Move or rename a path")
+async def rename_path(sandbox_id: SandboxIdP, body: RenameRequest, svc: Svc) -> FileInfoOut:
+    return FileInfoOut.of(await svc.files.rename(sandbox_id, body.src, body.dst))
+
+
+@router.post("/chmod", response_model=FileInfoOut, summary="Change a path's permission bits")
+async def chmod_path(sandbox_id: SandboxIdP, body: ChmodRequest, svc: Svc) -> FileInfoOut:
+    return FileInfoOut.of(await svc.files.chmod(sandbox_id, body.path, body.mode))
+
+
+# A blank line this often keeps proxies and the SDK's read timeout from closing a quiet watch.
+WATCH_HEARTBEAT_S = 15.0
+
+
+@router.get(
+    "/watch",
+    summary="Watch a path: create, modify, delete and rename events as NDJSON, as they happen",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def watch_path(
+    sandbox_id: SandboxIdP, path: PathQ, svc: Svc, recursive: bool = False
+) -> StreamingResponse:
+    # Opened before the answer starts: a missing path is a 404, not an event.
+    events = await svc.files.watch(sandbox_id, path, recursive=recursive)
+
+    async def lines() -> AsyncIterator[bytes]:
+        # Starlette cancels this when the client goes away; closing `events` then closes
+        # the agent's channel, and the sandbox's inotify descriptor with it.
+        pending: asyncio.Task[WatchEvent] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({pending}, timeout=WATCH_HEARTBEAT_S)
+                if not done:
+                    yield b"\n"
+                    continue
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    pending = None
+                yield ndjson.line(event.to_json())
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await events.aclose()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -90,6 +90,7 @@ _HANDSHAKE_KEEP = 8 * 1024 * 1024
 _WINDOWED: dict[int, frozenset[int]] = {
     FrameType.EXEC: frozenset({FrameType.STDOUT, FrameType.STDERR}),
     FrameType.FILE_READ: frozenset({FrameType.DATA}),
+    FrameType.FILE_WATCH: frozenset({FrameType.DATA}),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..runtime.agent_link import AGENT_REPLY_TIMEOUT, AgentLost, AgentSilent, Ch
 from .execs import ExecService, lost, open_channel, silent
 
 __all__ = ["LIST_MAX_BYTES", "LIST_MAX_ENTRIES", "FileInfo", "FileService", "Listing",
-           "check_path"]  # fmt: skip
+           "WatchEvent", "check_mode", "check_path"]  # fmt: skip
 
 _MAX_PATH = 4096
 _CHUNK = 256 * 1024
@@ -83,6 +83,57 @@ def check_path(path: str) -> str:
         )
     norm = posixpath.normpath(path)
     return "/" + norm.lstrip("/") if norm.startswith("//") else norm
+
+
+def check_mode(mode: object) -> int:
+    """A permission mode for chmod: an integer in 0..0o7777."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise InvalidArgumentError(
+            f"mode {mode!r} is not a permission mode: give an integer in 0..0o7777 "
+            "(4095), e.g. 0o755 (493)"
+        )
+    return mode
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by :meth:`FileService.watch`: ``type`` is create, modify, delete or
+    rename (then ``dest`` is the new path), or overflow / limit (events were lost, or part
+    of a tree is not watched: ``message`` says which)."""
+
+    type: str
+    path: str | None = None
+    dest: str | None = None
+    dir: bool = False
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.path is not None:
+            out["path"] = self.path
+            out["dir"] = self.dir
+        if self.dest is not None:
+            out["dest"] = self.dest
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
+
+_WATCH_TYPES = frozenset({"create", "modify", "delete", "rename", "overflow", "limit"})
+
+
+def _watch_event(item: object) -> WatchEvent | None:
+    """An event from the agent (untrusted: anything malformed is dropped)."""
+    if not isinstance(item, dict) or item.get("type") not in _WATCH_TYPES:
+        return None
+    path, dest, message = item.get("path"), item.get("dest"), item.get("message")
+    return WatchEvent(
+        type=str(item["type"]),
+        path=path if isinstance(path, str) else None,
+        dest=dest if isinstance(dest, str) else None,
+        dir=item.get("dir") is True,
+        message=message[:500] if isinstance(message, str) else None,
+    )
 
 
 def _error(frame: Frame, sandbox_id: str, disk: int) -> StockadeError:
@@ -209,6 +260,63 @@ class FileService:
         if path == "/":
             raise InvalidArgumentError("refusing to remove /")
         await self._call(sandbox_id, FrameType.FILE_REMOVE, {"path": path, "recursive": recursive})
+
+    async def rename(self, sandbox_id: str, path: str, dest: str) -> FileInfo:
+        """Move ``path`` to ``dest`` (replacing a file there), as rename(2) does; the info
+        of ``dest``."""
+        path, dest = check_path(path), check_path(dest)
+        if "/" in (path, dest):
+            raise InvalidArgumentError("cannot rename / or onto /: give other paths")
+        request = {"path": path, "dest": dest}
+        return FileInfo.of(await self._call(sandbox_id, FrameType.FILE_RENAME, request))
+
+    async def chmod(self, sandbox_id: str, path: str, mode: int) -> FileInfo:
+        """Set the permission bits of ``path`` (0..0o7777); its new info."""
+        request = {"path": check_path(path), "mode": check_mode(mode)}
+        return FileInfo.of(await self._call(sandbox_id, FrameType.FILE_CHMOD, request))
+
+    async def watch(
+        self, sandbox_id: str, path: str, *, recursive: bool
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Start watching ``path`` (a file or directory, with ``recursive`` its whole
+        tree); errors (a missing path) raise here, before any event. The iterator yields
+        events as they come, until it is closed: closing it closes the agent's channel,
+        and with it the sandbox's inotify descriptor.
+
+        Backpressure: the agent sends only as much as the channel's window allows, and the
+        window reopens only as the caller takes events; a caller that falls behind gets an
+        ``overflow`` event from the sandbox's kernel instead of unbounded buffering.
+        """
+        path = check_path(path)
+        ch, disk = await self._open(sandbox_id)
+        async with self._talking(sandbox_id, ch, close=False):
+            await ch.send_json(FrameType.FILE_WATCH, {"path": path, "recursive": recursive})
+            ready = await ch.reply()
+        if ready.type != FrameType.READY:
+            ch.close()
+            if ready.type == FrameType.ERROR:
+                raise _error(ready, sandbox_id, disk)
+            raise StockadeError(f"watching {path}: unexpected answer from the agent")
+        return self._watching(sandbox_id, ch)
+
+    async def _watching(self, sandbox_id: str, ch: Channel) -> AsyncGenerator[WatchEvent, None]:
+        try:
+            while True:
+                try:
+                    frame = await ch.recv()  # events take any time: no reply timeout
+                except AgentLost as exc:
+                    raise await lost(self.execs.sandboxes, sandbox_id, exc) from None
+                if frame.type != FrameType.DATA:
+                    if frame.type == FrameType.ERROR:
+                        raise _error(frame, sandbox_id, 0)
+                    return
+                events = _json_object(frame).get("events")
+                for item in events if isinstance(events, list) else ():
+                    if (event := _watch_event(item)) is not None:
+                        yield event
+                ch.grant(len(frame.payload))
+        finally:
+            ch.close()
 
     async def write(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> FileInfo:
         """Stream ``chunks`` into the file; memory use stays at one chunk."""
