@@ -127,6 +127,11 @@ async def test_openai_agents_function_tools() -> None:
         ran = await call("run_command", json.dumps({"command": "python3 /w/s.py"}))
         assert ran == "exit_code: 0\nstdout:\n45\n"
 
+        # A file of 64 MiB is read only as far as the answer's bound needs.
+        await call("run_command", json.dumps({"command": "head -c 64M /dev/zero > /w/big"}))
+        big = await call("read_file", json.dumps({"path": "/w/big"}))
+        assert len(big) < 600 and "the file is longer" in big
+
         assert (await call("run_command", "{not json")).startswith("error: the arguments")
         wrong = await call("run_command", json.dumps({"cmd": "ls"}))
         assert "unknown argument 'cmd'" in wrong and "missing argument 'command'" in wrong
