@@ -5,6 +5,7 @@ import {
   Client,
   CommandError,
   CommandTimeoutError,
+  InvalidArgumentError,
   NotFoundError,
   Sandbox,
   SandboxTerminatedError,
@@ -57,6 +58,17 @@ test("exec streams stdout line by line as it is produced, takes stdin and waits"
   const sleeper = await sb.exec(["sleep", "60"]);
   await sleeper.kill();
   assert.equal(await sleeper.wait(), 137);
+
+  const late = await sb.exec(["sleep", "5"], { timeout: 0.3 });
+  await assert.rejects(late.wait(), CommandTimeoutError);
+  assert.equal(late.timedOut, true);
+
+  // A terminal: the command sees a tty of the size asked for, stderr merged into stdout.
+  const tty = await sb.exec(["sh", "-c", "tty; stty size; echo err >&2"], { pty: true, cols: 100, rows: 30 });
+  const screen = await tty.stdout.text();
+  assert.match(screen, /^\/dev\/pts\/\d+\r?\n30 100\r?\nerr/);
+  assert.equal(await tty.stderr.text(), "");
+  assert.equal(await tty.wait(), 0);
 });
 
 test("files: write, read, list, stat, exists, mkdir and remove round trip", async (t) => {
@@ -100,6 +112,12 @@ test("errors are typed: 404 for a missing sandbox, 401 for a bad token, 409 once
   await assert.rejects(new Client({ url: "http://127.0.0.1:1", token: "x" }).request("GET", "/v1/sandboxes"), (exc) => {
     assert.equal(exc.name, "StockadeConnectionError");
     assert.match(exc.message, /could not reach/);
+    return true;
+  });
+  await assert.rejects(Sandbox.create({ image: "debian", memory: 1 }), (exc) => {
+    assert.ok(exc instanceof InvalidArgumentError);
+    assert.equal(exc.status, 422);
+    assert.match(exc.message, /memory/);
     return true;
   });
   const sb = await sandbox(t);
