@@ -173,7 +173,22 @@ async def test_a_tenant_key_cannot_reach_another_tenants_sandbox(server: LiveSer
             keys.append(made.json()["key"])
     theirs = await AsyncSandbox.create(image="debian", timeout=300, url=server.url, token=keys[0])
     try:
-        async with http_session(server.url, keys[1]) as session:
+        async with (
+            httpx.AsyncClient(headers={"Authorization": f"Bearer {keys[1]}"}, timeout=120) as h,
+            streamable_http_client(f"{server.url}/mcp", http_client=h) as (read, write, sid),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            # Its session is its own: the admin token holding the ID may not drive it.
+            session_id = sid()
+            assert session_id
+            hijack = await h.post(
+                f"{server.url}/mcp",
+                json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+                headers={**server.headers, "Mcp-Session-Id": session_id},
+            )
+            assert hijack.status_code == 404, hijack.text
+            assert hijack.json()["error"]["code"] == "not_found"
             for tool, args in (
                 ("run_command", {"command": "id"}),
                 ("read_file", {"path": "/etc/hostname"}),

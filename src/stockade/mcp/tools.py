@@ -47,7 +47,10 @@ from stockade.mcp.output import (
 from stockade.mcp.session import Connection, ConnectionFor, SessionDefaults, SessionSandboxes
 from stockade.models import SandboxInfo
 
-__all__ = ["build_server"]
+__all__ = ["MAX_HTTP_SESSIONS", "build_server"]
+
+# Live MCP sessions over HTTP, per server (each may hold sandboxes, within its quotas).
+MAX_HTTP_SESSIONS = 1000
 
 _Ctx = Context[ServerSession, SessionSandboxes, Any]
 
@@ -113,7 +116,7 @@ def build_server(
         # (made for cookie- or address-trusting servers) would only refuse real clients.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         session_idle_timeout=session_defaults.idle_timeout if http else None,
-        max_sessions=1000,
+        max_sessions=MAX_HTTP_SESSIONS,
     )
     _Tools(connection_for, session_defaults).register(server)
     return server

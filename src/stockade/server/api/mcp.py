@@ -14,22 +14,28 @@ session manager; each MCP session's sandboxes end with it, or by their idle time
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.requests import HTTPConnection, Request
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ...errors import ServerError, StockadeError
 from ...mcp import Connection, build_server
+from ...mcp.tools import MAX_HTTP_SESSIONS
 from ..config import ServerConfig
 from .deps import bearer_credentials, check_token
 from .errors import error_response
 
 __all__ = ["McpEndpoint", "loopback_url", "route"]
+
+SESSION_HEADER = "mcp-session-id"
 
 
 def loopback_url(config: ServerConfig) -> str:
@@ -57,6 +63,8 @@ class McpEndpoint:
 
     def __init__(self) -> None:
         self._manager: StreamableHTTPSessionManager | None = None
+        # Session ID -> SHA-256 of the Authorization header that opened it.
+        self._owners: OrderedDict[str, bytes] = OrderedDict()
 
     @asynccontextmanager
     async def running(self, config: ServerConfig) -> AsyncIterator[None]:
@@ -85,8 +93,9 @@ class McpEndpoint:
                 self._manager = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = HTTPConnection(scope)
         try:
-            check_token(HTTPConnection(scope))
+            check_token(conn)
         except StockadeError as exc:
             response = error_response(exc.status or 500, exc.code, exc.message)
             await response(scope, receive, send)
@@ -95,7 +104,39 @@ class McpEndpoint:
             response = error_response(503, "unavailable", "the MCP endpoint is not running")
             await response(scope, receive, send)
             return
-        await self._manager.handle_request(scope, receive, send)
+        # A session belongs to the credential that opened it: its sandboxes are that
+        # caller's, and another valid credential holding its ID must not drive them.
+        owner = hashlib.sha256(conn.headers.get("authorization", "").encode("latin-1")).digest()
+        session_id = conn.headers.get(SESSION_HEADER)
+        if session_id is not None:
+            known = self._owners.get(session_id)
+            if known is not None and not hmac.compare_digest(known, owner):
+                message = (
+                    f"no MCP session {session_id[:64]!r} for this credential; start a new "
+                    "session (initialize) with yours"
+                )
+                await error_response(404, "not_found", message)(scope, receive, send)
+                return
+            await self._manager.handle_request(scope, receive, send)
+            if scope.get("method") == "DELETE":
+                self._owners.pop(session_id, None)
+            return
+
+        async def noting_the_session(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers", []):
+                    if key.lower() == SESSION_HEADER.encode():
+                        self._remember(value.decode("latin-1"), owner)
+            await send(message)
+
+        await self._manager.handle_request(scope, receive, noting_the_session)
+
+    def _remember(self, session_id: str, owner: bytes) -> None:
+        self._owners[session_id] = owner
+        while len(self._owners) > MAX_HTTP_SESSIONS:
+            # The oldest; its session has most likely ended (the tools also refuse a
+            # second credential on their own, so forgetting one here opens nothing).
+            self._owners.popitem(last=False)
 
 
 def route(endpoint: McpEndpoint) -> Route:
