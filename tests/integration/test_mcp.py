@@ -155,6 +155,19 @@ async def test_an_agent_uses_its_session_sandbox(server: LiveServer, opener: Ope
         wait_for(ended, timeout=30, what=f"the session's sandbox {default_id} to end")
 
 
+async def test_an_ended_session_sandbox_is_said_and_replaced(server: LiveServer) -> None:
+    async with http_session(server.url, server.token) as session:
+        first = text_of(await call(session, "run_command", command="echo one"))
+        found = re.search(r"\[sandbox (sb-[\w-]+)\]", first)
+        assert found, first
+        with api(server, server.token) as admin:  # its lifetime ran out, say
+            assert admin.delete(f"/v1/sandboxes/{found.group(1)}").status_code == 200
+        ended = await session.call_tool("run_command", {"command": "echo two"})
+        assert ended.isError and "has ended" in text_of(ended), text_of(ended)
+        again = text_of(await call(session, "run_command", command="echo three"))
+        assert "three" in again and found.group(1) not in again
+
+
 def test_mcp_without_a_credential_is_refused(server: LiveServer) -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     for headers in ({}, {"Authorization": "Bearer sk_wrong"}, {"Authorization": "Basic x"}):

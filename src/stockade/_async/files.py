@@ -56,12 +56,8 @@ class AsyncFiles:
     def __repr__(self) -> str:
         return f"<AsyncFiles of {self._sandbox_id}>"
 
-    async def write(
-        self, path: str, data: AsyncFileContent, *, user: str | None = None
-    ) -> FileInfo:
-        """Create or replace the file at ``path``; parent directories are created. The
-        file belongs to ``user`` (a user of the image or ``"uid[:gid]"``; default: the
-        sandbox's user).
+    async def write(self, path: str, data: AsyncFileContent) -> FileInfo:
+        """Create or replace the file at ``path``; parent directories are created.
 
         ``data`` is text (written as UTF-8), bytes, a binary file object, or an iterator of
         byte chunks; files and iterators are streamed, never read whole.
@@ -74,7 +70,7 @@ class AsyncFiles:
         answer = await self._client.request(
             "PUT",
             self._path,
-            params={"path": path, **({"user": user} if user is not None else {})},
+            params={"path": path},
             content=whole if whole is not None else _upload_chunks(data),
             timeout=_base.LONG_TIMEOUT,
         )
@@ -173,21 +169,15 @@ class AsyncFiles:
             return False
         return True
 
-    async def mkdir(
-        self, path: str, *, parents: bool = True, user: str | None = None
-    ) -> FileInfo:
-        """Create the directory ``path`` (and missing parents unless ``parents=False``);
-        ``path`` itself belongs to ``user`` (default: the sandbox's user).
+    async def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
+        """Create the directory ``path`` (and missing parents unless ``parents=False``).
 
         Example::
 
             await sb.files.mkdir("/app/data")
         """
         data = await self._client.request(
-            "POST",
-            self._path + "/mkdir",
-            json={"path": path, "parents": parents},
-            params={"user": user} if user is not None else None,
+            "POST", self._path + "/mkdir", json={"path": path, "parents": parents}
         )
         return _base.parse(FileInfo.from_json, data, "file info")
 
@@ -226,6 +216,7 @@ class AsyncFiles:
         params = {"since": _base.ref_id(since)} if since is not None else None
         data = await self._client.request("GET", self._path + "/changes", params=params)
         return _base.parse(FileChanges.from_json, data, "change list")
+
 
     async def rename(self, src: str, dst: str) -> FileInfo:
         """Move ``src`` to ``dst`` (a file already at ``dst`` is replaced); the parent of

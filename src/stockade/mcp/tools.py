@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -149,8 +150,9 @@ class _Progress:
     """Command output as MCP progress notifications: at most four a second, each with the
     text since the last one (its last 2000 characters), ``progress`` = bytes so far."""
 
-    def __init__(self, ctx: _Ctx) -> None:
+    def __init__(self, ctx: _Ctx, clock: Callable[[], float] = time.monotonic) -> None:
         self._ctx = ctx
+        self._clock = clock
         self._pending = ""
         self._bytes = 0
         self._sent_bytes = 0
@@ -159,14 +161,14 @@ class _Progress:
     async def feed(self, data: bytes) -> None:
         self._bytes += len(data)
         self._pending = (self._pending + data.decode("utf-8", "replace"))[-_PROGRESS_TEXT:]
-        if time.monotonic() - self._sent_at >= _PROGRESS_EVERY_S:
+        if self._clock() - self._sent_at >= _PROGRESS_EVERY_S:
             await self.flush()
 
     async def flush(self) -> None:
         if self._bytes == self._sent_bytes:
             return
         text, self._pending = self._pending, ""
-        self._sent_bytes, self._sent_at = self._bytes, time.monotonic()
+        self._sent_bytes, self._sent_at = self._bytes, self._clock()
         await self._ctx.report_progress(self._bytes, None, text)
 
 
@@ -185,7 +187,7 @@ class _Tools:
         ) -> None:
             server.add_tool(
                 fn,
-                description=fn.__doc__,
+                description=inspect.cleandoc(fn.__doc__ or ""),
                 structured_output=False,
                 annotations=ToolAnnotations(
                     readOnlyHint=read_only, destructiveHint=destructive, openWorldHint=True
@@ -408,7 +410,8 @@ class _Tools:
                 except CommandTimeoutError:
                     timed_out, code = True, proc.returncode
             await progress.flush()
-        lines = [f"exit code: {code}" + (" (out of memory)" if proc.oom else "")]
+        oom = " (out of memory)" if proc.oom else ""
+        lines = [f"[sandbox {sandbox.id}] exit code: {code}{oom}"]
         if timed_out:
             lines.append(f"the command ran past its timeout of {timeout:g} s and was killed")
         for name, capped in (("stdout", out), ("stderr", err)):
@@ -559,9 +562,9 @@ class _Tools:
         path: Annotated[str, Field(description="Absolute directory path.")] = "/",
         sandbox_id: SandboxId = None,
     ) -> str:
-        """List a directory in a sandbox: one line per entry with its type (file, dir,
-        symlink, other), size in bytes, permission bits (octal) and name, sorted by name;
-        at most 1000 entries."""
+        """List a directory in a sandbox. Returns one line per entry with its type (file,
+        dir, symlink, other), size in bytes, permission bits (octal) and name, sorted by
+        name; at most 1000 entries."""
         sessions, connection = self._session(ctx)
         clean = clean_path(path)
         async with sessions.use(connection, sandbox_id) as sandbox:
