@@ -57,11 +57,13 @@ def test_wheel_installs_beside_agent_frameworks(tmp_path: Path) -> None:
     assert {"src", "LICENSE", "CHANGELOG.md", "pyproject.toml"} <= top
     assert not top & {".hypothesis", ".venv", "sdk"}, top
 
+    # A bare virtualenv driven by this environment's pip (`pip --python`), installing
+    # without byte-compiling: the same packages and checks, in a fraction of the time.
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
     py = venv / "bin" / "python"
-    pip: list[str | Path] = [py, "-m", "pip", "-q", "--disable-pip-version-check"]
-    pinned: list[str | Path] = ["-c", CONSTRAINTS]
+    pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", py, "-q"]
+    pinned: list[str | Path] = ["--disable-pip-version-check", "--no-compile", "-c", CONSTRAINTS]
     run(*pip, "install", *pinned, wheel)
 
     # The SDK alone: no click or rich anywhere, and import stockade stays light.
@@ -77,6 +79,6 @@ def test_wheel_installs_beside_agent_frameworks(tmp_path: Path) -> None:
 
     # Beside the frameworks' own packages, and the adapters load there.
     run(*pip, "install", *pinned, "langchain-core", "openai-agents", "openai")
-    run(*pip, "check")
+    run(*pip, "check", "--disable-pip-version-check")
     adapters = "import stockade.integrations.langchain, stockade.integrations.openai_agents"
     run(py, "-c", adapters, cwd=tmp_path)
