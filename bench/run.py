@@ -9,9 +9,10 @@ snapshots`` the snapshot, pause/resume and fork figures alone (bench/snapshots.p
 access`` what a tenant's API key costs against the admin token, and the audit log against
 none (bench/access.py), ``--only typescript`` the TypeScript SDK against the Python SDK
 (bench/typescript.py), ``--only mcp`` an MCP run_code tool call (HTTP and stdio) against the
-SDK's run_code (bench/mcp.py).
+SDK's run_code (bench/mcp.py), ``--only files`` the watch event latency against raw inotify
+and a signed-URL download against the API's (bench/files.py).
 
-    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access|typescript|mcp]
+    python -m bench.run [--runs 20] [--only code|snapshots|load|bounds|access|typescript|mcp|files]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .access import access_rows, audit_rows
 from .baseline import RawRunsc
 from .bounds import bounds_rows
 from .code import code_legend, code_rows
+from .files import file_legend, file_rows
 from .images import image_rows
 from .load import Rate, cold_start_breakdown, load_rates, rate_lines
 from .mcp import mcp_rows
@@ -152,7 +154,7 @@ def main() -> None:
     ap.add_argument("--image", default="debian")
     ap.add_argument(
         "--only",
-        choices=["code", "snapshots", "load", "bounds", "access", "typescript", "mcp"],
+        choices=["code", "snapshots", "load", "bounds", "access", "typescript", "mcp", "files"],
         help="measure this group of figures alone",
     )
     args = ap.parse_args()
@@ -188,6 +190,8 @@ def main() -> None:
             rows += typescript_rows(server, args.image, runs)
         if args.only in (None, "mcp"):
             rows += mcp_rows(server, runs, _time)
+        if args.only in (None, "files"):
+            rows += file_rows(args.image, runs, _time)
     finally:
         server.stop()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True, check=False)
@@ -201,6 +205,7 @@ def main() -> None:
         "access": f"the cost of tenants, keys and the audit log, image {args.image!r}",
         "typescript": f"the TypeScript SDK against the Python SDK, image {args.image!r}",
         "mcp": "MCP tool calls against the SDK, image 'code-interpreter'",
+        "files": f"file watch latency and signed-URL downloads, image {args.image!r}",
     }
     what = groups.get(args.only or "", f"{runs} runs each, image {args.image!r}")
     print(f"\nStockade vs raw runsc — {what} (times in ms, sizes in MB)\n")
@@ -238,6 +243,8 @@ def main() -> None:
         print(snapshot_legend(runs))
     if args.only in (None, "code"):
         print(code_legend(runs))
+    if args.only in (None, "files"):
+        print(file_legend())
 
 
 if __name__ == "__main__":
