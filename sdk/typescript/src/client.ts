@@ -271,6 +271,11 @@ export class Client {
     options: RequestOptions = {},
   ): AsyncGenerator<Record<string, unknown>> {
     const res = await this.open(method, path, { ...options, timeoutMs: null });
+    yield* this.events(res, `${method} ${path}`);
+  }
+
+  /** @internal The NDJSON events of an open response; leaving early closes it. */
+  async *events(res: http.IncomingMessage, action: string): AsyncGenerator<Record<string, unknown>> {
     let pending: Buffer = Buffer.alloc(0);
     try {
       for await (const chunk of res) {
@@ -286,7 +291,7 @@ export class Client {
         }
       }
     } catch (exc) {
-      throw transportError(exc, this.url, `${method} ${path}`);
+      throw transportError(exc, this.url, action);
     } finally {
       // Leaving early (the exit event came, or the caller broke off) closes the stream.
       res.destroy();

@@ -1,8 +1,31 @@
 /** The filesystem of one sandbox, as `sb.files`: whole-file verbs on absolute sandbox paths. */
 import type { Client } from "./client.js";
 import { sandboxPath } from "./client.js";
-import { NotFoundError } from "./errors.js";
+import { NotFoundError, ServerError } from "./errors.js";
 import type { FileInfo } from "./types.js";
+
+/**
+ * One change `files.watch()` saw: `type` is `create`, `modify`, `delete` or `rename` (then
+ * `dest` is the new path), with `path` and `isDir`; or `overflow` (events came faster than
+ * they were read: some were lost) or `limit` (part of a large tree is not watched), with
+ * a `message` saying so.
+ */
+export interface FileEvent {
+  type: string;
+  path: string | undefined;
+  dest: string | undefined;
+  isDir: boolean;
+  message: string | undefined;
+}
+
+/** A running watch: iterate it for events; `close()` ends it (so does leaving the loop). */
+export interface FileWatch extends AsyncIterable<FileEvent> {
+  close(): void;
+}
+
+function optStr(value: unknown): string | undefined {
+  return typeof value === "string" ? value : undefined;
+}
 
 /**
  * @example
@@ -72,6 +95,72 @@ export class Files {
     return await this.#client.request<FileInfo>("POST", `${this.#path}/mkdir`, {
       json: { path, parents: options.parents ?? true },
     });
+  }
+
+  /** Move `src` to `dst` (replacing a file there); returns what is now at `dst`. */
+  async rename(src: string, dst: string): Promise<FileInfo> {
+    return await this.#client.request<FileInfo>("POST", `${this.#path}/rename`, { json: { src, dst } });
+  }
+
+  /** Set the permission bits of `path` to `mode` (0 to 0o7777). */
+  async chmod(path: string, mode: number): Promise<FileInfo> {
+    return await this.#client.request<FileInfo>("POST", `${this.#path}/chmod`, { json: { path, mode } });
+  }
+
+  /**
+   * Watch `path` (a file, a directory, or with `recursive` a whole tree). Resolves once the
+   * watch is in place, so a change made after that is seen.
+   *
+   * @example
+   * ```ts
+   * const events = await sb.files.watch("/app", { recursive: true });
+   * for await (const e of events) console.log(e.type, e.path);
+   * ```
+   */
+  async watch(path: string, options: { recursive?: boolean } = {}): Promise<FileWatch> {
+    const res = await this.#client.open("GET", `${this.#path}/watch`, {
+      query: { path, recursive: options.recursive ? "true" : "false" },
+      timeoutMs: null,
+    });
+    const events = this.#client.events(res, `GET ${this.#path}/watch`);
+    return {
+      close: () => res.destroy(),
+      async *[Symbol.asyncIterator]() {
+        for await (const event of events) {
+          yield {
+            type: String(event.type),
+            path: optStr(event.path),
+            dest: optStr(event.dest),
+            isDir: event.dir === true,
+            message: optStr(event.message),
+          };
+        }
+      },
+    };
+  }
+
+  /** A URL any HTTP client can `PUT` the file at `path` to, for `expires` seconds, without the key. */
+  async uploadUrl(path: string, options: { expires?: number } = {}): Promise<string> {
+    return this.#signed(
+      await this.#client.request("POST", `${this.#path}/upload-url`, { json: { path, expires: options.expires ?? 3600 } }),
+    );
+  }
+
+  /** A URL any HTTP client can `GET` the file at `path` from, for `expires` seconds, without the key. */
+  async downloadUrl(path: string, options: { expires?: number } = {}): Promise<string> {
+    return this.#signed(
+      await this.#client.request("GET", `${this.#path}/download-url`, { query: { path, expires: options.expires ?? 3600 } }),
+    );
+  }
+
+  #signed(data: unknown): string {
+    // Joined to this client's base URL: the server's own idea of its address may be wrong
+    // behind a proxy.
+    const relative = (data as { path?: unknown } | null)?.path;
+    if (typeof relative !== "string" || !relative.startsWith("/")) {
+      throw new ServerError(`the server answered without a signed URL: ${JSON.stringify(data).slice(0, 200)}`);
+    }
+    return this.#client.url + relative;
   }
 
   /** Delete the file or directory at `path`; a non-empty directory needs `recursive: true`. */

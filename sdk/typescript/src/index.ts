@@ -14,7 +14,7 @@ export { Client, type ClientOptions, type Connection } from "./client.js";
 export { Execution, Result, type ExecutionError, type CodeCallbacks } from "./code.js";
 export { CommandError, CommandResult, CommandTimeoutError } from "./commands.js";
 export * from "./errors.js";
-export { Files } from "./files.js";
+export { Files, type FileEvent, type FileWatch } from "./files.js";
 export { Image } from "./image.js";
 export { OutputStream, Process, StdinWriter, type ExecOptions } from "./process.js";
 export {

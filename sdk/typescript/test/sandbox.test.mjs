@@ -71,7 +71,7 @@ test("exec streams stdout line by line as it is produced, takes stdin and waits"
   assert.equal(await tty.wait(), 0);
 });
 
-test("files: write, read, list, stat, exists, mkdir and remove round trip", async (t) => {
+test("files: write, read, list, stat, exists, mkdir, remove, rename, chmod, watch and signed URLs", async (t) => {
   const sb = await sandbox(t);
   const payload = Buffer.from(Array.from({ length: 70000 }, (_, i) => i % 256));
   const info = await sb.files.write("/work/data/blob.bin", payload);
@@ -88,6 +88,23 @@ test("files: write, read, list, stat, exists, mkdir and remove round trip", asyn
   await assert.rejects(sb.files.read("/work/data/note.txt"), NotFoundError);
   await sb.files.remove("/work", { recursive: true });
   assert.equal(await sb.files.exists("/work"), false);
+  // rename, chmod, and a watch that sees a change made after it resolved.
+  await sb.files.write("/srv/a.txt", "a");
+  assert.equal((await sb.files.rename("/srv/a.txt", "/srv/b.txt")).name, "b.txt");
+  assert.equal((await sb.files.chmod("/srv/b.txt", 0o600)).mode & 0o777, 0o600);
+  const events = await sb.files.watch("/srv");
+  await sb.files.write("/srv/new.txt", "n");
+  const seen = [];
+  for await (const event of events) {
+    seen.push(event);
+    if (event.path === "/srv/new.txt") break;
+  }
+  assert.ok(seen.some((e) => e.type === "create" && e.path === "/srv/new.txt" && !e.isDir), JSON.stringify(seen));
+  // Signed URLs work for a client that holds no key.
+  const up = await sb.files.uploadUrl("/srv/up.txt", { expires: 60 });
+  assert.equal((await fetch(up, { method: "PUT", body: "via url" })).ok, true);
+  const down = await fetch(await sb.files.downloadUrl("/srv/up.txt"));
+  assert.equal(await down.text(), "via url");
   // What run() sees is what files wrote.
   await sb.files.write("/tmp/x.txt", "from files");
   assert.equal((await sb.run("cat /tmp/x.txt")).stdout, "from files");

@@ -88,6 +88,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/by-name/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get a live sandbox by its name */
+        get: operations["get_by_name_v1_sandboxes_by_name__name__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/sandboxes/{sandbox_id}": {
         parameters: {
             query?: never;
@@ -103,7 +120,8 @@ export interface paths {
         delete: operations["terminate_sandbox_v1_sandboxes__sandbox_id__delete"];
         options?: never;
         head?: never;
-        patch?: never;
+        /** Change a sandbox's tags */
+        patch: operations["patch_sandbox_v1_sandboxes__sandbox_id__patch"];
         trace?: never;
     };
     "/v1/sandboxes/{sandbox_id}/logs": {
@@ -220,6 +238,109 @@ export interface paths {
         /** What changed: paths added, modified or deleted since the image or a snapshot */
         get: operations["list_changes_v1_sandboxes__sandbox_id__files_changes_get"];
         put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/files/rename": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Move or rename a path */
+        post: operations["rename_path_v1_sandboxes__sandbox_id__files_rename_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/files/chmod": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Change a path's permission bits */
+        post: operations["chmod_path_v1_sandboxes__sandbox_id__files_chmod_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/files/watch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Watch a path: create, modify, delete and rename events as NDJSON, as they happen */
+        get: operations["watch_path_v1_sandboxes__sandbox_id__files_watch_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/files/download-url": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A time-limited URL that downloads one file with no API key (GET) */
+        get: operations["download_url_v1_sandboxes__sandbox_id__files_download_url_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/files/upload-url": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A time-limited URL that uploads one file with no API key (PUT) */
+        post: operations["upload_url_v1_sandboxes__sandbox_id__files_upload_url_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/signed/sandboxes/{sandbox_id}/files": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download through a signed URL (no token: the signature is the credential) */
+        get: operations["signed_download_v1_signed_sandboxes__sandbox_id__files_get"];
+        /** Upload through a signed URL (no token: the signature is the credential) */
+        put: operations["signed_upload_v1_signed_sandboxes__sandbox_id__files_put"];
         post?: never;
         delete?: never;
         options?: never;
@@ -807,6 +928,19 @@ export interface components {
             /** Next */
             next: number;
         };
+        /** ChmodRequest */
+        ChmodRequest: {
+            /**
+             * Path
+             * @description Absolute path inside the sandbox (a symlink's target is changed).
+             */
+            path: string;
+            /**
+             * Mode
+             * @description Permission bits, 0..4095 (0o7777), e.g. 493 (0o755).
+             */
+            mode: number;
+        };
         /** ContextList */
         ContextList: {
             /** Contexts */
@@ -940,6 +1074,26 @@ export interface components {
              * @description Restore this memory snapshot (`sn-…`) instead of booting the image: its processes carry on where they were.
              */
             snapshot?: string | null;
+            /**
+             * Name
+             * @description Unique among the tenant's starting, running and paused sandboxes (409 if taken); `GET /v1/sandboxes/by-name/{name}` finds it.
+             */
+            name?: string | null;
+            /**
+             * User
+             * @description Who its commands run as: a user of the image's own /etc/passwd or `uid[:gid]` (default: the image's USER).
+             */
+            user?: string | null;
+            /**
+             * Readiness
+             * @description Return only once this passes inside the sandbox: a TCP port listening, an `http://` URL answering 2xx/3xx, or a command exiting 0. Past `readiness_timeout` the sandbox is terminated and the create fails with the check's last output.
+             */
+            readiness?: number | string | string[] | null;
+            /**
+             * Readiness Timeout
+             * @description Seconds the readiness check may take (default 60).
+             */
+            readiness_timeout?: number | null;
         };
         /** CreatedKey */
         CreatedKey: {
@@ -1009,6 +1163,11 @@ export interface components {
              * @description Like `stdin`, base64-encoded bytes.
              */
             stdin_b64?: string | null;
+            /**
+             * User
+             * @description Run as this user of the image or `uid[:gid]` (default: the sandbox's).
+             */
+            user?: string | null;
         };
         /** FileChangeOut */
         FileChangeOut: {
@@ -1401,6 +1560,19 @@ export interface components {
             /** Password */
             password: string;
         };
+        /** RenameRequest */
+        RenameRequest: {
+            /**
+             * Src
+             * @description The path to move.
+             */
+            src: string;
+            /**
+             * Dst
+             * @description Its new path; its parent directory must exist. A file there is replaced, as by rename(2).
+             */
+            dst: string;
+        };
         /** RunCode */
         RunCode: {
             /**
@@ -1500,6 +1672,23 @@ export interface components {
              * @description The snapshot it was restored from.
              */
             snapshot?: string | null;
+            /** Name */
+            name?: string | null;
+            /**
+             * User
+             * @description Who its commands run as (unset: root).
+             */
+            user?: string | null;
+        };
+        /** SandboxPatch */
+        SandboxPatch: {
+            /**
+             * Tags
+             * @description The sandbox's tags from now on (they replace its tags).
+             */
+            tags?: {
+                [key: string]: string;
+            } | null;
         };
         /**
          * SandboxStatus
@@ -1507,6 +1696,29 @@ export interface components {
          * @enum {string}
          */
         SandboxStatus: "starting" | "pooled" | "running" | "paused" | "terminated" | "failed";
+        /** SignedUrl */
+        SignedUrl: {
+            /**
+             * Url
+             * @description The whole URL, as this server was reached.
+             */
+            url: string;
+            /**
+             * Path
+             * @description The URL's path and query, to join to another base.
+             */
+            path: string;
+            /**
+             * Method
+             * @enum {string}
+             */
+            method: "GET" | "PUT";
+            /**
+             * Expires At
+             * @description Unix seconds after which the URL fails (410).
+             */
+            expires_at: number;
+        };
         /** SnapshotIn */
         SnapshotIn: {
             /**
@@ -1621,6 +1833,20 @@ export interface components {
              */
             timeout: number;
         };
+        /** UploadUrlRequest */
+        UploadUrlRequest: {
+            /**
+             * Path
+             * @description Absolute path the URL may write (parents are created).
+             */
+            path: string;
+            /**
+             * Expires
+             * @description Lifetime in seconds (≤ 7 days).
+             * @default 3600
+             */
+            expires: number;
+        };
         /** UsageOut */
         UsageOut: {
             /**
@@ -1704,6 +1930,8 @@ export interface operations {
                 status?: ("starting" | "running" | "paused" | "terminated" | "failed") | null;
                 /** @description key=value; repeat to require several. */
                 tag?: string[];
+                /** @description Only the live sandbox with this name. */
+                name?: string | null;
             };
             header?: never;
             path?: never;
@@ -2230,6 +2458,95 @@ export interface operations {
             };
         };
     };
+    get_by_name_v1_sandboxes_by_name__name__get: {
+        parameters: {
+            query?: {
+                /** @description Operator only. */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description A name given at create; the caller's tenant's (the operator: `tenant`'s, default the default tenant's). */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_sandbox_v1_sandboxes__sandbox_id__get: {
         parameters: {
             query?: never;
@@ -2327,6 +2644,96 @@ export interface operations {
             cookie?: never;
         };
         requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    patch_sandbox_v1_sandboxes__sandbox_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SandboxPatch"];
+            };
+        };
         responses: {
             /** @description Successful Response */
             200: {
@@ -2674,6 +3081,8 @@ export interface operations {
             query: {
                 /** @description Absolute path inside the sandbox (at most 1024 characters, no NUL). */
                 path: string;
+                /** @description Owner of what is made: a user of the image or `uid[:gid]` (default: the sandbox's user). */
+                user?: string | null;
             };
             header?: never;
             path: {
@@ -3030,7 +3439,10 @@ export interface operations {
     };
     make_dir_v1_sandboxes__sandbox_id__files_mkdir_post: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Owner of what is made: a user of the image or `uid[:gid]` (default: the sandbox's user). */
+                user?: string | null;
+            };
             header?: never;
             path: {
                 /** @description A sandbox ID (`sb-…`). */
@@ -3140,6 +3552,631 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FileChanges"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rename_path_v1_sandboxes__sandbox_id__files_rename_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RenameRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfoOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    chmod_path_v1_sandboxes__sandbox_id__files_chmod_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChmodRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfoOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    watch_path_v1_sandboxes__sandbox_id__files_watch_get: {
+        parameters: {
+            query: {
+                /** @description Absolute path inside the sandbox (at most 1024 characters, no NUL). */
+                path: string;
+                recursive?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": unknown;
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    download_url_v1_sandboxes__sandbox_id__files_download_url_get: {
+        parameters: {
+            query: {
+                /** @description Absolute path inside the sandbox (at most 1024 characters, no NUL). */
+                path: string;
+                /** @description Lifetime in seconds (1 s to 7 days). */
+                expires?: number;
+            };
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedUrl"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    upload_url_v1_sandboxes__sandbox_id__files_upload_url_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UploadUrlRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedUrl"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    signed_download_v1_signed_sandboxes__sandbox_id__files_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": unknown;
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    signed_upload_v1_signed_sandboxes__sandbox_id__files_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfoOut"];
                 };
             };
             /** @description Malformed request */
