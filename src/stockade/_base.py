@@ -134,9 +134,15 @@ def create_body(
     on_timeout: str | None = None,
     auto_resume: bool = False,
     snapshot: str | None = None,
+    name: str | None = None,
+    user: str | None = None,
+    readiness: int | str | Sequence[str] | None = None,
+    readiness_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sandboxes``; unset values are left to the server's defaults."""
     body: dict[str, Any] = {"image": image}
+    if readiness is not None:
+        body["readiness"] = readiness if isinstance(readiness, int | str) else list(readiness)
     if volumes:
         body["volumes"] = dict(volumes)
     if auto_resume:
@@ -162,6 +168,9 @@ def create_body(
         "workdir": workdir,
         "idle_timeout": idle_timeout,
         "on_timeout": on_timeout,
+        "name": name,
+        "user": user,
+        "readiness_timeout": readiness_timeout,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     if env:

@@ -92,14 +92,18 @@ def exec_body(
     env: Mapping[str, str] | None,
     workdir: str | None,
     timeout: float | None,
+    user: str | None = None,
 ) -> dict[str, Any]:
     """The fields both exec transports share."""
-    return {
+    body: dict[str, Any] = {
         "argv": list(argv),
         "env": dict(env or {}),
         "workdir": workdir,
         "timeout": timeout,
     }
+    if user is not None:
+        body["user"] = user
+    return body
 
 
 def ndjson_exec_body(
@@ -109,9 +113,10 @@ def ndjson_exec_body(
     workdir: str | None,
     timeout: float | None,
     stdin: str | bytes | None,
+    user: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sandboxes/{id}/exec``."""
-    body = exec_body(argv, env=env, workdir=workdir, timeout=timeout)
+    body = exec_body(argv, env=env, workdir=workdir, timeout=timeout, user=user)
     if isinstance(stdin, str):
         body["stdin"] = stdin
     elif stdin is not None:
@@ -128,9 +133,10 @@ def ws_start_message(
     pty: bool,
     cols: int,
     rows: int,
+    user: str | None = None,
 ) -> str:
     """The first (text) frame the client sends on ``/exec/ws``."""
-    body = exec_body(argv, env=env, workdir=workdir, timeout=timeout)
+    body = exec_body(argv, env=env, workdir=workdir, timeout=timeout, user=user)
     body.update(pty=pty, cols=cols, rows=rows)
     return json.dumps(body)
 

@@ -192,6 +192,8 @@ class SandboxInfo:
     auto_resume: bool = False
     paused_at: datetime | None = None
     snapshot: str | None = None
+    name: str | None = None
+    user: str | None = None
 
     @property
     def paused(self) -> bool:
@@ -246,6 +248,8 @@ class SandboxInfo:
             auto_resume=bool(data.get("auto_resume", False)),
             paused_at=_time(data, "paused_at"),
             snapshot=_opt_str(data, "snapshot"),
+            name=_opt_str(data, "name"),
+            user=_opt_str(data, "user"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -64,6 +64,8 @@ def sandbox_record(sandbox_id: str, **overrides: Any) -> dict[str, Any]:
         "auto_resume": False,
         "paused_at": None,
         "snapshot": None,
+        "name": None,
+        "user": None,
     }  # fmt: skip
     record.update(overrides)
     return record

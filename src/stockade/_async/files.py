@@ -56,8 +56,12 @@ class AsyncFiles:
     def __repr__(self) -> str:
         return f"<AsyncFiles of {self._sandbox_id}>"
 
-    async def write(self, path: str, data: AsyncFileContent) -> FileInfo:
-        """Create or replace the file at ``path``; parent directories are created.
+    async def write(
+        self, path: str, data: AsyncFileContent, *, user: str | None = None
+    ) -> FileInfo:
+        """Create or replace the file at ``path``; parent directories are created. The
+        file belongs to ``user`` (a user of the image or ``"uid[:gid]"``; default: the
+        sandbox's user).
 
         ``data`` is text (written as UTF-8), bytes, a binary file object, or an iterator of
         byte chunks; files and iterators are streamed, never read whole.
@@ -70,7 +74,7 @@ class AsyncFiles:
         answer = await self._client.request(
             "PUT",
             self._path,
-            params={"path": path},
+            params={"path": path, **({"user": user} if user is not None else {})},
             content=whole if whole is not None else _upload_chunks(data),
             timeout=_base.LONG_TIMEOUT,
         )
@@ -169,15 +173,21 @@ class AsyncFiles:
             return False
         return True
 
-    async def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
-        """Create the directory ``path`` (and missing parents unless ``parents=False``).
+    async def mkdir(
+        self, path: str, *, parents: bool = True, user: str | None = None
+    ) -> FileInfo:
+        """Create the directory ``path`` (and missing parents unless ``parents=False``);
+        ``path`` itself belongs to ``user`` (default: the sandbox's user).
 
         Example::
 
             await sb.files.mkdir("/app/data")
         """
         data = await self._client.request(
-            "POST", self._path + "/mkdir", json={"path": path, "parents": parents}
+            "POST",
+            self._path + "/mkdir",
+            json={"path": path, "parents": parents},
+            params={"user": user} if user is not None else None,
         )
         return _base.parse(FileInfo.from_json, data, "file info")
 
@@ -216,7 +226,6 @@ class AsyncFiles:
         params = {"since": _base.ref_id(since)} if since is not None else None
         data = await self._client.request("GET", self._path + "/changes", params=params)
         return _base.parse(FileChanges.from_json, data, "change list")
-
 
     async def rename(self, src: str, dst: str) -> FileInfo:
         """Move ``src`` to ``dst`` (a file already at ``dst`` is replaced); the parent of

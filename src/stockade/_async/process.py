@@ -284,11 +284,13 @@ class AsyncProcess:
         pty: bool,
         cols: int,
         rows: int,
+        user: str | None = None,
     ) -> AsyncProcess:
         """Connect, send the command and wait until the server says it runs."""
         start = _protocol.ws_start_message(
-            argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows
-        )
+            argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows,
+            user=user,
+        )  # fmt: skip
         ws = await client.connect_ws(_base.sandbox_path(sandbox_id, "/exec/ws"))
         process = cls(ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout)
         try:

@@ -6,6 +6,7 @@ import builtins
 import codecs
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
+from urllib.parse import quote
 
 from stockade import _base, _protocol, execution
 from stockade._async.client import AsyncClient, client_for
@@ -14,6 +15,7 @@ from stockade._async.process import AsyncProcess, cut_short
 from stockade._async.snapshot import AsyncSnapshot
 from stockade.commands import CommandResult, CommandTimeoutError
 from stockade.errors import (
+    ConflictError,
     SandboxTerminatedError,
     StockadeConnectionError,
     StockadeError,
@@ -126,6 +128,11 @@ class AsyncSandbox:
         auto_resume: bool = False,
         snapshot: str | _base.HasId | None = None,
         on_image_log: Callable[[str], object] | None = None,
+        name: str | None = None,
+        get_if_exists: bool = False,
+        user: str | None = None,
+        readiness: int | str | Sequence[str] | None = None,
+        readiness_timeout: float | None = None,
         client: AsyncClient | None = None,
         url: str | None = None,
         token: str | None = None,
@@ -159,9 +166,26 @@ class AsyncSandbox:
         ``snapshot`` (a :class:`Snapshot` or its ID) restores a memory snapshot instead of
         booting the image: its processes carry on where they were.
 
+        ``name`` (1-63 of ``a-z0-9-_.``) is unique among your tenant's live sandboxes:
+        as in Modal, a taken one raises :class:`~stockade.ConflictError` naming the
+        sandbox that has it, unless ``get_if_exists=True`` returns that sandbox instead
+        (get-or-create; the other arguments then do not apply to it). :meth:`from_name`
+        finds it. ``user`` runs the sandbox's commands (and owns what files calls write) as
+        a user of the image's own /etc/passwd or ``"uid[:gid]"``; by default the image's
+        USER.
+
+        ``readiness`` makes create return only once it passes inside the sandbox: a TCP
+        port something listens on (``8000``), an HTTP URL answering 2xx/3xx
+        (``"http://localhost:8000/healthz"``) or a command exiting 0 (``["pg_isready"]``).
+        Past ``readiness_timeout`` seconds (default 60) the sandbox is terminated and
+        :class:`~stockade.StockadeTimeoutError` carries the check's last output.
+
         Example::
 
             sb = await AsyncSandbox.create(image="python", memory=1024, tags={"user": "x"})
+            web = await AsyncSandbox.create(
+                name="web", entrypoint="python3 -m http.server 8000", readiness=8000
+            )
         """
         client = client_for(client, url, token)
         image_ref = await _image_ref(client, image, on_image_log)
@@ -185,8 +209,39 @@ class AsyncSandbox:
             on_timeout=on_timeout,
             auto_resume=auto_resume,
             snapshot=_base.ref_id(snapshot) if snapshot is not None else None,
+            name=name,
+            user=user,
+            readiness=readiness,
+            readiness_timeout=readiness_timeout,
         )
-        data = await client.request("POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT)
+        try:
+            data = await client.request(
+                "POST", "/v1/sandboxes", json=body, timeout=_base.LONG_TIMEOUT
+            )
+        except ConflictError:
+            if name is None or not get_if_exists:
+                raise
+            return await cls.from_name(name, client=client)
+        return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
+
+    @classmethod
+    async def from_name(
+        cls,
+        name: str,
+        *,
+        client: AsyncClient | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> AsyncSandbox:
+        """Your tenant's live (starting, running or paused) sandbox named ``name``; raises
+        :class:`~stockade.NotFoundError` if none is (ended sandboxes free their names).
+
+        Example::
+
+            sb = await AsyncSandbox.from_name("builder")
+        """
+        client = client_for(client, url, token)
+        data = await client.request("GET", "/v1/sandboxes/by-name/" + quote(name, safe=""))
         return cls(_base.parse(SandboxInfo.from_json, data, "sandbox"), client)
 
     @classmethod
@@ -247,6 +302,20 @@ class AsyncSandbox:
             print(info.status, info.reason, info.expires_at)
         """
         data = await self.client.request("GET", _base.sandbox_path(self.id))
+        self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
+        return self.last_info
+
+    async def set_tags(self, tags: Mapping[str, str]) -> SandboxInfo:
+        """Replace the sandbox's tags with ``tags`` (as Modal's ``set_tags`` does);
+        :meth:`list` filters by them.
+
+        Example::
+
+            await sb.set_tags({"stage": "done"})
+        """
+        data = await self.client.request(
+            "PATCH", _base.sandbox_path(self.id), json={"tags": dict(tags)}
+        )
         self.last_info = _base.parse(SandboxInfo.from_json, data, "sandbox")
         return self.last_info
 
@@ -450,12 +519,14 @@ class AsyncSandbox:
         pty: bool = False,
         cols: int = 80,
         rows: int = 24,
+        user: str | None = None,
     ) -> AsyncProcess:
         """Start a command and return its :class:`AsyncProcess` as soon as it runs.
 
         ``args`` is the argv (no shell: use ``"sh", "-c", line`` for one). ``timeout``
         (seconds) kills the command when it runs longer; ``pty=True`` gives it a terminal
-        of ``cols`` x ``rows``, with stderr merged into stdout.
+        of ``cols`` x ``rows``, with stderr merged into stdout. ``user`` (a user of the
+        image or ``"uid[:gid]"``) runs it as that user instead of the sandbox's.
 
         Example::
 
@@ -473,6 +544,7 @@ class AsyncSandbox:
             pty=pty,
             cols=cols,
             rows=rows,
+            user=user,
         )
 
     async def run(
@@ -486,6 +558,7 @@ class AsyncSandbox:
         check: bool = False,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
+        user: str | None = None,
     ) -> CommandResult:
         """Run a command to completion and return its output and exit code.
 
@@ -493,6 +566,7 @@ class AsyncSandbox:
         returned, not raised, unless ``check=True`` (then :class:`~stockade.CommandError`).
         Running past ``timeout`` raises :class:`~stockade.CommandTimeoutError`, which
         carries the output so far. ``on_stdout``/``on_stderr`` receive text as it arrives.
+        ``user`` runs it as that user of the image (or ``"uid[:gid]"``).
 
         Example::
 
@@ -501,7 +575,7 @@ class AsyncSandbox:
         """
         argv = _protocol.command_argv(command)
         body = _protocol.ndjson_exec_body(
-            argv, env=env, workdir=workdir, timeout=timeout, stdin=stdin
+            argv, env=env, workdir=workdir, timeout=timeout, stdin=stdin, user=user
         )
         output = {_protocol.STDOUT: bytearray(), _protocol.STDERR: bytearray()}
         callbacks = {_protocol.STDOUT: on_stdout, _protocol.STDERR: on_stderr}

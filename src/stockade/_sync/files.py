@@ -58,8 +58,12 @@ class Files:
     def __repr__(self) -> str:
         return f"<Files of {self._sandbox_id}>"
 
-    def write(self, path: str, data: FileContent) -> FileInfo:
-        """Create or replace the file at ``path``; parent directories are created.
+    def write(
+        self, path: str, data: FileContent, *, user: str | None = None
+    ) -> FileInfo:
+        """Create or replace the file at ``path``; parent directories are created. The
+        file belongs to ``user`` (a user of the image or ``"uid[:gid]"``; default: the
+        sandbox's user).
 
         ``data`` is text (written as UTF-8), bytes, a binary file object, or an iterator of
         byte chunks; files and iterators are streamed, never read whole.
@@ -72,7 +76,7 @@ class Files:
         answer = self._client.request(
             "PUT",
             self._path,
-            params={"path": path},
+            params={"path": path, **({"user": user} if user is not None else {})},
             content=whole if whole is not None else _upload_chunks(data),
             timeout=_base.LONG_TIMEOUT,
         )
@@ -171,15 +175,21 @@ class Files:
             return False
         return True
 
-    def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
-        """Create the directory ``path`` (and missing parents unless ``parents=False``).
+    def mkdir(
+        self, path: str, *, parents: bool = True, user: str | None = None
+    ) -> FileInfo:
+        """Create the directory ``path`` (and missing parents unless ``parents=False``);
+        ``path`` itself belongs to ``user`` (default: the sandbox's user).
 
         Example::
 
             sb.files.mkdir("/app/data")
         """
         data = self._client.request(
-            "POST", self._path + "/mkdir", json={"path": path, "parents": parents}
+            "POST",
+            self._path + "/mkdir",
+            json={"path": path, "parents": parents},
+            params={"user": user} if user is not None else None,
         )
         return _base.parse(FileInfo.from_json, data, "file info")
 
@@ -218,7 +228,6 @@ class Files:
         params = {"since": _base.ref_id(since)} if since is not None else None
         data = self._client.request("GET", self._path + "/changes", params=params)
         return _base.parse(FileChanges.from_json, data, "change list")
-
 
     def rename(self, src: str, dst: str) -> FileInfo:
         """Move ``src`` to ``dst`` (a file already at ``dst`` is replaced); the parent of

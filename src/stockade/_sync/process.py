@@ -286,11 +286,13 @@ class Process:
         pty: bool,
         cols: int,
         rows: int,
+        user: str | None = None,
     ) -> Process:
         """Connect, send the command and wait until the server says it runs."""
         start = _protocol.ws_start_message(
-            argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows
-        )
+            argv, env=env, workdir=workdir, timeout=timeout, pty=pty, cols=cols, rows=rows,
+            user=user,
+        )  # fmt: skip
         ws = client.connect_ws(_base.sandbox_path(sandbox_id, "/exec/ws"))
         process = cls(ws, client=client, sandbox_id=sandbox_id, argv=argv, pty=pty, timeout=timeout)
         try:

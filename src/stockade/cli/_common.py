@@ -52,8 +52,15 @@ class CliState:
         return self._client
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
-        """The sandbox ``sandbox_id``; raises NotFoundError when it does not exist."""
-        return Sandbox.from_id(sandbox_id, client=self.client())
+        """The sandbox ``sandbox_id``, or the live one with that name (a name never looks
+        like an ID: ``sb-…``); raises NotFoundError when there is none."""
+        if sandbox_id.startswith("sb-"):
+            return Sandbox.from_id(sandbox_id, client=self.client())
+        return Sandbox.from_name(sandbox_id, client=self.client())
+
+    def sandbox_id(self, sandbox_id: str) -> str:
+        """The ID of sandbox ``sandbox_id`` (an ID or a name), asking the server for a name."""
+        return sandbox_id if sandbox_id.startswith("sb-") else self.sandbox(sandbox_id).id
 
     def close(self) -> None:
         if self._client is not None:

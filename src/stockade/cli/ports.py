@@ -87,6 +87,8 @@ def port_forward(
       psql -h 127.0.0.1 -p 15432 -U postgres
     """
 
+    sandbox_id = state.sandbox_id(sandbox_id)  # a name resolves here
+
     def ready(host: str, bound: int) -> None:
         stdout_console().print(
             Text(f"Forwarding {host}:{bound} -> {sandbox_id}:{port} (Ctrl-C to stop)")

@@ -64,10 +64,11 @@ def stream_command(
     env: Mapping[str, str] | None = None,
     workdir: str | None = None,
     timeout: float | None = None,
+    user: str | None = None,
 ) -> int:
     """Run ``argv`` in ``sb`` with its output streamed here; return its exit code."""
     stdin, stdout, stderr = sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer
-    with sb.exec(*argv, env=env, workdir=workdir, timeout=timeout) as process:
+    with sb.exec(*argv, env=env, workdir=workdir, timeout=timeout, user=user) as process:
         if stdin.isatty():
             # Not interactive (that is `stockade shell`): the command reads end-of-file.
             process.stdin.close()
@@ -137,6 +138,9 @@ def run(
 @env_option("Environment variable for the command (repeatable).")
 @click.option("--workdir", help="Working directory for the command.")
 @click.option("--timeout", type=float, help="Kill the command after this many seconds.")
+@click.option(
+    "--user", "-u", metavar="USER", help="Run as this user of the image, or UID[:GID]."
+)
 @click.argument("sandbox_id", metavar="ID")
 @click.argument("command", nargs=-1, required=True, metavar="[--] CMD...")
 @pass_state
@@ -147,13 +151,15 @@ def exec_(
     env: dict[str, str],
     workdir: str | None,
     timeout: float | None,
+    user: str | None,
     sandbox_id: str,
     command: tuple[str, ...],
 ) -> None:
     """Run a command in a running sandbox, streaming its output.
 
     Local stdin is forwarded when it is a pipe or a file. Exits with the command's exit
-    code (124 when it ran past --timeout). Options go before the ID.
+    code (124 when it ran past --timeout). Options go before the ID; ID may be a
+    sandbox's name.
 
     \b
     Example:
@@ -161,4 +167,4 @@ def exec_(
     """
     argv = command_args(command)
     ctx.exit(stream_command(state.sandbox(sandbox_id), argv, env=env, workdir=workdir,
-                            timeout=timeout))  # fmt: skip
+                            timeout=timeout, user=user))  # fmt: skip

@@ -65,6 +65,22 @@ _STATUS_STYLE = {"running": "green", "starting": "yellow", "failed": "red"}
 @click.option(
     "--snapshot", metavar="SNAPSHOT", help="Restore this memory snapshot instead of booting."
 )
+@click.option(
+    "--name", metavar="NAME",
+    help="Unique among your live sandboxes; other verbs then take it in place of the ID.",
+)  # fmt: skip
+@click.option(
+    "--user", metavar="USER", help="Run its commands as this user of the image, or UID[:GID]."
+)
+@click.option(
+    "--readiness", metavar="CHECK",
+    help="Return once this passes inside it: a PORT listening, an http:// URL answering "
+    "2xx/3xx, or a shell-quoted command exiting 0.",
+)  # fmt: skip
+@click.option(
+    "--readiness-timeout", type=float, metavar="SECONDS",
+    help="How long --readiness may take [default: 60]; then the sandbox is terminated.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox record as JSON.")
 @pass_state
 def create(
@@ -88,9 +104,18 @@ def create(
     on_timeout: str | None,
     auto_resume: bool,
     snapshot: str | None,
+    name: str | None,
+    user: str | None,
+    readiness: str | None,
+    readiness_timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Start a sandbox (or restore a snapshot) and print its ID."""
+    """Start a sandbox (or restore a snapshot) and print its ID.
+
+    \b
+    Example:
+      stockade create --name web --entrypoint "python3 -m http.server 8000" --readiness 8000
+    """
     argv = shlex.split(entrypoint) if entrypoint else None
     if entrypoint is not None and not argv:
         fail("--entrypoint is empty; give the command to run")
@@ -102,13 +127,28 @@ def create(
         workdir=workdir, tags=tags, entrypoint=argv, client=client,
         ports=[*ports, *({"port": p, "public": True} for p in public_ports)],
         volumes=volumes, idle_timeout=idle_timeout, on_timeout=on_timeout,
-        auto_resume=auto_resume, snapshot=snapshot,
+        auto_resume=auto_resume, snapshot=snapshot, name=name, user=user,
+        readiness=_readiness(readiness), readiness_timeout=readiness_timeout,
         **network_policy(block_network, allow_cidr, allow_domain),
     )  # fmt: skip
     if as_json:
         print_json(sb.last_info.to_json())
     else:
         click.echo(sb.id)
+
+
+def _readiness(check: str | None) -> int | str | list[str] | None:
+    """--readiness as the SDK takes it: a port, a URL, or a command line split as sh would."""
+    if check is None:
+        return None
+    if check.isdigit():
+        return int(check)
+    if check.startswith(("http://", "https://")):
+        return check
+    argv = shlex.split(check)
+    if not argv:
+        fail("--readiness is empty; give a port, an http:// URL or a command")
+    return argv
 
 
 @click.command("ls")
@@ -183,7 +223,7 @@ def rm(state: CliState, sandbox_ids: tuple[str, ...]) -> None:
     failed = False
     for sandbox_id in sandbox_ids:
         try:
-            Sandbox.from_id(sandbox_id, client=state.client()).terminate()
+            state.sandbox(sandbox_id).terminate()
         except StockadeError as exc:
             # Keep going: one bad ID should not keep the others running.
             print_error(str(exc))

@@ -88,6 +88,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/by-name/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get a live sandbox by its name */
+        get: operations["get_by_name_v1_sandboxes_by_name__name__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/sandboxes/{sandbox_id}": {
         parameters: {
             query?: never;
@@ -103,7 +120,8 @@ export interface paths {
         delete: operations["terminate_sandbox_v1_sandboxes__sandbox_id__delete"];
         options?: never;
         head?: never;
-        patch?: never;
+        /** Change a sandbox's tags */
+        patch: operations["patch_sandbox_v1_sandboxes__sandbox_id__patch"];
         trace?: never;
     };
     "/v1/sandboxes/{sandbox_id}/logs": {
@@ -1056,6 +1074,26 @@ export interface components {
              * @description Restore this memory snapshot (`sn-…`) instead of booting the image: its processes carry on where they were.
              */
             snapshot?: string | null;
+            /**
+             * Name
+             * @description Unique among the tenant's starting, running and paused sandboxes (409 if taken); `GET /v1/sandboxes/by-name/{name}` finds it.
+             */
+            name?: string | null;
+            /**
+             * User
+             * @description Who its commands run as: a user of the image's own /etc/passwd or `uid[:gid]` (default: the image's USER).
+             */
+            user?: string | null;
+            /**
+             * Readiness
+             * @description Return only once this passes inside the sandbox: a TCP port listening, an `http://` URL answering 2xx/3xx, or a command exiting 0. Past `readiness_timeout` the sandbox is terminated and the create fails with the check's last output.
+             */
+            readiness?: number | string | string[] | null;
+            /**
+             * Readiness Timeout
+             * @description Seconds the readiness check may take (default 60).
+             */
+            readiness_timeout?: number | null;
         };
         /** CreatedKey */
         CreatedKey: {
@@ -1125,6 +1163,11 @@ export interface components {
              * @description Like `stdin`, base64-encoded bytes.
              */
             stdin_b64?: string | null;
+            /**
+             * User
+             * @description Run as this user of the image or `uid[:gid]` (default: the sandbox's).
+             */
+            user?: string | null;
         };
         /** FileChangeOut */
         FileChangeOut: {
@@ -1629,6 +1672,23 @@ export interface components {
              * @description The snapshot it was restored from.
              */
             snapshot?: string | null;
+            /** Name */
+            name?: string | null;
+            /**
+             * User
+             * @description Who its commands run as (unset: root).
+             */
+            user?: string | null;
+        };
+        /** SandboxPatch */
+        SandboxPatch: {
+            /**
+             * Tags
+             * @description The sandbox's tags from now on (they replace its tags).
+             */
+            tags?: {
+                [key: string]: string;
+            } | null;
         };
         /**
          * SandboxStatus
@@ -1870,6 +1930,8 @@ export interface operations {
                 status?: ("starting" | "running" | "paused" | "terminated" | "failed") | null;
                 /** @description key=value; repeat to require several. */
                 tag?: string[];
+                /** @description Only the live sandbox with this name. */
+                name?: string | null;
             };
             header?: never;
             path?: never;
@@ -2396,6 +2458,95 @@ export interface operations {
             };
         };
     };
+    get_by_name_v1_sandboxes_by_name__name__get: {
+        parameters: {
+            query?: {
+                /** @description Operator only. */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description A name given at create; the caller's tenant's (the operator: `tenant`'s, default the default tenant's). */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_sandbox_v1_sandboxes__sandbox_id__get: {
         parameters: {
             query?: never;
@@ -2493,6 +2644,96 @@ export interface operations {
             cookie?: never;
         };
         requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxOut"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or wrong token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's role may not make this call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict, e.g. the sandbox has ended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid argument */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Internal error (carries a request ID) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    patch_sandbox_v1_sandboxes__sandbox_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A sandbox ID (`sb-…`). */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SandboxPatch"];
+            };
+        };
         responses: {
             /** @description Successful Response */
             200: {
@@ -2840,6 +3081,8 @@ export interface operations {
             query: {
                 /** @description Absolute path inside the sandbox (at most 1024 characters, no NUL). */
                 path: string;
+                /** @description Owner of what is made: a user of the image or `uid[:gid]` (default: the sandbox's user). */
+                user?: string | null;
             };
             header?: never;
             path: {
@@ -3196,7 +3439,10 @@ export interface operations {
     };
     make_dir_v1_sandboxes__sandbox_id__files_mkdir_post: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Owner of what is made: a user of the image or `uid[:gid]` (default: the sandbox's user). */
+                user?: string | null;
+            };
             header?: never;
             path: {
                 /** @description A sandbox ID (`sb-…`). */

@@ -81,8 +81,9 @@ async def exec_ndjson(
             raise InvalidArgumentError(f"stdin_b64 is not valid base64: {exc}") from None
     started = time.perf_counter()
     session = await svc.execs.start(
-        sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout
-    )
+        sandbox_id, body.argv, env=body.env, workdir=workdir, timeout=body.timeout,
+        user=body.user,
+    )  # fmt: skip
     request.state.audited = True  # the exec's own entry, below, says more than the call's
 
     async def feed() -> None:
@@ -162,7 +163,7 @@ async def exec_ws(ws: WebSocket, sandbox_id: str) -> None:
         started = time.perf_counter()
         session = await svc.execs.start(
             sandbox_id, req.argv, env=req.env, workdir=workdir, timeout=req.timeout,
-            pty_size=(req.cols, req.rows) if req.pty else None,
+            pty_size=(req.cols, req.rows) if req.pty else None, user=req.user,
         )  # fmt: skip
     except StockadeError as err:
         await _send_error(ws, err)

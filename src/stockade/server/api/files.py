@@ -14,6 +14,8 @@ from pydantic import Field, StrictInt
 
 from ..service.changes import sandbox_changes
 from ..service.files import WatchEvent
+from ..service.owners import give_to, owner_for
+from ..service.users import USER_PATTERN
 from . import ndjson
 from .deps import Services, services
 from .params import (
@@ -31,6 +33,15 @@ from .schemas import FileChangeOut, FileChanges, FileInfoOut, FileList, MkdirReq
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 Svc = Annotated[Services, Depends(services)]
 PathQ = AbsPathQ
+# Who owns what the call makes: a user of the image or uid[:gid] (default: the sandbox's).
+UserQ = Annotated[
+    str | None,
+    Query(
+        description="Owner of what is made: a user of the image or `uid[:gid]` (default: "
+        "the sandbox's user).",
+        json_schema_extra=documented_optional(pattern=USER_PATTERN),
+    ),
+]
 
 
 @router.put(
@@ -46,14 +57,17 @@ PathQ = AbsPathQ
     },
 )
 async def write_file(
-    sandbox_id: SandboxIdP, path: PathQ, request: Request, svc: Svc
+    sandbox_id: SandboxIdP, path: PathQ, request: Request, svc: Svc, user: UserQ = None
 ) -> FileInfoOut:
     async def body() -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             if chunk:
                 yield chunk
 
-    return FileInfoOut.of(await svc.files.write(sandbox_id, path, body()))
+    owner = await owner_for(svc.execs, sandbox_id, user)
+    info = await svc.files.write(sandbox_id, path, body())
+    await give_to(svc.execs, sandbox_id, info.path, owner)
+    return FileInfoOut.of(info)
 
 
 @router.get(
@@ -91,8 +105,13 @@ async def stat_path(sandbox_id: SandboxIdP, path: PathQ, svc: Svc) -> FileInfoOu
 
 
 @router.post("/mkdir", response_model=FileInfoOut, summary="Make a directory")
-async def make_dir(sandbox_id: SandboxIdP, body: MkdirRequest, svc: Svc) -> FileInfoOut:
-    return FileInfoOut.of(await svc.files.mkdir(sandbox_id, body.path, parents=body.parents))
+async def make_dir(
+    sandbox_id: SandboxIdP, body: MkdirRequest, svc: Svc, user: UserQ = None
+) -> FileInfoOut:
+    owner = await owner_for(svc.execs, sandbox_id, user)
+    info = await svc.files.mkdir(sandbox_id, body.path, parents=body.parents)
+    await give_to(svc.execs, sandbox_id, info.path, owner)
+    return FileInfoOut.of(info)
 
 
 @router.delete("", status_code=204, summary="Remove a file or directory")

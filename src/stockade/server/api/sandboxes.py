@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...errors import InvalidArgumentError
 from ..network.policy import NetworkPolicy
 from ..service.access import Principal
+from ..service.names import NAME_PATTERN, check_name, holds_name
+from ..service.readiness import Readiness, wait_ready
 from ..service.sandboxes import CreateRequest
 from ..service.spec import SandboxSpec
 from ..service.stages import collect
-from ..state.records import SandboxRecord
-from .deps import Caller, Services, services
+from ..service.users import check_user
+from ..state.records import EndReason, SandboxRecord
+from .deps import Caller, Services, services, tenant_scope
 from .limits import MAX_PORTS as _MAX_PORTS
 from .limits import TIMEOUT_RANGE, check_create_ranges, check_range
-from .params import PortP, SandboxIdP, documented
-from .schemas import CreateSandbox, NetworkIn, PortIn, SandboxList, SandboxOut, TimeoutIn
+from .params import PortP, SandboxIdP, documented, documented_optional
+from .schemas import (
+    CreateSandbox,
+    NetworkIn,
+    PortIn,
+    SandboxList,
+    SandboxOut,
+    SandboxPatch,
+    TimeoutIn,
+)
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -81,8 +93,25 @@ async def _create(body: CreateSandbox, svc: Svc, caller: Principal) -> SandboxOu
         ),
         idle_timeout=body.idle_timeout or SandboxSpec.idle_timeout, on_timeout=body.on_timeout,
         auto_resume=body.auto_resume, tenant=caller.tenant,
+        name=check_name(body.name) if body.name is not None else None,
+        user=check_user(body.user) if body.user is not None else None,
     )  # fmt: skip
-    return _out(svc, await svc.creator.create(req, snapshot=body.snapshot))
+    readiness = None
+    if body.readiness is not None:
+        readiness = Readiness.parse(body.readiness, body.readiness_timeout)
+    elif body.readiness_timeout is not None:
+        raise InvalidArgumentError("readiness_timeout needs readiness (a port, URL or command)")
+    record = await svc.creator.create(req, snapshot=body.snapshot)
+    if readiness is not None:
+        try:
+            await wait_ready(svc.execs, record.id, readiness)
+        except BaseException:
+            # A create that fails (or whose caller went away) leaves no sandbox behind.
+            with contextlib.suppress(Exception):
+                await svc.sandboxes.terminate(record.id, reason=EndReason.ERROR)
+            raise
+        record = await svc.sandboxes.get(record.id)
+    return _out(svc, record)
 
 
 def _out(svc: Services, record: SandboxRecord) -> SandboxOut:
@@ -150,9 +179,46 @@ async def list_sandboxes(
             json_schema_extra=documented(items={"type": "string", "pattern": "^[^=]+="}),
         ),
     ] = [],  # noqa: B006
+    name: Annotated[
+        str | None,
+        Query(
+            description="Only the live sandbox with this name.",
+            json_schema_extra=documented_optional(pattern=NAME_PATTERN),
+        ),
+    ] = None,
 ) -> SandboxList:
     records = await svc.sandboxes.list(status=status, tags=_parse_tags(tag))
+    if name is not None:
+        check_name(name)
+        records = [r for r in records if r.name == name and holds_name(r)]
     return SandboxList(sandboxes=[_out(svc, r) for r in records if caller.sees(r.tenant)])
+
+
+@router.get(
+    "/by-name/{name}", response_model=SandboxOut, summary="Get a live sandbox by its name"
+)
+async def get_by_name(
+    name: Annotated[
+        str,
+        Path(
+            description="A name given at create; the caller's tenant's (the operator: "
+            "`tenant`'s, default the default tenant's).",
+            json_schema_extra=documented(pattern=NAME_PATTERN),
+        ),
+    ],
+    svc: Svc,
+    caller: Caller,
+    tenant: Annotated[str | None, Query(description="Operator only.")] = None,
+) -> SandboxOut:
+    owner = tenant_scope(caller, tenant) or caller.tenant
+    return _out(svc, await svc.creator.names.get(owner, name))
+
+
+@router.patch("/{sandbox_id}", response_model=SandboxOut, summary="Change a sandbox's tags")
+async def patch_sandbox(sandbox_id: SandboxIdP, body: SandboxPatch, svc: Svc) -> SandboxOut:
+    if body.tags is None:
+        raise InvalidArgumentError("nothing to change: give tags")
+    return _out(svc, await svc.sandboxes.set_tags(sandbox_id, body.tags))
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut, summary="Get a sandbox")

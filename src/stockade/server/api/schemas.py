@@ -12,8 +12,10 @@ from ..images.catalog import ImageInfo
 from ..network.policy import MAX_ALLOWLIST, NetworkMode, NetworkPolicy
 from ..service.files import FileInfo
 from ..service.images import PulledImage
+from ..service.names import NAME_PATTERN
 from ..service.snapshots import MAX_FORKS
 from ..service.spec import OnTimeout, SandboxSpec
+from ..service.users import USER_PATTERN
 from ..service.volumes import MAX_MOUNTS, SIZE_RANGE_MIB
 from ..state.records import EndReason, SandboxRecord, SandboxStatus, SnapshotRecord
 from .limits import DISK_RANGE, MAX_PORTS, MEMORY_RANGE, MIN_CPU, TIMEOUT_RANGE, cpu_limit
@@ -55,6 +57,7 @@ __all__ = [
     "RegistryLogin",
     "SandboxList",
     "SandboxOut",
+    "SandboxPatch",
     "SnapshotIn",
     "SnapshotList",
     "SnapshotOut",
@@ -77,6 +80,8 @@ _AbsPath = Annotated[str, Field(json_schema_extra=documented(pattern=ABS_PATH))]
 _Cidr = Annotated[str, Field(json_schema_extra=documented(pattern=CIDR))]
 _Domain = Annotated[str, Field(json_schema_extra=documented(pattern=DOMAIN_PATTERN, maxLength=255))]
 _Argument = Annotated[str, Field(json_schema_extra=documented(pattern=r"^[^\x00]*$"))]
+_SandboxName = Annotated[str, Field(json_schema_extra=documented(pattern=NAME_PATTERN))]
+_User = Annotated[str, Field(json_schema_extra=documented(pattern=USER_PATTERN))]
 _VolumeRef = Annotated[str, Field(json_schema_extra=documented(pattern=VOLUME_REF))]
 _Timeout = Annotated[
     float, Field(json_schema_extra=documented(minimum=TIMEOUT_RANGE[0], maximum=TIMEOUT_RANGE[1]))
@@ -197,6 +202,27 @@ class CreateSandbox(_Strict):
             "its processes carry on where they were.",
         )
     )
+    # service/names.py and service/users.py check these, naming what is allowed.
+    name: _SandboxName | None = Field(
+        None,
+        description="Unique among the tenant's starting, running and paused sandboxes (409 "
+        "if taken); `GET /v1/sandboxes/by-name/{name}` finds it.",
+    )
+    user: _User | None = Field(
+        None,
+        description="Who its commands run as: a user of the image's own /etc/passwd or "
+        "`uid[:gid]` (default: the image's USER).",
+    )
+    readiness: int | str | list[_Argument] | None = Field(
+        None,
+        description="Return only once this passes inside the sandbox: a TCP port listening, "
+        "an `http://` URL answering 2xx/3xx, or a command exiting 0. Past "
+        "`readiness_timeout` the sandbox is terminated and the create fails with the "
+        "check's last output.",
+    )
+    readiness_timeout: float | None = Field(
+        None, description="Seconds the readiness check may take (default 60)."
+    )
 
 
 class NetworkOut(BaseModel):
@@ -278,6 +304,8 @@ class SandboxOut(BaseModel):
     auto_resume: bool = SandboxSpec.auto_resume
     paused_at: str | None = None
     snapshot: str | None = Field(None, description="The snapshot it was restored from.")
+    name: str | None = None
+    user: str | None = Field(None, description="Who its commands run as (unset: root).")
 
     @classmethod
     def of(cls, r: SandboxRecord, tunnel_domain: str = "") -> SandboxOut:
@@ -308,11 +336,19 @@ class SandboxOut(BaseModel):
             auto_resume=r.auto_resume,
             paused_at=_iso(r.paused_at if r.status == SandboxStatus.PAUSED else None),
             snapshot=r.snapshot,
+            name=r.name,
+            user=r.user,
         )
 
 
 class SandboxList(BaseModel):
     sandboxes: list[SandboxOut]
+
+
+class SandboxPatch(_Strict):
+    tags: dict[str, str] | None = Field(
+        None, description="The sandbox's tags from now on (they replace its tags)."
+    )
 
 
 # api/execs.py checks these: a command to run (its name not empty), no NUL anywhere.
@@ -342,6 +378,9 @@ class ExecRequest(_Strict):
     stdin_b64: Annotated[str, Field(json_schema_extra=documented(pattern=_BASE64))] | None = Field(
         None, description="Like `stdin`, base64-encoded bytes."
     )
+    user: _User | None = Field(
+        None, description="Run as this user of the image or `uid[:gid]` (default: the sandbox's)."
+    )
 
 
 class WsExecRequest(_Strict):
@@ -352,6 +391,7 @@ class WsExecRequest(_Strict):
     pty: bool = False
     cols: int = Field(80, ge=1, le=1000)
     rows: int = Field(24, ge=1, le=1000)
+    user: str | None = None
 
 
 class FileInfoOut(BaseModel):

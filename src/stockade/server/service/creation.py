@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..state.records import SandboxRecord
 from .code.service import CodeService
+from .names import Names
 from .pools import PoolManager
 from .quotas import Quotas
 from .sandboxes import CreateRequest, SandboxService
@@ -36,20 +37,28 @@ class Creator:
         self.snapshots = snapshots
         self.code = code
         self.quotas = quotas or Quotas()
+        self.names = Names(lambda: sandboxes.store)
 
     async def create(self, req: CreateRequest, *, snapshot: str | None = None) -> SandboxRecord:
         """A new sandbox for ``req`` (checked and resolved by the caller), or restored from
         ``snapshot`` with ``req``'s settings."""
-        if snapshot is not None:
-            return await self._restore(req, snapshot)
-        admit = self.quotas.admit(req.tenant, cpu=req.cpu, memory=req.memory, timeout=req.timeout)
-        async with admit as admitted:
-            req = admitted.request(req)
-            with stage("pool"):
-                record = await self.pools.take(req, picked=admitted.claim)
-            if record is None:
-                await self.pools.make_room(req.memory)
-                record = await self.sandboxes.create(req)
+        # A named create holds its name until its record is stored (names.py).
+        async with self.names.claim(req.tenant, req.name):
+            if snapshot is not None:
+                return await self._restore(req, snapshot)
+            admit = self.quotas.admit(
+                req.tenant, cpu=req.cpu, memory=req.memory, timeout=req.timeout
+            )
+            async with admit as admitted:
+                req = admitted.request(req)
+                with stage("pool"):
+                    record = await self.pools.take(req, picked=admitted.claim)
+                if record is not None and req.user is not None:
+                    # A pooled sandbox started as root: the caller's user applies now.
+                    record = await self.sandboxes.take_user(record, req.user)
+                elif record is None:
+                    await self.pools.make_room(req.memory)
+                    record = await self.sandboxes.create(req)
         self.code.prewarm(record.id, record.image, record.tenant)
         return record
 

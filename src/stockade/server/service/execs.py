@@ -36,6 +36,7 @@ from ..agent.protocol import MAX_PAYLOAD, Frame, FrameType
 from ..runtime.agent_link import AGENT_REPLY_TIMEOUT, AgentLost, AgentSilent, Channel
 from ..state.records import SandboxStatus
 from .sandboxes import SandboxService, describe_end
+from .users import check_user
 
 __all__ = ["ExecService", "ExecSession", "ExitInfo", "OutputChunk"]
 
@@ -297,8 +298,11 @@ class ExecService:
         timeout: float | None = None,
         pty_size: tuple[int, int] | None = None,
         activity: bool = True,
+        user: str | None = None,
     ) -> ExecSession:
-        """Start a command; ``pty_size=(cols, rows)`` gives it a terminal.
+        """Start a command; ``pty_size=(cols, rows)`` gives it a terminal; ``user`` (a
+        name in the image's /etc/passwd or ``uid[:gid]``) runs it as that user instead of
+        the sandbox's.
 
         ``activity=False``: the server's own long-lived helpers (a code kernel, its
         relays) must not keep the sandbox from reaching its ``idle_timeout``.
@@ -306,6 +310,9 @@ class ExecService:
         if not argv:
             raise InvalidArgumentError("argv must name a command, e.g. ['echo', 'hi']")
         record = await self.sandboxes.ready_for_use(sandbox_id)
+        ids = (record.uid, record.gid) if record.uid is not None else None
+        if user is not None:  # resolved before anything starts: an unknown one is a 422
+            ids = await self.sandboxes.user_ids(sandbox_id, check_user(user))
         extra = dict(env or {})
         if pty_size is not None:
             extra = {"TERM": "xterm-256color", **extra}
@@ -317,7 +324,7 @@ class ExecService:
             activity=activity,
         )  # fmt: skip
         session.argv, session.workdir = list(argv), workdir or record.workdir or "/"
-        session.user, session.tenant = record.user or "root", record.tenant
+        session.user, session.tenant = user or record.user or "root", record.tenant
         await session.start(
             {
                 "argv": session.argv,
@@ -326,8 +333,8 @@ class ExecService:
                 "pty": pty_size is not None,
                 "cols": cols,
                 "rows": rows,
-                # The image's USER; absent: root.
-                **({"uid": record.uid, "gid": record.gid} if record.uid is not None else {}),
+                # The call's user, else the sandbox's (the image's USER); absent: root.
+                **({"uid": ids[0], "gid": ids[1]} if ids is not None else {}),
             }
         )
         return session

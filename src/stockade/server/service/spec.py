@@ -64,6 +64,11 @@ class CreateRequest:
     # The new sandbox's ID when chosen ahead (the quotas count a create by it); None: a
     # new one. A request with an ID makes one sandbox only.
     sandbox_id: str | None = None
+    # Its name (service/names.py checks it), unique among the tenant's live sandboxes.
+    name: str | None = None
+    # Who its commands run as (a name in the image's /etc/passwd, or ``uid[:gid]``);
+    # None: the image's USER.
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,4 +114,5 @@ def new_record(
         on_timeout=req.on_timeout,
         auto_resume=req.auto_resume,
         tenant=req.tenant,
+        name=req.name,
     )

@@ -3,9 +3,26 @@ in the image's own /etc/passwd and /etc/group, as Docker and runc do."""
 
 from __future__ import annotations
 
+import re
+
 from ...errors import InvalidArgumentError
 
-__all__ = ["resolve_user"]
+__all__ = ["USER_PATTERN", "check_user", "resolve_user"]
+
+# A user as callers give it: a name or uid, optionally ``:group`` or ``:gid``.
+USER_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}(:[A-Za-z0-9._][A-Za-z0-9._-]{0,31})?$"
+_USER = re.compile(USER_PATTERN)
+_MAX_LISTED = 30  # users named in an error (an image may have many)
+
+
+def check_user(spec: str) -> str:
+    """``spec`` if it has the shape of ``user[:group]``, else InvalidArgumentError."""
+    if not _USER.fullmatch(spec):
+        raise InvalidArgumentError(
+            f"user {spec[:80]!r} must be a user name or uid, optionally with :group or :gid "
+            "(e.g. 'app', '1000', '1000:1000')"
+        )
+    return spec
 
 
 def _table(text: str) -> list[list[str]]:
@@ -25,8 +42,11 @@ def resolve_user(spec: str, passwd: str, group: str) -> tuple[int, int]:
     else:
         entry = next((u for u in users if len(u) > 3 and u[0] == user), None)
         if entry is None or not entry[2].isdigit() or not entry[3].isdigit():
+            names = [u[0] for u in users if u and u[0]][:_MAX_LISTED]
+            listed = ", ".join(names) + (", …" if len(users) > _MAX_LISTED else "")
             raise InvalidArgumentError(
-                f"the image's user {user!r} is not in its /etc/passwd; use a uid instead"
+                f"the image's user {user!r} is not in its /etc/passwd (its users: "
+                f"{listed or 'none'}); use one of those or a uid[:gid]"
             )
         uid, gid = int(entry[2]), int(entry[3])
     if grp:

@@ -155,6 +155,9 @@ class SandboxRecord(_Record):
     contexts: list[dict[str, Any]] = field(default_factory=list)
     # The tenant it belongs to (records from before tenants: the default one).
     tenant: str = "default"
+    # Its caller-chosen name, unique among its tenant's live and paused sandboxes
+    # (service/names.py); None: unnamed.
+    name: str | None = None
 
     @property
     def alive(self) -> bool:

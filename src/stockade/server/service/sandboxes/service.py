@@ -207,6 +207,15 @@ class SandboxService:
             records = [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
         return records
 
+    async def set_tags(self, sandbox_id: str, tags: Mapping[str, str]) -> SandboxRecord:
+        """Replace a sandbox's tags with ``tags`` (as Modal's set_tags does)."""
+        await self.get(sandbox_id)  # NotFoundError for a missing or pooled one
+        async with self.live[sandbox_id].lock:
+            record = await self.get(sandbox_id)
+            record.tags = dict(tags)
+            await self.store.put_sandbox(record)
+        return record
+
     # ----------------------------------------------------------------------- create
 
     async def create(self, req: CreateRequest) -> SandboxRecord:
@@ -232,7 +241,7 @@ class SandboxService:
             # first exec pays no handshake (the agent would have to come up either way).
             with stage("channel"), contextlib.suppress(AgentLost):
                 await self.link(record.id)
-        return await self._take_user(record, image.user)
+        return await self._take_user(record, req.user or image.user)
 
     async def create_over(
         self,
@@ -298,7 +307,7 @@ class SandboxService:
             await self.launcher.apply_policy(record, req.policy, strict=False)
             fresh = new_record(req, image=record.image, env=dict(req.env))
             record.ports, record.access_token = fresh.ports, fresh.access_token
-            record.env, record.tags = fresh.env, fresh.tags
+            record.env, record.tags, record.name = fresh.env, fresh.tags, fresh.name
             record.workdir, record.timeout = req.workdir, req.timeout
             record.idle_timeout, record.on_timeout = req.idle_timeout, req.on_timeout
             record.auto_resume = req.auto_resume
@@ -377,18 +386,30 @@ class SandboxService:
         self.lifetimes.changed()
         return record
 
+    async def user_ids(self, sandbox_id: str, user: str) -> tuple[int, int]:
+        """``(uid, gid)`` of ``user`` (a name, ``uid``, with ``:group`` or ``:gid``) in a
+        running sandbox, looked up in the image's own /etc/passwd and /etc/group (read
+        inside the sandbox, so a symlink in the image cannot point the lookup at the
+        host's files). The one resolver of the image's USER, ``user=`` on create, and a
+        call's ``user=`` (callers check a caller's with users.check_user first)."""
+        if user in ("root", "0", "0:0"):
+            return 0, 0
+        passwd = await self.launcher.agent_read(sandbox_id, "/etc/passwd")
+        group = await self.launcher.agent_read(sandbox_id, "/etc/group") if ":" in user else ""
+        return resolve_user(user, passwd, group)
+
+    async def take_user(self, record: SandboxRecord, user: str | None) -> SandboxRecord:
+        """Run the sandbox's commands as ``user`` from now on (create's ``user=``, the
+        image's USER); a bad one ends the sandbox and raises why."""
+        return await self._take_user(record, user)
+
     async def _take_user(self, record: SandboxRecord, user: str | None) -> SandboxRecord:
-        """Run the sandbox's commands as the image's USER, looked up in the image's own
-        /etc/passwd and /etc/group (read inside the sandbox, so a symlink in the image
-        cannot point the lookup at the host's files)."""
-        if not user or user in ("root", "0", "0:0") or record.status != SandboxStatus.RUNNING:
+        if not user or record.status != SandboxStatus.RUNNING:
             return record
         try:
-            passwd = await self.launcher.agent_read(record.id, "/etc/passwd")
-            group = await self.launcher.agent_read(record.id, "/etc/group")
-            uid, gid = resolve_user(user, passwd, group)
+            uid, gid = await self.user_ids(record.id, user)
         except Exception:
-            bad = f"bad image user {user!r}"
+            bad = f"bad user {user!r}"
             await self.terminate(record.id, reason=EndReason.ERROR, message=bad)
             raise
         async with self.live[record.id].lock:
