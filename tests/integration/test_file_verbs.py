@@ -5,6 +5,11 @@ can make the kernel's limits bite quickly."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +328,39 @@ def test_agent_watch_protocol_errors(host_agent: HostAgent, workdir: Path) -> No
     assert chmod.type == FrameType.ERROR and "0..4095" in chmod.json()["message"]
     rename = host_agent.file_op(FrameType.FILE_RENAME, path=str(workdir))
     assert rename.type == FrameType.ERROR and "dest" in rename.json()["message"]
+
+
+@pytest.mark.runsc
+def test_cli_mv_chmod_url_and_watch(sb: Sandbox) -> None:
+    from .test_cli import STOCKADE, cli
+
+    sb.files.write("/tmp/clif/a", "cli")
+    assert cli("mv", sb.id, "/tmp/clif/a", "/tmp/clif/b").returncode == 0
+    assert sb.files.read_text("/tmp/clif/b") == "cli"
+    assert cli("chmod", sb.id, "640", "/tmp/clif/b").returncode == 0
+    assert sb.files.stat("/tmp/clif/b").mode & 0o7777 == 0o640
+    bad = cli("chmod", sb.id, "9x", "/tmp/clif/b")
+    assert bad.returncode != 0 and "octal" in bad.stderr
+    url = cli("url", sb.id, "/tmp/clif/b").stdout.strip()
+    assert httpx.get(url, timeout=30).content == b"cli"
+
+    with subprocess.Popen(
+        [str(STOCKADE), "watch", sb.id, "/tmp/clif", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    ) as watcher:  # fmt: skip
+        assert watcher.stdout is not None and watcher.stderr is not None
+        try:
+            # The watch is in place once the CLI has its answer; retouch until it reports.
+            deadline = time.monotonic() + WATCH_DEADLINE_S
+            event: dict[str, object] = {}
+            while event.get("path") != "/tmp/clif/c":
+                assert time.monotonic() < deadline, "stockade watch printed no event"
+                sb.run("echo x > /tmp/clif/c", check=True)
+                ready, _, _ = select.select([watcher.stdout], [], [], 1.0)
+                if ready:
+                    event = json.loads(watcher.stdout.readline())
+            assert event["type"] in ("create", "modify")
+        finally:
+            watcher.send_signal(signal.SIGINT)
+            watcher.wait(10)
+        assert watcher.returncode == 0, watcher.stderr.read()
