@@ -110,6 +110,9 @@ def test_a_key_works_as_the_token_does_within_its_role(
         assert all("key" not in k for k in listed)  # the key itself is shown once only
         with pytest.raises(ForbiddenError, match="admin token"):
             admin.request("POST", "/v1/tenants", json={"name": unique("tn")})
+        # The warm pools are the operator's: not even shown to a tenant's admin.
+        with pytest.raises(ForbiddenError, match="admin token"):
+            admin.request("GET", "/v1/pools")
         with pytest.raises(ForbiddenError, match="admin token"):
             admin.request("POST", "/v1/keys", json={"tenant": tenants[1].name})
 

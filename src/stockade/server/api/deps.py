@@ -75,8 +75,10 @@ def check_token(conn: HTTPConnection, needed: str = "readonly") -> Principal:
 
 
 # Warm pools and the layer store are the server's, shared by every tenant: a key may use
-# them, only the operator may change them.
+# them (a create may be handed a pooled sandbox), only the operator may change them, and
+# pools are not even shown to keys (their sizes and fill say how busy other tenants are).
 _OPERATORS_ONLY = ("/v1/pools", "/v1/images/gc")
+_OPERATORS_SEE = ("/v1/pools",)
 
 
 async def require_token(conn: HTTPConnection) -> None:
@@ -86,6 +88,8 @@ async def require_token(conn: HTTPConnection) -> None:
     method = conn.scope.get("method", "")
     needed = "readonly" if method in ("GET", "HEAD") else "user"
     if needed == "user" and conn.url.path.startswith(_OPERATORS_ONLY):
+        needed = "operator"
+    if conn.url.path.startswith(_OPERATORS_SEE):
         needed = "operator"
     await check_owner(conn, check_token(conn, needed))
 
