@@ -18,7 +18,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
-from stockade import AsyncSandbox, FileEvent, InvalidArgumentError, NotFoundError, Sandbox
+from stockade import (
+    AsyncSandbox,
+    FileEvent,
+    InvalidArgumentError,
+    NotFoundError,
+    Sandbox,
+    StockadeConnectionError,
+    StockadeError,
+)
 from stockade.server.agent.protocol import Frame, FrameType, encode, encode_window
 
 from . import test_agent_host as host_tests
@@ -364,3 +372,20 @@ def test_cli_mv_chmod_url_and_watch(sb: Sandbox) -> None:
             watcher.send_signal(signal.SIGINT)
             watcher.wait(10)
         assert watcher.returncode == 0, watcher.stderr.read()
+
+
+@pytest.mark.runsc
+async def test_a_watch_whose_sandbox_ends_raises_instead_of_hanging(server: LiveServer) -> None:
+    asb = await AsyncSandbox.create(image="debian", timeout=120)
+    try:
+        async with asyncio.timeout(WATCH_DEADLINE_S):
+            async with asb.files.watch("/tmp") as events:
+                await asb.terminate()
+                with pytest.raises(StockadeError) as info:
+                    async for event in events:
+                        assert event.type in ("create", "modify", "delete", "rename")
+        # The server's own error event, not a connection cut midway.
+        assert not isinstance(info.value, StockadeConnectionError), info.value
+        assert asb.id in str(info.value)
+    finally:
+        await asb.terminate()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from stockade import _base
+from stockade import _base, _protocol
 from stockade._sync.client import Client
 from stockade.errors import NotFoundError, ServerError
 from stockade.models import FileChanges, FileEvent, FileInfo
@@ -265,8 +265,8 @@ class Files:
 
         The watch is in place once the ``with`` block is entered (a missing path raises
         :class:`NotFoundError` there), so changes made inside the block are seen; leaving
-        it stops the watch in the sandbox. Iteration waits for the next event; it ends only
-        if the sandbox does.
+        it stops the watch in the sandbox. Iteration waits for the next event; if the
+        sandbox ends meanwhile it raises (e.g. :class:`SandboxTerminatedError`).
 
         Example::
 
@@ -321,4 +321,6 @@ class Files:
 
 def _file_events(events: Iterator[Mapping[str, Any]]) -> Iterator[FileEvent]:
     for event in events:
+        if event.get("type") == "error":  # the watch could not go on: its sandbox ended
+            raise _protocol.error_from_event(event.get("error"))
         yield _base.parse(FileEvent.from_json, event, "file event")

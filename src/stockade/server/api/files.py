@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field, StrictInt
 
+from ...errors import StockadeError
 from ..service.changes import sandbox_changes
 from ..service.files import WatchEvent
 from ..service.owners import give_to, owner_for
@@ -211,6 +212,11 @@ async def watch_path(
                 try:
                     event = pending.result()
                 except StopAsyncIteration:
+                    return
+                except StockadeError as err:
+                    # Headers are gone already (the sandbox ended, its agent went away):
+                    # the error travels as the stream's last event, as exec's does.
+                    yield ndjson.line({"type": "error", **err.to_body()})
                     return
                 finally:
                     pending = None
