@@ -179,9 +179,11 @@ def test_mcp_without_a_credential_is_refused(server: LiveServer) -> None:
 async def test_a_tenant_key_cannot_reach_another_tenants_sandbox(server: LiveServer) -> None:
     keys = []
     with api(server, server.token) as admin:
-        for _ in range(2):
+        # The second tenant may hold 512 MiB, less than a session's sandbox asks for.
+        for quotas in ({}, {"max_memory": 512}):
             name = "mcp-" + secrets.token_hex(4)
-            assert admin.post("/v1/tenants", json={"name": name}).status_code == 201
+            made = admin.post("/v1/tenants", json={"name": name, **quotas})
+            assert made.status_code == 201, made.text
             made = admin.post("/v1/keys", json={"tenant": name, "role": "user", "name": "u"})
             keys.append(made.json()["key"])
     theirs = await AsyncSandbox.create(image="debian", timeout=300, url=server.url, token=keys[0])
@@ -209,6 +211,10 @@ async def test_a_tenant_key_cannot_reach_another_tenants_sandbox(server: LiveSer
             ):
                 refused = await session.call_tool(tool, {**args, "sandbox_id": theirs.id})
                 assert refused.isError and f"{theirs.id} does not exist" in text_of(refused), tool
+            # A quota refusal is a tool error naming the quota; the session carries on.
+            over = await session.call_tool("run_command", {"command": "true"})
+            assert over.isError and "max_memory" in text_of(over), text_of(over)
+            assert len((await session.list_tools()).tools) == len(TOOLS)
         assert (await theirs.info()).status == "running"
     finally:
         await theirs.terminate()
