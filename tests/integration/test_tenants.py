@@ -117,6 +117,10 @@ def test_a_key_works_as_the_token_does_within_its_role(
             admin.request("POST", "/v1/keys", json={"tenant": tenants[1].name})
 
 
+# Routes authorised by a signed URL (files.upload_url / download_url) instead of a key.
+_SIGNED = "/v1/signed/"
+
+
 def _routes(server: LiveServer) -> list[tuple[str, str]]:
     spec = httpx.get(f"{server.url}/openapi.json", headers=server.headers).json()
     found = []
@@ -146,6 +150,13 @@ def test_another_tenants_objects_answer_as_missing_on_every_route(
                 r"{(\w+)(?::\w+)?}", lambda m: fake.get(m.group(1), "8080"), template
             )
             got = http.request(method, path, params={"path": "/tmp/secret.txt"}, json={})
+            if template.startswith(_SIGNED):
+                # Its credential is a URL's signature, not a key: refused the same, word for
+                # word, whether the sandbox is another tenant's or no one's.
+                none = http.request(method, missing, params={"path": "/tmp/secret.txt"})
+                assert got.status_code == none.status_code == 403, (method, template, got.text)
+                assert got.json() == none.json(), (method, template)
+                continue
             assert got.status_code == 404, (method, template, got.status_code, got.text)
             assert got.json()["error"]["code"] == "not_found", (method, template)
             # Word for word what an ID that exists nowhere gets: nothing tells them apart.
