@@ -44,7 +44,7 @@ typedef struct chan {
     /* K_WATCH (watch.c): fd is the inotify descriptor, inq/inq_off its raw events not
      * sent yet, names[i] the directory of watch wds[i] (nnames of them, room for idx) */
     int *wds;
-    int recursive, limited;
+    int recursive, limited, overflowed;
 } chan;
 
 extern chan **chans;

@@ -414,7 +414,7 @@ static int do_work(void)
                 list_step(c);
             blocked |= !c->dead;
         } else if (c->kind == K_WATCH) {
-            /* Raw events wait for window; the inotify fd is not read meanwhile. */
+            /* Raw events wait in the channel's buffer until the window allows. */
             while (watch_pending(c) && c->window >= WATCH_NEED && oq_bytes < OUTQ_HIGH)
                 watch_step(c);
             blocked |= watch_pending(c) && c->window >= WATCH_NEED;
@@ -527,8 +527,8 @@ int main(int argc, char **argv)
                 }
             } else if (c->kind == K_READ && c->window && produce) {
                 add_poll(&k, c->fd, POLLIN, c, W_FILE);
-            } else if (c->kind == K_WATCH && !watch_pending(c) && c->window >= WATCH_NEED &&
-                       produce) {
+            } else if (c->kind == K_WATCH) {
+                /* Always drained: pump_watch keeps or drops, within WATCH_QUEUE. */
                 add_poll(&k, c->fd, POLLIN, c, W_FILE);
             }
         }

@@ -199,7 +199,14 @@ static void forget_wd(chan *c, int wd)
 
 int watch_pending(const chan *c)
 {
-    return c->kind == K_WATCH && !c->dead && c->inq.len > c->inq_off;
+    return c->kind == K_WATCH && !c->dead && (c->inq.len > c->inq_off || c->overflowed);
+}
+
+static void overflow_event(sb *out)
+{
+    event_head(out, "overflow");
+    sb_str(out, ",\"message\":\"events were lost: the sandbox made them faster than they "
+                "were read\"}");
 }
 
 /* One DATA frame from the raw events read so far (c->inq from c->inq_off). */
@@ -217,9 +224,7 @@ void watch_step(chan *c)
         if (!ev.len)
             name = "";
         if (ev.mask & IN_Q_OVERFLOW) {
-            event_head(&out, "overflow");
-            sb_str(&out, ",\"message\":\"events were lost: the sandbox made them faster "
-                         "than they were read\"}");
+            overflow_event(&out);
             continue;
         }
         if (ev.mask & IN_IGNORED) {
@@ -262,6 +267,10 @@ void watch_step(chan *c)
     if (c->inq.len - c->inq_off < hsz) { /* all taken: the buffer starts over */
         c->inq.len = 0;
         c->inq_off = 0;
+        if (c->overflowed) { /* after the events kept, in order */
+            c->overflowed = 0;
+            overflow_event(&out);
+        }
     }
     sb_str(&out, "]}");
     if (out.oom) {
@@ -277,25 +286,34 @@ void watch_step(chan *c)
     emit_sb(T_DATA, c->id, &out);
 }
 
-/* The inotify descriptor is readable: take what it holds (only when nothing waits). */
+/* The inotify descriptor is readable: move its events into the channel's buffer, or
+ * past WATCH_QUEUE drop them (and say so after the ones kept); then send what the window
+ * allows. The buffer grows only as far as events actually wait. */
 void pump_watch(chan *c)
 {
-    if (c->inq.len > c->inq_off)
-        return;
-    c->inq.len = c->inq_off = 0;
-    sb_reserve(&c->inq, 64 * 1024);
-    if (c->inq.oom) {
-        chan_fail(c, ENOMEM, "cannot watch");
-        return;
-    }
+    static char buf[64 * 1024]; /* inotify reads whole events, each under NAME_MAX + 17 */
     ssize_t n;
     do
-        n = read(c->fd, c->inq.p, c->inq.cap);
+        n = read(c->fd, buf, sizeof buf);
     while (n < 0 && errno == EINTR);
-    if (n > 0)
-        c->inq.len = (size_t)n;
-    else if (n < 0 && errno != EAGAIN)
+    if (n < 0 && errno != EAGAIN) {
         chan_fail(c, errno, "cannot watch");
+        return;
+    }
+    if (n > 0 && c->inq_off) { /* keep the unsent part at the buffer's start */
+        memmove(c->inq.p, c->inq.p + c->inq_off, c->inq.len - c->inq_off);
+        c->inq.len -= c->inq_off;
+        c->inq_off = 0;
+    }
+    if (n > 0 && c->inq.len + (size_t)n > WATCH_QUEUE) {
+        c->overflowed = 1;
+    } else if (n > 0) {
+        sb_put(&c->inq, buf, (size_t)n);
+        if (c->inq.oom) {
+            chan_fail(c, ENOMEM, "cannot watch");
+            return;
+        }
+    }
     while (!c->dead && watch_pending(c) && c->window >= WATCH_NEED && oq_bytes < OUTQ_HIGH)
         watch_step(c);
 }

@@ -4,10 +4,11 @@
  * inotify, as DATA frames of {"events": [...]} under the channel's output window.
  *
  * Bounds: at most WATCH_MAX inotify watches per channel (past it a "limit" event says
- * that deeper directories are not watched); raw events wait in the channel's buffer only
- * while the window is short, and the agent reads no more of them meanwhile, so the
- * kernel's own queue fills and reports an "overflow" event instead of the agent growing.
- * Closing the channel closes the inotify descriptor and with it every watch.
+ * that deeper directories are not watched). The agent always drains the inotify
+ * descriptor (gVisor's inotify queue has no cap of its own, unlike Linux's
+ * max_queued_events): raw events wait in the channel's buffer, up to WATCH_QUEUE bytes,
+ * while the window is short; past that they are dropped and one "overflow" event follows
+ * the ones kept. Closing the channel closes the inotify descriptor and every watch.
  */
 #ifndef STOCKADE_WATCH_H
 #define STOCKADE_WATCH_H
@@ -21,6 +22,7 @@
 #define WATCH_FRAME (64u * 1024u) /* a DATA frame of events ends past this... */
 #define WATCH_NEED (192u * 1024u) /* ...so one is sent only with this much window */
 #define WATCH_DEPTH 64            /* directories deeper than this are not walked */
+#define WATCH_QUEUE (512u * 1024u) /* raw events kept while the window is short (~16k) */
 
 void do_file_watch(uint32_t ch, const jv *p, const jv *req);
 void pump_watch(chan *c);
