@@ -119,6 +119,7 @@ def test_bad_queries_are_clear_4xx(admin: httpx.Client) -> None:
     assert "ISO 8601" in bad.json()["error"]["message"]
     assert admin.get("/v1/audit", params={"limit": 0}).status_code == 422
     assert admin.get("/v1/audit", params={"after": -1}).status_code == 422
+    assert admin.get("/v1/audit", params={"after": 10**30}).status_code == 422
 
 
 def test_cli_prints_and_follows(server: LiveServer, admin: httpx.Client) -> None:
@@ -149,3 +150,24 @@ def test_cli_prints_and_follows(server: LiveServer, admin: httpx.Client) -> None
                     follower.kill()
         finally:
             sb.terminate()
+
+
+def test_an_entry_keeps_a_bounded_argv_and_names_readiness_commands(
+    server: LiveServer, admin: httpx.Client
+) -> None:
+    _, _, key = _tenant_key(admin)
+    with Client(server.url, key) as client:
+        sb = Sandbox.create(
+            image="debian", memory=128, timeout=120, readiness=["true"], client=client
+        )
+        try:
+            assert sb.run(["true", "x" * 100_000, "y" * 100_000]).exit_code == 0
+        finally:
+            sb.terminate()
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as mine:
+        entries = _entries(mine, sandbox=sb.id)
+    create = next(e for e in entries if e["path"] == "/v1/sandboxes")
+    assert create["argv"] == ["true"]  # the readiness command it ran
+    huge = next(e for e in entries if e["kind"] == "exec")
+    assert sum(len(a) for a in huge["argv"]) < 4200
+    assert huge["argv"][-1].endswith("more characters, 1 more args]")

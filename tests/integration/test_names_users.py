@@ -224,3 +224,14 @@ def test_a_pooled_sandbox_takes_the_name_and_the_user(server: LiveServer) -> Non
     finally:
         live.stop()
         force_cleanup(tmp, live.data_dir)
+
+
+def test_a_passwd_that_never_ends_is_a_clear_error_not_a_hang(server: LiveServer) -> None:
+    with Sandbox.create(image="debian", memory=128, timeout=120) as sb:
+        # The sandbox's own /etc/passwd, made a FIFO whose writer never writes.
+        sb.run("rm /etc/passwd && mkfifo /etc/passwd && (sleep 300 > /etc/passwd &)")
+        started = time.monotonic()
+        with pytest.raises(InvalidArgumentError, match="FIFO or a device"):
+            sb.run("id", user="nobody")
+        assert time.monotonic() - started < 30
+        assert sb.run("id -u").stdout == "0\n"  # the sandbox works on

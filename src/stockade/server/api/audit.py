@@ -28,6 +28,26 @@ router = APIRouter(tags=["audit"])
 Svc = Annotated[Services, Depends(services)]
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What of a caller's argv and path an entry keeps: enough to tell what ran, never a
+# megabyte a caller chose (each read of the log loads its entries).
+_MAX_ARGV_CHARS = 4096
+_MAX_PATH_CHARS = 1024
+
+
+def capped_argv(argv: list[str] | None) -> list[str] | None:
+    """``argv`` with at most _MAX_ARGV_CHARS characters in all; what is cut is named."""
+    if argv is None:
+        return None
+    out: list[str] = []
+    left = _MAX_ARGV_CHARS
+    for i, arg in enumerate(argv):
+        if len(arg) > left:
+            cut = sum(len(a) for a in argv[i:]) - left
+            out.append(arg[:left] + f"…[{cut} more characters, {len(argv) - i - 1} more args]")
+            break
+        out.append(arg)
+        left -= len(arg)
+    return out
 
 
 class AuditTrail:
@@ -78,7 +98,8 @@ class AuditTrail:
                     AuditRecord(
                         at=wall, tenant=who.tenant, kind="api", key_id=who.key_id,
                         request_id=state.get("request_id"), method=scope["method"],
-                        path=scope["path"], status=status,
+                        path=scope["path"][:_MAX_PATH_CHARS], status=status,
+                        argv=capped_argv(state.get("audit_argv")),
                         sandbox=sandbox or state.get("audit_sandbox"),
                         duration=time.perf_counter() - started, bytes_in=got,
                     )
@@ -104,7 +125,8 @@ def exec_entry(
     return AuditRecord(
         at=session.started_at, tenant=who.tenant, kind="exec", key_id=who.key_id,
         request_id=request_id, method=transport, sandbox=session.sandbox_id,
-        argv=session.argv, workdir=session.workdir, user=session.user, duration=duration,
+        argv=capped_argv(session.argv), workdir=session.workdir[:_MAX_PATH_CHARS],
+        user=session.user, duration=duration,
         exit_code=session.exit.exit_code if session.exit is not None else None,
         bytes_in=session.bytes_in, bytes_out=session.bytes_out,
     )  # fmt: skip
@@ -164,7 +186,9 @@ async def read_audit(
     tenant: Annotated[str | None, Query(max_length=63, description="Only this tenant's.")] = None,
     sandbox: SandboxIdQ = None,
     since: TimeQ = None,
-    after: Annotated[int, Query(ge=0, description="Only entries after this `seq`.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Only entries after this `seq`.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     scope = tenant_scope(caller, tenant)

@@ -52,6 +52,10 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 async def create_sandbox(
     body: CreateSandbox, svc: Svc, caller: Caller, response: Response, request: Request
 ) -> SandboxOut:
+    if isinstance(body.readiness, list):
+        # A readiness command runs in the sandbox like an exec: the create's audit entry
+        # names it.
+        request.state.audit_argv = list(body.readiness)
     # Server-Timing says where the create's time went (make bench prints the breakdown).
     with collect() as stages:
         out = await _create(body, svc, caller)

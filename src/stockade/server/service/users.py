@@ -25,6 +25,12 @@ def check_user(spec: str) -> str:
     return spec
 
 
+def _id(text: str) -> bool:
+    """Whether ``text`` is a uid or gid: ASCII digits, at most 10 (the file is the
+    sandbox's: ``²`` or a 5000-digit number must be a clear error, not a crash)."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
 def _table(text: str) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
@@ -35,13 +41,15 @@ def resolve_user(spec: str, passwd: str, group: str) -> tuple[int, int]:
     """
     user, _, grp = spec.partition(":")
     users = _table(passwd)
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
+        if len(user) > 10:
+            raise InvalidArgumentError(f"user {spec[:40]!r} is out of range")
         uid = int(user)
         entry = next((u for u in users if len(u) > 3 and u[2] == user), None)
-        gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+        gid = int(entry[3]) if entry is not None and _id(entry[3]) else 0
     else:
         entry = next((u for u in users if len(u) > 3 and u[0] == user), None)
-        if entry is None or not entry[2].isdigit() or not entry[3].isdigit():
+        if entry is None or not _id(entry[2]) or not _id(entry[3]):
             names = [u[0] for u in users if u and u[0]][:_MAX_LISTED]
             listed = ", ".join(names) + (", …" if len(users) > _MAX_LISTED else "")
             raise InvalidArgumentError(
@@ -50,11 +58,13 @@ def resolve_user(spec: str, passwd: str, group: str) -> tuple[int, int]:
             )
         uid, gid = int(entry[2]), int(entry[3])
     if grp:
-        if grp.isdigit():
+        if grp.isascii() and grp.isdigit():
+            if len(grp) > 10:
+                raise InvalidArgumentError(f"user {spec[:40]!r} is out of range")
             gid = int(grp)
         else:
             found = next((g for g in _table(group) if len(g) > 2 and g[0] == grp), None)
-            if found is None or not found[2].isdigit():
+            if found is None or not _id(found[2]):
                 raise InvalidArgumentError(
                     f"the image's group {grp!r} is not in its /etc/group; use a gid instead"
                 )

@@ -38,3 +38,27 @@ def test_names_what_is_missing(spec: str, needle: str) -> None:
 def test_out_of_range() -> None:
     with pytest.raises(InvalidArgumentError, match="out of range"):
         resolve_user("99999999999", PASSWD, GROUP)
+
+
+@pytest.mark.parametrize(
+    "passwd",
+    [
+        "app:x:\u00b2:1000::/home/app:/bin/sh\n",  # a digit int() does not take
+        "app:x:" + "9" * 5000 + ":1000::/home/app:/bin/sh\n",  # past int()'s digit limit
+        "app:x:99999999999:1000::/home/app:/bin/sh\n",  # past 32 bits
+        "app:x:-5:1000::/home/app:/bin/sh\n",
+    ],
+)
+def test_a_hostile_passwd_entry_is_an_unknown_user_not_a_crash(passwd: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="not in its /etc/passwd"):
+        resolve_user("app", passwd, "")
+
+
+def test_numeric_ids_are_bounded_ascii_digits() -> None:
+    assert resolve_user("2147483647", "", "") == (2147483647, 0)
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        resolve_user("9" * 5000, "", "")
+    with pytest.raises(InvalidArgumentError, match="not in its /etc/passwd"):
+        resolve_user("\u00b2", "", "")
+    with pytest.raises(InvalidArgumentError, match="not in its /etc/group"):
+        resolve_user("0:\u00b2", "", "")

@@ -297,18 +297,35 @@ class Launcher:
             live.fresh = False
             return new
 
-    async def agent_read(self, sandbox_id: str, path: str, limit: int = 1 << 20) -> str:
-        """A small text file of the sandbox, read through its agent ("" if missing)."""
+    async def agent_read(
+        self, sandbox_id: str, path: str, limit: int = 1 << 20, timeout: float = 10.0
+    ) -> str:
+        """A small text file of the sandbox, read through its agent ("" if missing).
+
+        The file is the sandbox's to make: a FIFO with a writer that never writes, or one
+        that trickles, must not hold the caller (a create, an exec with ``user=``) forever,
+        so the whole read has a deadline.
+        """
         link = await self.link(sandbox_id)
         ch = link.open()
         data = b""
-        try:
+
+        async def read() -> None:
+            nonlocal data
             await ch.send_json(FrameType.FILE_READ, {"path": path})
             frame = await ch.recv()
             while frame.type == FrameType.DATA and len(data) < limit:
                 data += frame.payload
                 ch.grant(len(frame.payload))
                 frame = await ch.recv()
+
+        try:
+            await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            raise InvalidArgumentError(
+                f"reading {path} in sandbox {sandbox_id} took longer than {timeout:g} s (is it "
+                "a FIFO or a device?); make it a regular file"
+            ) from None
         finally:
             ch.close()
         return data.decode(errors="replace")
