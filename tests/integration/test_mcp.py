@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from mcp.types import CallToolResult, ImageContent, TextContent
 from stockade import AsyncSandbox
 
 from ..waiting import wait_for
-from .conftest import LiveServer
+from .conftest import LiveServer, own_server
 
 pytestmark = pytest.mark.runsc
 
@@ -218,3 +218,73 @@ async def test_a_tenant_key_cannot_reach_another_tenants_sandbox(server: LiveSer
         assert (await theirs.info()).status == "running"
     finally:
         await theirs.terminate()
+
+
+PER_KEY = 3
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def small_mcp() -> Iterator[LiveServer]:
+    with pytest.MonkeyPatch.context() as env:
+        # Read by the server at start (api/mcp.py): the limit is reached in a test.
+        env.setenv("STOCKADE_MCP_SESSIONS_PER_KEY", str(PER_KEY))
+        with own_server("stockade-mcp-sessions-") as server:
+            yield server
+
+
+def test_a_credential_holds_at_most_its_sessions(small_mcp: LiveServer) -> None:
+    with api(small_mcp, small_mcp.token) as admin:
+        name = "mcp-" + secrets.token_hex(4)
+        assert admin.post("/v1/tenants", json={"name": name}).status_code == 201
+        made = admin.post("/v1/keys", json={"tenant": name, "role": "readonly", "name": "r"})
+        key = made.json()["key"]
+    accept = {"Accept": "application/json, text/event-stream"}
+    with (
+        httpx.Client(base_url=small_mcp.url, headers={**accept, "Authorization": f"Bearer {key}"},
+                     timeout=60) as mine,
+        httpx.Client(base_url=small_mcp.url, headers={**accept, **small_mcp.headers},
+                     timeout=60) as other,
+    ):  # fmt: skip
+        # Requests that open no session (not an initialize) hold no slot once answered.
+        for _ in range(PER_KEY + 1):
+            stray = mine.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert stray.status_code == 400, stray.text
+        sessions = []
+        for _ in range(PER_KEY):
+            opened = mine.post("/mcp", json=INITIALIZE)
+            assert opened.status_code == 200, opened.text
+            sessions.append(opened.headers["mcp-session-id"])
+
+        refused = mine.post("/mcp", json=INITIALIZE)
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "quota_exceeded"
+        assert f"{PER_KEY} open MCP sessions" in error["message"]
+        assert "DELETE" in error["message"] and "idle" in error["message"]
+
+        # Another credential has slots of its own.
+        theirs = other.post("/mcp", json=INITIALIZE)
+        assert theirs.status_code == 200, theirs.text
+        # Only the owner may close a session; a refused close frees nothing.
+        hijack = other.delete("/mcp", headers={"Mcp-Session-Id": sessions[0]})
+        assert hijack.status_code == 404, hijack.text
+        assert mine.post("/mcp", json=INITIALIZE).status_code == 429
+
+        closed = mine.delete("/mcp", headers={"Mcp-Session-Id": sessions[0]})
+        assert closed.status_code == 200, closed.text
+        reopened = mine.post("/mcp", json=INITIALIZE)
+        assert reopened.status_code == 200, reopened.text
+        assert mine.post("/mcp", json=INITIALIZE).status_code == 429
+        for session in [*sessions[1:], reopened.headers["mcp-session-id"]]:
+            assert mine.delete("/mcp", headers={"Mcp-Session-Id": session}).status_code == 200
+        other.delete("/mcp", headers={"Mcp-Session-Id": theirs.headers["mcp-session-id"]})

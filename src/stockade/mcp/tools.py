@@ -89,13 +89,17 @@ def build_server(
     *,
     defaults: SessionDefaults | None = None,
     http: bool = False,
+    on_session_end: Callable[[], None] | None = None,
 ) -> FastMCP[SessionSandboxes]:
     """The Stockade MCP server.
 
     ``connection_for`` says how each call reaches Stockade as its caller (default: from
     ``$STOCKADE_URL``/``$STOCKADE_TOKEN``). ``defaults`` describe each session's default
     sandbox. ``http=True`` configures it for mounting behind the Stockade server's own
-    authentication (see ``stockade.server.api.mcp``).
+    authentication (see ``stockade.server.api.mcp``). ``on_session_end`` is called once
+    each session has ended, however it ended (the client closed it, it idled out, the
+    server dropped it), in the session's own task: over HTTP that task was started by the
+    request that opened the session, so the hook sees that request's context variables.
     """
     session_defaults = defaults or SessionDefaults()
 
@@ -105,7 +109,11 @@ def build_server(
         try:
             yield sandboxes
         finally:
-            await sandboxes.aclose()
+            try:
+                await sandboxes.aclose()
+            finally:
+                if on_session_end is not None:
+                    on_session_end()
 
     server: FastMCP[SessionSandboxes] = FastMCP(
         name="stockade",
