@@ -696,6 +696,58 @@ def test_file_write_can_be_abandoned(agent: HostAgent, workdir: Path) -> None:
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
 
 
+def test_write_and_mkdir_act_as_the_user(binary: Path) -> None:
+    # With uid/gid the kernel checks the user's permissions, so a symlink planted at the
+    # path leads only where the user may write; what is made is the user's. (The host
+    # kernel here; tests/integration/test_file_owner.py checks gVisor's.)
+    assert os.geteuid() == 0, "acting as a user needs root: run the suite with `make test`"
+    d = Path(tempfile.mkdtemp(prefix="stockade-agent-user-", dir="/tmp"))
+    log = d / "agent.log"
+    try:
+        d.chmod(0o1777)
+        secret = d / "secret"
+        secret.write_bytes(b"root's")
+        (d / "link").symlink_to(secret)
+        nobody = {"uid": 65534, "gid": 65534}
+        agent = HostAgent(binary, log)
+        try:
+            agent.hello()
+            denied = agent.write_file(f"{d}/link", b"evil", **nobody).json()
+            assert denied["errno"] == 13 and f"{d}/link" in denied["message"], denied
+            assert secret.read_bytes() == b"root's"
+
+            made = agent.write_file(f"{d}/new/sub/f", b"mine", uid=1234, gid=2345)
+            assert made.type == T.RESULT, made
+            for p in ("new", "new/sub", "new/sub/f"):
+                st = (d / p).stat()
+                assert (st.st_uid, st.st_gid) == (1234, 2345), p
+            assert (d / "new/sub/f").read_bytes() == b"mine"
+            # Another user may not add to them (no supplementary groups of root's either).
+            denied = agent.write_file(f"{d}/new/sub/g", b"x", **nobody).json()
+            assert denied["errno"] == 13, denied
+
+            made = agent.file_op(T.FILE_MKDIR, path=f"{d}/m/n", parents=True, **nobody)
+            assert made.type == T.RESULT, made
+            assert (d / "m/n").stat().st_uid == 65534 and (d / "m").stat().st_gid == 65534
+            assert agent.file_op(T.FILE_MKDIR, path=f"{d}/new/x", **nobody).json()["errno"] == 13
+
+            # Without uid/gid: root, as before.
+            assert agent.write_file(f"{d}/link", b"root").type == T.RESULT
+            assert secret.read_bytes() == b"root"
+
+            for bad in ({"uid": -1}, {"gid": 2**31}, {"uid": "0"}, {"uid": 1.5}):
+                err = agent.write_file(f"{d}/bad", b"", **bad).json()
+                assert err["errno"] == 22 and "uid" in err["message"], (bad, err)
+                err = agent.file_op(T.FILE_MKDIR, path=f"{d}/bad", **bad).json()
+                assert err["errno"] == 22, (bad, err)
+            assert not (d / "bad").exists()
+            agent.hello()  # still answering
+        finally:
+            agent.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------- process lifetime
 
 

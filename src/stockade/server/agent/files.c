@@ -4,11 +4,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <limits.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -157,14 +161,121 @@ void pump_file_read(chan *c)
     }
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* Acting as a user                                                                      */
+/* ------------------------------------------------------------------------------------ */
+
+/* The request's "uid" and "gid" (FILE_WRITE, FILE_MKDIR): who the operation acts as, so
+ * that the kernel checks that user's permissions (a symlink planted by the sandbox's own
+ * code leads only where the user may write) and what is made belongs to the user. Each is
+ * -1 when absent: the agent's own root. Sends ERROR if either is not in 0..2^31-1 (the
+ * kernel's -1, "unchanged", is excluded). */
+static int req_user(uint32_t ch, const jv *p, const jv *req, as_user *u)
+{
+    if (jint(req, "uid", 0, 2147483647L, -1, &u->uid) ||
+        jint(req, "gid", 0, 2147483647L, -1, &u->gid)) {
+        emit_bad(ch, "bad request: \"uid\" and \"gid\" must be integers in "
+                     "0..2147483647 for", p->s, p->n);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const as_user *u;
+    int (*op)(void *);
+    void *arg;
+} user_call;
+
+/* The helper runs on this stack while the agent waits (CLONE_VFORK): one is enough. */
+static char user_stack[64 * 1024] __attribute__((aligned(16)));
+
+/* In the helper: take on the user's credentials (group first, while still root; no
+ * supplementary groups, as an exec with a user gets), then run the operation. Real,
+ * effective and saved ids all change, so nothing of root's is left to act with. The exit
+ * status carries the operation's errno. */
+static int user_child(void *arg)
+{
+    const user_call *c = arg;
+    int e;
+    if (setgroups(0, NULL) < 0 ||
+        (c->u->gid >= 0 && setresgid((gid_t)c->u->gid, (gid_t)c->u->gid,
+                                     (gid_t)c->u->gid) < 0) ||
+        (c->u->uid >= 0 && setresuid((uid_t)c->u->uid, (uid_t)c->u->uid,
+                                     (uid_t)c->u->uid) < 0))
+        e = errno;
+    else
+        e = c->op(c->arg);
+    _exit(e > 0 && e < 256 ? e : e ? EIO : 0);
+}
+
+/* op(arg) acting as u: 0 or an errno. Without a user it runs in the agent, as root.
+ * With one it runs in a helper process, because a process's credentials are its own:
+ * setfsuid would leave root's supplementary groups in force, and the agent must stay
+ * root. The helper shares the agent's descriptor table (CLONE_FILES), so a file it opens
+ * is the agent's; and its memory (CLONE_VM, as exec's children do; not in sanitizer
+ * builds, where a plain copy works the same). */
+static int run_as(const as_user *u, int (*op)(void *), void *arg)
+{
+    if (u->uid < 0 && u->gid < 0)
+        return op(arg);
+    user_call c = {u, op, arg};
+    /* No handler of ours may run in the helper (it would share our memory). */
+    sigset_t all, saved;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &saved);
+    int flags = CLONE_FILES | CLONE_VFORK | SIGCHLD;
+#ifndef AGENT_USE_FORK
+    flags |= CLONE_VM;
+#endif
+    pid_t pid = clone(user_child, user_stack + sizeof user_stack, flags, &c);
+    int e = pid < 0 ? errno : 0;
+    sigprocmask(SIG_SETMASK, &saved, NULL);
+    if (e)
+        return e;
+    /* Reaped here, before the main loop's reaper can see it (which ignores it anyway). */
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return ECHILD;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : EIO;
+}
+
+static int make_parents_op(void *path) { return mkdir_parents(path); }
+
+typedef struct {
+    const char *path;
+    mode_t mode;
+    int fd; /* the agent's placeholder descriptor: the opened file replaces it */
+} open_req;
+
+/* Open for writing, then put the file on the placeholder's number: the helper's memory
+ * may be a copy, but its descriptor table is the agent's. */
+static int open_write_op(void *arg)
+{
+    open_req *o = arg;
+    /* The mode applies when the file is created (the agent's umask is 0), as with open(2).
+     * O_NONBLOCK: a FIFO planted at the path must not hang the agent. */
+    int fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                  o->mode);
+    if (fd < 0)
+        return errno;
+    int e = dup3(fd, o->fd, O_CLOEXEC) < 0 ? errno : 0;
+    close(fd);
+    return e;
+}
+
 void do_file_write(uint32_t ch, const jv *p, const jv *req)
 {
     long mode;
+    as_user u;
     if (jint(req, "mode", 0, 07777, 0644, &mode)) {
         emit_bad(ch, "bad request: \"mode\" must be an integer in 0..4095 for",
                    p->s, p->n);
         return;
     }
+    if (req_user(ch, p, req, &u))
+        return;
     if (all_slashes(p->s)) {
         emit_error(ch, EISDIR, "cannot write", p->s, p->n);
         return;
@@ -178,21 +289,22 @@ void do_file_write(uint32_t ch, const jv *p, const jv *req)
     int e = 0;
     if (slash != parent) { /* the parent of "/x" is "/", which exists */
         *slash = 0;
-        e = mkdir_parents(parent);
+        e = run_as(&u, make_parents_op, parent);
     }
     free(parent);
     if (e) {
         emit_error(ch, e, "cannot create the parent directories of", p->s, p->n);
         return;
     }
-    /* The mode applies when the file is created (the agent's umask is 0), as with open(2).
-     * O_NONBLOCK: a FIFO planted at the path must not hang the agent. */
-    int fd = open(p->s, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
-                  (mode_t)mode);
-    if (fd < 0) {
-        emit_error(ch, errno, "cannot open", p->s, p->n);
+    /* A descriptor of our own (a copy of fd 0) reserves the number the file will take. */
+    open_req o = {p->s, (mode_t)mode, fcntl(0, F_DUPFD_CLOEXEC, 3)};
+    e = o.fd < 0 ? errno : run_as(&u, open_write_op, &o);
+    if (e) {
+        close_fd(&o.fd);
+        emit_error(ch, e, "cannot open", p->s, p->n);
         return;
     }
+    int fd = o.fd;
     chan *c = new_chan(ch, K_WRITE);
     if (!c || !(c->path = strdup(p->s))) {
         close(fd);
@@ -340,28 +452,45 @@ void list_step(chan *c)
 
 void do_file_stat(uint32_t ch, const jv *p) { emit_info(ch, p->s, p->n); }
 
+typedef struct {
+    const char *path;
+    char *copy; /* a writable copy of path, for mkdir_parents */
+    int parents;
+} mkdir_req;
+
+static int mkdir_op(void *arg)
+{
+    const mkdir_req *m = arg;
+    struct stat st;
+    int e = 0;
+    if (stat(m->path, &st) == 0) {
+        e = S_ISDIR(st.st_mode) ? 0 : EEXIST;
+    } else if (errno != ENOENT) {
+        e = errno;
+    } else if (m->parents) {
+        e = mkdir_parents(m->copy);
+    } else if (mkdir(m->path, 0755) < 0) {
+        e = errno;
+        if (e == EEXIST) /* created meanwhile: fine if it is a directory */
+            e = stat(m->path, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : EEXIST;
+    }
+    return e;
+}
+
 void do_file_mkdir(uint32_t ch, const jv *p, const jv *req)
 {
     int parents;
+    as_user u;
     if (jbool(req, "parents", 0, &parents)) {
         emit_bad(ch, "bad request: \"parents\" must be a boolean for", p->s, p->n);
         return;
     }
-    struct stat st;
-    int e = 0;
-    if (stat(p->s, &st) == 0) {
-        e = S_ISDIR(st.st_mode) ? 0 : EEXIST;
-    } else if (errno != ENOENT) {
-        e = errno;
-    } else if (parents) {
-        char *copy = strdup(p->s);
-        e = copy ? mkdir_parents(copy) : ENOMEM;
-        free(copy);
-    } else if (mkdir(p->s, 0755) < 0) {
-        e = errno;
-        if (e == EEXIST) /* created meanwhile: fine if it is a directory */
-            e = stat(p->s, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : EEXIST;
-    }
+    if (req_user(ch, p, req, &u))
+        return;
+    /* Allocated here: the helper may share our memory but must not use the allocator. */
+    mkdir_req m = {p->s, strdup(p->s), parents};
+    int e = m.copy ? run_as(&u, mkdir_op, &m) : ENOMEM;
+    free(m.copy);
     if (e)
         emit_error(ch, e, e == EEXIST ? "exists and is not a directory:" : "cannot create",
                    p->s, p->n);

@@ -13,6 +13,11 @@
 
 const jv *req_path(uint32_t ch, const jv *req);
 
+/* Who a FILE_WRITE or FILE_MKDIR acts as; -1: the agent's own (root). */
+typedef struct {
+    long uid, gid;
+} as_user;
+
 void do_file_read(uint32_t ch, const jv *p);
 void pump_file_read(chan *c);
 void do_file_write(uint32_t ch, const jv *p, const jv *req);

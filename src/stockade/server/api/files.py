@@ -15,7 +15,7 @@ from pydantic import Field, StrictInt
 from ...errors import StockadeError
 from ..service.changes import sandbox_changes
 from ..service.files import WatchEvent
-from ..service.owners import give_to, owner_for
+from ..service.owners import owner_for
 from ..service.users import USER_PATTERN
 from . import ndjson
 from .deps import Services, services
@@ -66,8 +66,7 @@ async def write_file(
                 yield chunk
 
     owner = await owner_for(svc.execs, sandbox_id, user)
-    info = await svc.files.write(sandbox_id, path, body())
-    await give_to(svc.execs, sandbox_id, info.path, owner)
+    info = await svc.files.write(sandbox_id, path, body(), owner=owner)
     return FileInfoOut.of(info)
 
 
@@ -110,8 +109,7 @@ async def make_dir(
     sandbox_id: SandboxIdP, body: MkdirRequest, svc: Svc, user: UserQ = None
 ) -> FileInfoOut:
     owner = await owner_for(svc.execs, sandbox_id, user)
-    info = await svc.files.mkdir(sandbox_id, body.path, parents=body.parents)
-    await give_to(svc.execs, sandbox_id, info.path, owner)
+    info = await svc.files.mkdir(sandbox_id, body.path, parents=body.parents, owner=owner)
     return FileInfoOut.of(info)
 
 

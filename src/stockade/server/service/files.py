@@ -136,7 +136,14 @@ def _watch_event(item: object) -> WatchEvent | None:
     )
 
 
-def _error(frame: Frame, sandbox_id: str, disk: int) -> StockadeError:
+def _as_user(owner: tuple[int, int] | None) -> dict[str, int]:
+    """The request members that make the agent act as ``owner`` (uid, gid); none: root."""
+    return {} if owner is None else {"uid": owner[0], "gid": owner[1]}
+
+
+def _error(
+    frame: Frame, sandbox_id: str, disk: int, owner: tuple[int, int] | None = None
+) -> StockadeError:
     try:
         info = frame.json()
     except ValueError:
@@ -144,6 +151,12 @@ def _error(frame: Frame, sandbox_id: str, disk: int) -> StockadeError:
     code = int(info.get("errno", 0) or 0) if isinstance(info, dict) else 0
     text = str(info.get("message", "")) if isinstance(info, dict) else ""
     text = text or f"file operation failed: {errno.errorcode.get(code, code)}"
+    if owner is not None and code in (errno.EACCES, errno.EPERM):
+        # The agent acted as this user (the message names the path): say who was refused.
+        return InvalidArgumentError(
+            f"{text} (as user {owner[0]}:{owner[1]}, whose permissions apply; "
+            "pass user='root' to act as root)"
+        )
     if code == errno.ENOENT:
         return NotFoundError(f"{text} (in sandbox {sandbox_id})")
     if code == errno.EISDIR:
@@ -198,14 +211,20 @@ class FileService:
         if close:
             ch.close()
 
-    async def _call(self, sandbox_id: str, ftype: FrameType, request: dict[str, Any]) -> Any:
+    async def _call(
+        self,
+        sandbox_id: str,
+        ftype: FrameType,
+        request: dict[str, Any],
+        owner: tuple[int, int] | None = None,
+    ) -> Any:
         """One request, one answer."""
         ch, disk = await self._open(sandbox_id)
         async with self._talking(sandbox_id, ch):
             await ch.send_json(ftype, request)
             frame = await ch.reply()
         if frame.type == FrameType.ERROR:
-            raise _error(frame, sandbox_id, disk)
+            raise _error(frame, sandbox_id, disk, owner)
         return _json_object(frame)
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
@@ -251,9 +270,14 @@ class FileService:
             raise _error(frame, sandbox_id, disk)
         return Listing(sorted(entries, key=lambda i: i.name), truncated)
 
-    async def mkdir(self, sandbox_id: str, path: str, *, parents: bool) -> FileInfo:
-        request = {"path": check_path(path), "parents": parents}
-        return FileInfo.of(await self._call(sandbox_id, FrameType.FILE_MKDIR, request))
+    async def mkdir(
+        self, sandbox_id: str, path: str, *, parents: bool, owner: tuple[int, int] | None = None
+    ) -> FileInfo:
+        """Make ``path`` (with ``parents``, its missing parents too). With ``owner``
+        (uid, gid) the agent acts as that user: the user's permissions apply and what is
+        made is the user's."""
+        request = {"path": check_path(path), "parents": parents, **_as_user(owner)}
+        return FileInfo.of(await self._call(sandbox_id, FrameType.FILE_MKDIR, request, owner=owner))
 
     async def remove(self, sandbox_id: str, path: str, *, recursive: bool) -> None:
         path = check_path(path)
@@ -318,17 +342,28 @@ class FileService:
         finally:
             ch.close()
 
-    async def write(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> FileInfo:
-        """Stream ``chunks`` into the file; memory use stays at one chunk."""
+    async def write(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        owner: tuple[int, int] | None = None,
+    ) -> FileInfo:
+        """Stream ``chunks`` into the file; memory use stays at one chunk. With ``owner``
+        (uid, gid) the agent opens the file, and makes missing parents, as that user: the
+        kernel checks the user's permissions (a symlink planted at the path leads only
+        where the user may write) and a new file or directory is the user's."""
         path = check_path(path)
         if path == "/":
             raise InvalidArgumentError("cannot write to /: give a file path")
         ch, disk = await self._open(sandbox_id)
         async with self._talking(sandbox_id, ch):
-            await ch.send_json(FrameType.FILE_WRITE, {"path": path, "mode": 0o644})
+            request = {"path": path, "mode": 0o644, **_as_user(owner)}
+            await ch.send_json(FrameType.FILE_WRITE, request)
             ready = await ch.reply()
             if ready.type == FrameType.ERROR:
-                raise _error(ready, sandbox_id, disk)
+                raise _error(ready, sandbox_id, disk, owner)
             async for chunk in chunks:
                 for i in range(0, len(chunk), _CHUNK):
                     await ch.send(
