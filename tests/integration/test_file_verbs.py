@@ -19,7 +19,10 @@ import httpx
 import pytest
 
 from stockade import (
+    AsyncClient,
     AsyncSandbox,
+    AuthenticationError,
+    Client,
     FileEvent,
     InvalidArgumentError,
     NotFoundError,
@@ -27,11 +30,12 @@ from stockade import (
     StockadeConnectionError,
     StockadeError,
 )
+from stockade.errors import SandboxPausedError
 from stockade.server.agent.protocol import Frame, FrameType, encode, encode_window
 
 from . import test_agent_host as host_tests
 from .conftest import LiveServer
-from .helpers import random_file, sha256_file
+from .helpers import random_file, sha256_file, unique
 from .test_agent_host import HostAgent
 
 # The agent's host-test fixtures: its binary (built once per module) and a scratch dir.
@@ -256,6 +260,128 @@ def test_signed_url_stops_working_when_the_sandbox_ends(server: LiveServer) -> N
         assert error["code"] in ("sandbox_terminated", "not_found", "conflict"), error
     finally:
         other.terminate()
+
+
+# ------------------------------------------------------------------ keys: revoked, audited
+
+
+def _new_key(server: LiveServer, tenant: str, role: str) -> dict[str, str]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as admin:
+        made = admin.post("/v1/keys", json={"tenant": tenant, "role": role})
+    assert made.status_code == 201, made.text
+    return {"key": made.json()["key"], "id": made.json()["id"]}
+
+
+def _revoke(server: LiveServer, key_id: str) -> None:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as admin:
+        assert admin.delete(f"/v1/keys/{key_id}").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def tenant_sb(server: LiveServer) -> Iterator[tuple[str, str]]:
+    """A sandbox of a tenant of its own (made with one of its keys): (tenant, sandbox ID)."""
+    tenant = unique("tn")
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as admin:
+        assert admin.post("/v1/tenants", json={"name": tenant}).status_code == 201
+    with Client(server.url, _new_key(server, tenant, "user")["key"]) as client:
+        sandbox_id = Sandbox.create(image="debian", timeout=600, client=client).id
+    try:
+        Sandbox.from_id(sandbox_id).run("mkdir -p /tmp/keyed", check=True)
+        yield tenant, sandbox_id
+    finally:
+        Sandbox.from_id(sandbox_id).terminate()
+
+
+@pytest.mark.runsc
+def test_a_revoked_key_ends_its_file_watch(server: LiveServer, tenant_sb: tuple[str, str]) -> None:
+    tenant, sandbox_id = tenant_sb
+    made = _new_key(server, tenant, "readonly")  # a watch is a read
+    seen: list[FileEvent] = []
+
+    async def scenario() -> None:
+        async with AsyncClient(server.url, made["key"]) as client, asyncio.timeout(
+            WATCH_DEADLINE_S
+        ):  # fmt: skip
+            asb = await AsyncSandbox.from_id(sandbox_id, client=client)
+            async with asb.files.watch("/tmp/keyed") as events:
+                _revoke(server, made["id"])
+                # Made after the revoke, with the admin token: the watch must not tell.
+                Sandbox.from_id(sandbox_id).files.write("/tmp/keyed/after-revoke", "x")
+                async for event in events:
+                    seen.append(event)
+
+    with pytest.raises(AuthenticationError, match=f"API key {made['id']} was revoked"):
+        asyncio.run(scenario())
+    assert [e for e in seen if e.path == "/tmp/keyed/after-revoke"] == []
+
+
+def _signed_entries(server: LiveServer, tenant: str, key_id: str) -> list[dict[str, object]]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as admin:
+        page = admin.get("/v1/audit", params={"tenant": tenant, "limit": 1000}).json()
+    return [
+        e for e in page["entries"]
+        if e["key_id"] == key_id and str(e["path"]).startswith("/v1/signed/")
+    ]  # fmt: skip
+
+
+@pytest.mark.runsc
+def test_a_signed_url_is_audited_under_its_key_and_ends_with_it(
+    server: LiveServer, tenant_sb: tuple[str, str]
+) -> None:
+    tenant, sandbox_id = tenant_sb
+    made = _new_key(server, tenant, "user")
+    with Client(server.url, made["key"]) as client:
+        sb = Sandbox.from_id(sandbox_id, client=client)
+        up = sb.files.upload_url("/tmp/keyed/in.bin")
+        down = sb.files.download_url("/tmp/keyed/in.bin")
+    assert f"key={made['id']}" in up and f"key={made['id']}" in down
+    with httpx.Client(timeout=30) as plain:
+        assert plain.put(up, content=b"hello").status_code == 200
+        assert plain.get(down).content == b"hello"
+        # Both uses are in the audit log, under the key that minted the URLs (written in
+        # batches: wait for them).
+        deadline = time.monotonic() + 10
+        while len(entries := _signed_entries(server, tenant, made["id"])) < 2:
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.2)
+        by_method = {e["method"]: e for e in entries}
+        path = f"/v1/signed/sandboxes/{sandbox_id}/files"  # never the query: no signature
+        assert {k: by_method["PUT"][k] for k in ("path", "status", "sandbox", "bytes_in")} == {
+            "path": path, "status": 200, "sandbox": sandbox_id, "bytes_in": 5
+        }  # fmt: skip
+        assert {k: by_method["GET"][k] for k in ("path", "status", "bytes_out")} == {
+            "path": path, "status": 200, "bytes_out": 5
+        }  # fmt: skip
+        assert all(e["tenant"] == tenant for e in entries)
+
+        _revoke(server, made["id"])
+        for answer in (plain.get(down), plain.put(up, content=b"later")):
+            assert answer.status_code == 403, answer.text
+            message = answer.json()["error"]["message"]
+            assert f"API key {made['id']}, which was revoked" in message
+    assert Sandbox.from_id(sandbox_id).files.read_text("/tmp/keyed/in.bin") == "hello"
+    # URLs the admin token mints name it, and keep working.
+    admins = Sandbox.from_id(sandbox_id).files.download_url("/tmp/keyed/in.bin")
+    assert "key=admin" in admins
+    assert httpx.get(admins, timeout=30).content == b"hello"
+
+
+@pytest.mark.runsc
+def test_a_signed_url_does_not_resume_a_paused_sandbox(server: LiveServer) -> None:
+    paused = Sandbox.create(image="debian", timeout=300, auto_resume=True)
+    try:
+        paused.files.write("/tmp/f", "data")
+        url = paused.files.download_url("/tmp/f")
+        paused.pause()
+        answer = httpx.get(url, timeout=30)
+        assert answer.status_code == SandboxPausedError.status, answer.text
+        assert answer.json()["error"]["code"] == SandboxPausedError.code
+        assert paused.info().status == "paused"  # the URL's holder woke nothing
+        # The owner's own call does resume it (auto_resume), and the URL works again.
+        assert paused.files.read_text("/tmp/f") == "data"
+        assert httpx.get(url, timeout=30).content == b"data"
+    finally:
+        paused.terminate()
 
 
 # ------------------------------------------------------------------ the agent on the host

@@ -19,13 +19,43 @@ from .network.dns import parse_upstream
 from .service.pools import parse_pool_specs
 from .tls import TlsError, TlsFiles, plain_http_warning
 
-__all__ = ["run_server"]
+__all__ = ["SignedUrlRedactor", "install_log_filters", "run_server"]
 
 _ContextFactory = Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
 
 # Open files the server wants: each live sandbox holds its agent's two FIFOs and its
 # clients' sockets, and a soft limit of 1024 (a common default) caps a host below 300.
 _WANTED_FILES = 65536
+
+
+class SignedUrlRedactor(logging.Filter):
+    """Drops the query of signed file URLs (``/v1/signed/…?…&sig=…``) from uvicorn's access
+    log: the signature is the URL's only credential, and a log line holding it would be a
+    working URL for whoever reads the log. The path stays, so the request is still seen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_signed(a) for a in record.args):
+            record.args = tuple(_redacted(a) if _signed(a) else a for a in record.args)
+        return True
+
+
+_SIGNED_PATH = "/v1/signed/"
+
+
+def _signed(arg: object) -> bool:
+    return isinstance(arg, str) and "?" in arg and _SIGNED_PATH in arg.partition("?")[0]
+
+
+def _redacted(target: object) -> str:
+    return f"{str(target).partition('?')[0]}?[redacted]"
+
+
+def install_log_filters() -> None:
+    """Put the server's filters on uvicorn's loggers (they outlive uvicorn's own logging
+    setup, which keeps a logger's filters)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, SignedUrlRedactor) for f in access.filters):
+        access.addFilter(SignedUrlRedactor())
 
 
 def _raise_file_limit() -> None:
@@ -64,6 +94,7 @@ def run_server(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_filters()
     try:
         config = ServerConfig.load(
             data_dir=data_dir, cache_dir=cache_dir, host=host, port=port, pools=pools,

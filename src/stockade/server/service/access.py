@@ -133,6 +133,26 @@ class AccessService:
             raise AuthenticationError(f"API key {record.id} has expired; create a new one")
         return Principal(record.tenant, record.role, record.id)
 
+    def holder(self, key_id: str | None) -> Principal:
+        """The caller that the key ``key_id`` (None: the admin token) stands for now, for a
+        grant it made earlier (a signed URL): ForbiddenError naming the key once it is
+        revoked, expired or gone, as the key itself would be refused."""
+        if key_id is None:
+            return OPERATOR
+        record = self._keys.get(key_id)
+        why = (
+            "no longer exists" if record is None
+            else "was revoked" if record.revoked_at is not None
+            else "has expired" if record.expires_at is not None and record.expires_at <= time.time()
+            else None
+        )  # fmt: skip
+        if record is None or why is not None:
+            raise ForbiddenError(
+                f"this URL was made with API key {key_id[:80]}, which {why}; ask for a new "
+                "URL made with a valid key"
+            )
+        return Principal(record.tenant, record.role, record.id)
+
     # ------------------------------------------------------------------ tenants
 
     async def create_tenant(self, name: str, quotas: dict[str, float]) -> TenantRecord:
