@@ -6,19 +6,19 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field, StrictInt
 
-from ...errors import StockadeError
+from ...errors import AuthenticationError, StockadeError
 from ..service.changes import sandbox_changes
 from ..service.files import WatchEvent
 from ..service.owners import owner_for
 from ..service.users import USER_PATTERN
 from . import ndjson
-from .deps import Services, services
+from .deps import Caller, Services, services
 from .params import (
     ABS_PATH,
     MAX_PATH,
@@ -190,20 +190,42 @@ WATCH_HEARTBEAT_S = 15.0
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 async def watch_path(
-    sandbox_id: SandboxIdP, path: PathQ, svc: Svc, recursive: bool = False
+    sandbox_id: SandboxIdP, path: PathQ, svc: Svc, who: Caller, recursive: bool = False
 ) -> StreamingResponse:
     # Opened before the answer starts: a missing path is a 404, not an event.
     events = await svc.files.watch(sandbox_id, path, recursive=recursive)
+    # Set when the key this watch was opened with is revoked: the stream ends there, with
+    # the reason as its last line, and nothing seen after it is sent (as exec's streams).
+    cut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def revoked(key_id: str) -> None:
+        if key_id == who.key_id and not cut.done():
+            cut.set_result(key_id)
 
     async def lines() -> AsyncIterator[bytes]:
         # Starlette cancels this when the client goes away; closing `events` then closes
         # the agent's channel, and the sandbox's inotify descriptor with it.
         pending: asyncio.Task[WatchEvent] | None = None
+        svc.access.on_revoke.append(revoked)
         try:
+            if who.key_id is not None:
+                try:
+                    svc.access.holder(who.key_id)
+                except StockadeError:  # revoked before the listener above was in place
+                    revoked(who.key_id)
             while True:
+                if cut.done():
+                    error = AuthenticationError(f"API key {cut.result()} was revoked")
+                    yield ndjson.line({"type": "error", **error.to_body()})
+                    return
                 if pending is None:
                     pending = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({pending}, timeout=WATCH_HEARTBEAT_S)
+                waiting: set[asyncio.Future[Any]] = {pending, cut}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=WATCH_HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if cut.done():
+                    continue
                 if not done:
                     yield b"\n"
                     continue
@@ -220,6 +242,7 @@ async def watch_path(
                     pending = None
                 yield ndjson.line(event.to_json())
         finally:
+            svc.access.on_revoke.remove(revoked)
             if pending is not None:
                 pending.cancel()
                 with contextlib.suppress(BaseException):

@@ -186,8 +186,13 @@ class FileService:
     def __init__(self, execs: ExecService) -> None:
         self.execs = execs
 
-    async def _open(self, sandbox_id: str) -> tuple[Channel, int]:
-        record = await self.execs.sandboxes.ready_for_use(sandbox_id)
+    async def _open(self, sandbox_id: str, *, activity: bool = True) -> tuple[Channel, int]:
+        # activity=False (a signed URL's transfer): the sandbox must be running already; it
+        # is not resumed, woken or kept from its idle timeout by whoever holds the URL.
+        sandboxes = self.execs.sandboxes
+        record = await (
+            sandboxes.ready_for_use(sandbox_id) if activity else sandboxes.get_running(sandbox_id)
+        )
         return await open_channel(self.execs.sandboxes, sandbox_id), record.disk
 
     @contextlib.asynccontextmanager
@@ -348,6 +353,7 @@ class FileService:
         path: str,
         chunks: AsyncIterator[bytes],
         *,
+        activity: bool = True,
         owner: tuple[int, int] | None = None,
     ) -> FileInfo:
         """Stream ``chunks`` into the file; memory use stays at one chunk. With ``owner``
@@ -357,7 +363,7 @@ class FileService:
         path = check_path(path)
         if path == "/":
             raise InvalidArgumentError("cannot write to /: give a file path")
-        ch, disk = await self._open(sandbox_id)
+        ch, disk = await self._open(sandbox_id, activity=activity)
         async with self._talking(sandbox_id, ch):
             request = {"path": path, "mode": 0o644, **_as_user(owner)}
             await ch.send_json(FrameType.FILE_WRITE, request)
@@ -375,10 +381,13 @@ class FileService:
             raise _error(result, sandbox_id, disk)
         return FileInfo.of(result.json())
 
-    async def read(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
-        """Start reading; errors (missing, a directory) raise before the first chunk."""
+    async def read(
+        self, sandbox_id: str, path: str, *, activity: bool = True
+    ) -> AsyncIterator[bytes]:
+        """Start reading; errors (missing, a directory) raise before the first chunk.
+        ``activity=False``: see _open."""
         path = check_path(path)
-        ch, disk = await self._open(sandbox_id)
+        ch, disk = await self._open(sandbox_id, activity=activity)
         async with self._talking(sandbox_id, ch, close=False):
             await ch.send_json(FrameType.FILE_READ, {"path": path})
             first = await ch.reply()
