@@ -92,6 +92,8 @@ def stockade_error_bodies(ctx: CheckContext, response: Response, case: Case[Any]
     content_type = (response.headers.get("content-type") or [""])[0]
     if content_type.startswith(_NDJSON) and response.status_code < 400:
         for line in response.content.decode(errors="replace").splitlines():
+            if not line.strip():
+                continue  # a heartbeat (the watch stream sends one when idle)
             event = json.loads(line)  # a line that is not JSON fails the check too
             if isinstance(event, dict) and event.get("type") == "error":
                 assert "Traceback" not in line, f"a traceback in a stream's error: {line[:500]}"
@@ -207,6 +209,14 @@ def before_call(context: HookContext, case: Case[Any], kwargs: dict[str, Any]) -
         elif operation == ("POST", "/v1/images/builds") and body.get("registry") is True:
             body["image"] = _on_loopback(body.get("image"))
     _choose_sandbox(case, operation)
+    # A watch of a live sandbox's path streams until the client leaves: watch one that is
+    # not there (a 404 at once); the watch stream itself is test_file_verbs.py's.
+    if operation == ("GET", "/v1/sandboxes/{sandbox_id}/files/watch") and _alive(
+        case.path_parameters.get("sandbox_id") if case.path_parameters else None
+    ):
+        query = case.query if isinstance(case.query, dict) else {}
+        query["path"] = "/nonexistent/stockade-fuzz-watch"
+        case.query = query
     # `follow` streams a live sandbox's log until the sandbox ends, which can be a day away:
     # for a sandbox that is still alive, read what is there instead.
     if operation == ("GET", "/v1/sandboxes/{sandbox_id}/logs"):

@@ -497,7 +497,12 @@ def test_cli_mv_chmod_url_and_watch(sb: Sandbox) -> None:
             assert event["type"] in ("create", "modify")
         finally:
             watcher.send_signal(signal.SIGINT)
-            watcher.wait(10)
+            try:
+                # Ctrl-C lands at the latest with the stream's next heartbeat (15 s).
+                watcher.wait(30)
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+                raise
         assert watcher.returncode == 0, watcher.stderr.read()
 
 
